@@ -1,0 +1,214 @@
+"""Configuration: a TOML file, then environment variables, then built-in defaults.
+
+The file is found from ``--config``, else ``$MONITOR_CONFIG``, else ``config/monitor.toml`` (if it
+exists), else only the defaults are used. Environment variables ``MONITOR_<SECTION>__<KEY>``
+override the file (for example ``MONITOR_DATABASE__URL``). Secrets are never read from the file:
+the file names the environment variable that holds them (``[mail] password_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from monitor.errors import ConfigError
+from monitor.paths import default_data_dir
+
+DEFAULT_CONFIG_PATH = Path("config/monitor.toml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | int | float | timedelta) -> timedelta:
+    """Parse ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``, ``"1w"`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30m, 24h, 7d)")
+    return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseConfig(_Section):
+    url: str = ""  # empty: SQLite file in the data folder
+
+
+class SearchBackendConfig(_Section):
+    kind: str = "searxng"
+    url: str
+    name: str = ""  # shown in summaries; defaults to kind@host
+    timeout: float = 20.0
+    categories_web: str = "general"
+    categories_images: str = "images"
+    safesearch: int = 0
+    language: str = ""  # empty: the instance's default
+
+
+class SearchConfig(_Section):
+    backends: list[SearchBackendConfig] = Field(default_factory=list)
+    max_queries_per_scan: int = Field(default=24, ge=1)
+    pages_per_query: int = Field(default=1, ge=1, le=10)
+
+
+class FetchConfig(_Section):
+    allow_private_networks: bool = False
+    user_agent: str = (
+        "ExposureMonitor/0.1 (finds images of a person published without consent; "
+        "+https://github.com/exposure-monitor)"
+    )
+    timeout: float = Field(default=20.0, gt=0)
+    max_concurrency: int = Field(default=16, ge=1)
+    max_per_host: int = Field(default=4, ge=1)
+    max_page_bytes: int = Field(default=5_000_000, ge=1024)
+    max_image_bytes: int = Field(default=20_000_000, ge=1024)
+    max_redirects: int = Field(default=5, ge=0)
+    max_pages_per_scan: int = Field(default=500, ge=1)
+    max_images_per_page: int = Field(default=200, ge=1)
+    respect_robots: bool = True
+
+
+class MatchConfig(_Section):
+    pdq_threshold: int = Field(default=31, ge=0, le=256)
+    phash_threshold: int = Field(default=10, ge=0, le=64)
+
+
+class MailConfig(_Section):
+    smtp_host: str = ""  # empty: alerts go to the local outbox folder
+    smtp_port: int = 587
+    username: str = ""
+    password_env: str = "MONITOR_SMTP_PASSWORD"
+    starttls: bool = True
+    tls: bool = False  # implicit TLS (usually port 465); excludes starttls
+    timeout: float = 30.0
+    sender: str = "Monitor <monitor@localhost>"
+    subject: str = "You have a new notification"
+    detail: Literal["discreet", "full"] = "discreet"
+    outbox_dir: str = ""  # empty: <data dir>/outbox
+    max_attempts: int = Field(default=50, ge=1)
+    retry_base: Duration = timedelta(seconds=30)
+    retry_max: Duration = timedelta(hours=6)
+    support_contacts: list[str] = Field(
+        default_factory=lambda: [
+            "If you are in danger now, call your local emergency number.",
+            "Revenge Porn Helpline (UK): https://revengepornhelpline.org.uk, 0345 6000 459",
+            "Cyber Civil Rights Initiative (US): https://cybercivilrights.org, 844-878-2274",
+            "Helpwanted (NL): https://helpwanted.nl",
+            "StopNCII: https://stopncii.org",
+        ]
+    )
+
+    def password(self) -> str | None:
+        """The SMTP password, read from the environment variable the file names."""
+        if not self.password_env:
+            return None
+        return os.environ.get(self.password_env) or None
+
+
+class ScheduleConfig(_Section):
+    default_interval: Duration = timedelta(hours=24)
+    jitter: Duration = timedelta(minutes=10)
+    check_every: Duration = timedelta(minutes=1)  # how often `run` looks for due scans
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MONITOR_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    match: MatchConfig = Field(default_factory=MatchConfig)
+    mail: MailConfig = Field(default_factory=MailConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    config_file: ClassVar[Path | None] = None  # set by load_settings on a subclass
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = getattr(settings_cls, "config_file", None)
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'monitor.db'}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return Path(self.mail.outbox_dir).expanduser() if self.mail.outbox_dir else (
+            self.data_dir / "outbox"
+        )
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """``--config``, else ``$MONITOR_CONFIG``, else ``config/monitor.toml`` if present."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    env = os.environ.get("MONITOR_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file named by $MONITOR_CONFIG not found: {path}")
+        return path
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, **overrides: Any
+) -> Settings:
+    """Load the configuration; raise :class:`ConfigError` with a readable message if it is bad."""
+    config_path = resolve_config_path(path)
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as fh:
+                tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from exc
+    cls = type("Settings", (Settings,), {"config_file": config_path})
+    try:
+        settings = cls(**overrides)
+    except ValidationError as exc:
+        where = str(config_path) if config_path else "configuration"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from exc
+    return settings

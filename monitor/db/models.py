@@ -1,0 +1,279 @@
+"""The stored records (SQLAlchemy 2.0 typed ORM). Schema changes go through Alembic.
+
+What is stored is deliberately narrow: hashes, URLs and facts; never a reference photo, never
+the bytes or pixels of a found image. Everything about a person hangs off ``Subject`` with
+``ON DELETE CASCADE``, so removing a subject erases them (found images that no other subject
+has seen are deleted by ``store.erase_subject``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Subject(Base):
+    """A person being monitored (with their consent)."""
+
+    __tablename__ = "subjects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_scan_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_scan_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A scan holds this lease while it runs, so two processes never scan the same subject at once.
+    scan_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    scan_lease_owner: Mapped[str | None] = mapped_column(String(100))
+
+    aliases: Mapped[list[Alias]] = relationship(
+        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="Alias.id",
+    )
+    references: Mapped[list[Reference]] = relationship(
+        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="Reference.id",
+    )
+
+
+class Alias(Base):
+    """Another name the person is known by, searched like the main name."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("subject_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(200))
+
+    subject: Mapped[Subject] = relationship(back_populates="aliases")
+
+
+class Reference(Base):
+    """One enrolled reference image of a subject: only its hashes, never the image."""
+
+    __tablename__ = "references"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    origin: Mapped[str] = mapped_column(String(20))  # "photo" or "import"
+    # SHA-256 of the photo's bytes, so enrolling the same photo twice is a no-op.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    subject: Mapped[Subject] = relationship(back_populates="references")
+    hashes: Mapped[list[ReferenceHash]] = relationship(
+        back_populates="reference", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="ReferenceHash.id",
+    )
+
+
+class ReferenceHash(Base):
+    __tablename__ = "reference_hashes"
+    __table_args__ = (Index("ix_reference_hashes_algorithm", "algorithm"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reference_id: Mapped[int] = mapped_column(
+        ForeignKey("references.id", ondelete="CASCADE"), index=True
+    )
+    algorithm: Mapped[str] = mapped_column(String(20))
+    value: Mapped[str] = mapped_column(String(128))  # lowercase hex
+    quality: Mapped[int | None] = mapped_column(Integer)
+
+    reference: Mapped[Reference] = relationship(back_populates="hashes")
+
+
+class Scan(Base):
+    """One run of the pipeline for one subject."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running|completed|failed
+    queries: Mapped[int] = mapped_column(Integer, default=0)
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+    matches: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Hit(Base):
+    """A search result returned during a scan."""
+
+    __tablename__ = "hits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    backend: Mapped[str] = mapped_column(String(100))
+    query: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[str] = mapped_column(String(10))  # "web" | "images"
+    page_url: Mapped[str] = mapped_column(Text)
+    image_url: Mapped[str | None] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text, default="")
+    engine: Mapped[str] = mapped_column(String(100), default="")
+
+
+class FetchErrorRecord(Base):
+    """A URL or backend that failed during a scan, with a readable reason."""
+
+    __tablename__ = "fetch_errors"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    stage: Mapped[str] = mapped_column(String(20))  # "search" | "page" | "image" | "hash"
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Image(Base):
+    """A found image, identified by the SHA-256 of its bytes. Hashes only, never bytes."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    pdq: Mapped[str | None] = mapped_column(String(64))
+    pdq_quality: Mapped[int | None] = mapped_column(Integer)
+    phash: Mapped[str | None] = mapped_column(String(16))
+    first_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Sighting(Base):
+    """Where a subject's scan found an image: a page URL and the image's URL."""
+
+    __tablename__ = "sightings"
+    __table_args__ = (UniqueConstraint("subject_id", "image_id", "page_url", "image_url"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    page_url: Mapped[str] = mapped_column(Text)
+    image_url: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    first_scan_id: Mapped[int | None] = mapped_column(
+        ForeignKey("scans.id", ondelete="SET NULL")
+    )
+    # The alert that told the person about this sighting (only for sightings of a match).
+    alert_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outbox.id", ondelete="SET NULL"), index=True
+    )
+
+    image: Mapped[Image] = relationship()
+
+
+class Match(Base):
+    """A found image that matches one of the subject's references."""
+
+    __tablename__ = "matches"
+    __table_args__ = (UniqueConstraint("subject_id", "image_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    reference_id: Mapped[int | None] = mapped_column(
+        ForeignKey("references.id", ondelete="SET NULL")
+    )
+    algorithm: Mapped[str] = mapped_column(String(20))
+    distance: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(20), default="new")  # new|seen|dismissed
+    scan_id: Mapped[int | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"))
+
+    image: Mapped[Image] = relationship()
+    subject: Mapped[Subject] = relationship()
+
+
+class OutboxMessage(Base):
+    """An alert waiting to be delivered. Written in the same transaction as the match it reports.
+
+    ``status``: ``held`` while its scan is still running (so one scan makes one alert),
+    ``pending`` when it may be sent, ``sending`` while a sender holds its lease, ``sent``,
+    or ``failed`` (permanently rejected, or out of attempts).
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    scan_id: Mapped[int | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"))
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(20), default="held", index=True)
+    new_items: Mapped[int] = mapped_column(Integer, default=0)
+    subject_line: Mapped[str] = mapped_column(String(200), default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_to: Mapped[str | None] = mapped_column(Text)  # "smtp:host:port" or a file path

@@ -1,0 +1,1 @@
+"""Loopback servers for tests, benchmarks and the offline demo. Nothing here reaches the internet."""
