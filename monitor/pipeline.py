@@ -1,0 +1,379 @@
+"""The scan: subject -> queries -> search -> pages -> image candidates -> hashes -> matches.
+
+Downloads run on one asyncio event loop (one httpx client, bounded concurrency); decoding and
+hashing run in a process pool so the CPU work uses every core without stalling downloads.
+Found image bytes are held in memory only, passed to a worker through a pipe, and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import httpx
+from sqlalchemy import select, update
+
+from monitor import alerts, store
+from monitor.config import Settings
+from monitor.db import Database
+from monitor.db.models import Scan, Subject, utcnow
+from monitor.errors import (
+    ConfigError,
+    FetchError,
+    MonitorError,
+    NotAnImageError,
+    SearchBackendError,
+)
+from monitor.extract import charset_from_content_type, extract_images
+from monitor.fetch import Fetcher
+from monitor.hashing import compute_hashes
+from monitor.leases import scan_lease
+from monitor.matching import ReferenceIndex, thresholds_from_config
+from monitor.queries import build_queries
+from monitor.search import SearchBackend, create_backend
+from monitor.types import ImageCandidate, ImageHashes, ResultKind, SearchHit
+
+log = logging.getLogger("monitor.pipeline")
+
+
+class NoReferences(MonitorError):
+    """The subject has no enrolled reference hashes, so nothing could ever match."""
+
+
+@dataclass
+class ScanSummary:
+    """What one scan did. ``as_json()`` is the ``scan --json`` output."""
+
+    scan_id: int
+    subject: str
+    status: str = "running"
+    queries: int = 0
+    hits: int = 0
+    pages: int = 0
+    images: int = 0
+    images_hashed: int = 0
+    matches: int = 0  # matched images seen in this scan (new or known)
+    new_matches: int = 0
+    new_sightings: int = 0  # new (page, image URL) places of matched images: what alerts report
+    errors: int = 0
+    alerts_queued: int = 0
+    alerts_sent: int = 0
+    alert_destinations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error_samples: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+Progress = Callable[[ScanSummary, int], None]
+"""Called as counts change with the summary so far and the number of images known to fetch."""
+
+
+def hashing_pool(workers: int | None = None) -> ProcessPoolExecutor:
+    """A process pool for hashing, one worker per core by default."""
+    return ProcessPoolExecutor(
+        max_workers=workers or os.cpu_count() or 2,
+        mp_context=multiprocessing.get_context("forkserver"),
+    )
+
+
+@contextmanager
+def _pool_or(pool: Executor | None) -> Iterator[Executor]:
+    if pool is not None:
+        yield pool
+        return
+    own = hashing_pool()
+    try:
+        yield own
+    finally:
+        own.shutdown(wait=True, cancel_futures=True)
+
+
+def _backends(settings: Settings, client: httpx.AsyncClient) -> list[SearchBackend]:
+    if not settings.search.backends:
+        raise ConfigError(
+            "no search backend is configured: add a [[search.backends]] table with "
+            'kind = "searxng" and the url of a SearXNG instance (see config/monitor.example.toml)'
+        )
+    return [create_backend(cfg, client) for cfg in settings.search.backends]
+
+
+class _Scan:
+    """The state of one running scan (one subject)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        subject_id: int,
+        scan_id: int,
+        summary: ScanSummary,
+        index: ReferenceIndex,
+        pool: Executor,
+        progress: Progress | None,
+    ) -> None:
+        self.settings, self.db, self.subject_id, self.scan_id = settings, db, subject_id, scan_id
+        self.summary, self.index, self.pool, self.progress = summary, index, pool, progress
+        self.image_tasks: dict[str, asyncio.Task[ImageHashes | None]] = {}
+        self.seen_pairs: set[tuple[str, str]] = set()
+        self.hash_by_sha: dict[str, asyncio.Future[ImageHashes | None]] = {}
+        self.matched_images: set[str] = set()
+
+    # -- bookkeeping
+
+    def _tick(self) -> None:
+        if self.progress is not None:
+            self.progress(self.summary, len(self.image_tasks))
+
+    def error(self, url: str, stage: str, reason: str) -> None:
+        self.summary.errors += 1
+        if len(self.summary.error_samples) < 20:
+            self.summary.error_samples.append(f"{stage}: {reason}")
+        log.info("scan %s: %s error: %s", self.scan_id, stage, reason)
+        with self.db.session() as s:
+            store.record_error(s, self.scan_id, url, stage, reason)
+        self._tick()
+
+    # -- stages
+
+    async def search(
+        self, backends: list[SearchBackend], name: str, aliases: list[str]
+    ) -> list[SearchHit]:
+        queries = build_queries(name, aliases, self.settings.search.max_queries_per_scan)
+        hits: list[SearchHit] = []
+
+        async def one(backend: SearchBackend, query_index: int, page: int) -> None:
+            query = queries[query_index]
+            try:
+                found = await backend.search(query, page=page)
+            except SearchBackendError as exc:
+                self.error(f"search:{backend.name}", "search", str(exc))
+                return
+            hits.extend(found)
+
+        jobs = [
+            one(b, qi, page)
+            for qi in range(len(queries))
+            for b in backends
+            for page in range(1, self.settings.search.pages_per_query + 1)
+        ]
+        self.summary.queries = len(jobs)
+        await asyncio.gather(*jobs)
+        self.summary.hits = len(hits)
+        with self.db.session() as s:
+            store.record_hits(s, self.scan_id, hits)
+        self._tick()
+        return hits
+
+    async def page(self, fetcher: Fetcher, url: str) -> None:
+        try:
+            res = await fetcher.fetch_page(url)
+        except FetchError as exc:
+            self.error(url, "page", exc.reason)
+            return
+        self.summary.pages += 1
+        candidates = extract_images(
+            res.body,
+            res.final_url,
+            limit=self.settings.fetch.max_images_per_page,
+            encoding=charset_from_content_type(res.content_type),
+        )
+        del res
+        await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
+
+    async def candidate(self, fetcher: Fetcher, cand: ImageCandidate) -> None:
+        key = (cand.page_url, cand.image_url)
+        if key in self.seen_pairs:
+            return
+        self.seen_pairs.add(key)
+        task = self.image_tasks.get(cand.image_url)
+        if task is None:
+            task = asyncio.create_task(self.image(fetcher, cand.image_url))
+            self.image_tasks[cand.image_url] = task
+            self._tick()
+        hashes = await task
+        if hashes is None:
+            return
+        match = self.index.match(hashes)
+        with self.db.session() as s:
+            subject = s.get(Subject, self.subject_id)
+            assert subject is not None
+            outcome = store.record_image(
+                s,
+                subject,
+                self.scan_id,
+                page_url=cand.page_url,
+                image_url=cand.image_url,
+                hashes=hashes,
+                match=match,
+            )
+        if match is not None and hashes.sha256 not in self.matched_images:
+            self.matched_images.add(hashes.sha256)
+            self.summary.matches += 1
+        self.summary.new_matches += outcome.new_match
+        self.summary.new_sightings += outcome.alerted
+        self._tick()
+
+    async def image(self, fetcher: Fetcher, url: str) -> ImageHashes | None:
+        try:
+            res = await fetcher.fetch_image(url)
+        except FetchError as exc:
+            self.error(url, "image", exc.reason)
+            return None
+        body = res.body
+        del res
+        self.summary.images += 1
+        sha = hashlib.sha256(body).hexdigest()
+        fut = self.hash_by_sha.get(sha)
+        if fut is not None:  # same bytes at another URL: hash once
+            return await fut
+        fut = asyncio.get_running_loop().create_future()
+        self.hash_by_sha[sha] = fut
+        try:
+            with self.db.session() as s:
+                hashes = store.known_image(s, sha)
+            if hashes is None:
+                loop = asyncio.get_running_loop()
+                hashes = await loop.run_in_executor(self.pool, compute_hashes, body)
+                self.summary.images_hashed += 1
+        except NotAnImageError as exc:
+            self.error(url, "hash", str(exc))
+            hashes = None
+        except Exception as exc:  # a worker crash must not end the scan
+            self.error(url, "hash", f"hashing failed: {exc!r}")
+            hashes = None
+        finally:
+            del body
+        fut.set_result(hashes)
+        return hashes
+
+    async def run(self, name: str, aliases: list[str]) -> None:
+        fetch_cfg = self.settings.fetch
+        async with (
+            httpx.AsyncClient(headers={"User-Agent": fetch_cfg.user_agent}) as search_client,
+            Fetcher(fetch_cfg) as fetcher,
+        ):
+            hits = await self.search(_backends(self.settings, search_client), name, aliases)
+            page_urls: list[str] = []
+            seen_pages: set[str] = set()
+            direct: list[ImageCandidate] = []
+            for hit in hits:
+                if hit.query.kind is ResultKind.IMAGES and hit.image_url:
+                    direct.append(ImageCandidate(hit.image_url, hit.page_url, "search"))
+                elif hit.page_url not in seen_pages:
+                    seen_pages.add(hit.page_url)
+                    page_urls.append(hit.page_url)
+            page_urls = page_urls[: fetch_cfg.max_pages_per_scan]
+            await asyncio.gather(
+                *(self.candidate(fetcher, c) for c in direct),
+                *(self.page(fetcher, u) for u in page_urls),
+            )
+
+
+def _recover_interrupted(db: Database, settings: Settings, subject_id: int) -> None:
+    """Mark scans left 'running' by a killed process as interrupted and release their alerts.
+
+    Called while holding the subject's scan lease, so no other scan of it is running."""
+    with db.session() as s:
+        s.execute(
+            update(Scan)
+            .where(Scan.subject_id == subject_id, Scan.status == "running")
+            .values(status="interrupted", finished_at=utcnow())
+        )
+        alerts.release_alerts(s, settings)
+
+
+async def run_scan(
+    settings: Settings,
+    db: Database,
+    subject_id: int,
+    *,
+    pool: Executor | None = None,
+    progress: Progress | None = None,
+    deliver: bool = True,
+) -> ScanSummary:
+    """Scan one subject (the caller holds its scan lease). Returns what was done.
+
+    Alerts are written to the outbox with the matches, released when the scan ends, and (with
+    ``deliver``) sent right after the commit; undelivered ones stay queued for the next try.
+    """
+    started = time.monotonic()
+    _recover_interrupted(db, settings, subject_id)
+    with db.session() as s:
+        subject = s.get(Subject, subject_id)
+        if subject is None:
+            raise MonitorError(f"subject {subject_id} does not exist")
+        name, aliases = subject.name, [a.alias for a in subject.aliases]
+        refs = store.reference_records(s, subject_id)
+        if not refs:
+            raise NoReferences(
+                f"{name!r} has no enrolled reference photos: run `enroll {name!r} PHOTO...` first"
+            )
+        scan_id = store.start_scan(s, subject_id).id
+    summary = ScanSummary(scan_id=scan_id, subject=name)
+    index = ReferenceIndex(refs, thresholds_from_config(settings.match))
+    status, error = "completed", None
+    try:
+        with _pool_or(pool) as executor:
+            await _Scan(settings, db, subject_id, scan_id, summary, index, executor, progress).run(
+                name, aliases
+            )
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary.status = status
+        summary.seconds = round(time.monotonic() - started, 3)
+        with db.session() as s:
+            store.finish_scan(
+                s,
+                scan_id,
+                status=status,
+                queries=summary.queries,
+                pages=summary.pages,
+                images=summary.images,
+                matches=summary.matches,
+                errors=summary.errors,
+                error=error,
+            )
+            summary.alerts_queued = alerts.release_alerts(s, settings, scan_id=scan_id)
+            subj = s.get(Subject, subject_id)
+            if subj is not None:
+                subj.last_scan_at = utcnow()
+    if deliver:
+        report = alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
+        summary.alerts_sent = report.sent
+        summary.alert_destinations = list(report.where)
+    return summary
+
+
+def scan_subject(
+    settings: Settings,
+    db: Database,
+    name: str,
+    *,
+    pool: Executor | None = None,
+    progress: Progress | None = None,
+    deliver: bool = True,
+) -> ScanSummary:
+    """Scan the subject called ``name`` now, holding its scan lease (CLI entry point)."""
+    with db.session() as s:
+        subject_id = store.get_subject(s, name).id
+    with scan_lease(db, subject_id):
+        return asyncio.run(
+            run_scan(settings, db, subject_id, pool=pool, progress=progress, deliver=deliver)
+        )
+
+
+def subject_ids(db: Database) -> list[int]:
+    with db.session() as s:
+        return list(s.scalars(select(Subject.id).order_by(Subject.name)))

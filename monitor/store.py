@@ -1,0 +1,384 @@
+"""Reads and writes of the stored records: subjects, scan results, matches, erasure.
+
+Every function takes an open ``Session`` inside a transaction (``with db.session() as s:``), so a
+caller decides what commits together. ``record_image`` writes an image, its sighting, its match
+and the alert's outbox row in one transaction: a match, once seen, is never without its alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from monitor import alerts
+from monitor.db.models import (
+    Alias,
+    FetchErrorRecord,
+    Hit,
+    Image,
+    Match,
+    Reference,
+    ReferenceHash,
+    Scan,
+    Sighting,
+    Subject,
+    utcnow,
+)
+from monitor.errors import MonitorError, SubjectNotFound
+from monitor.matching import ReferenceHashRecord
+from monitor.types import ImageHashes, MatchResult, SearchHit
+
+
+class SubjectExists(MonitorError):
+    """A subject with that name is already monitored."""
+
+
+# ---------------------------------------------------------------- subjects
+
+
+def add_subject(
+    session: Session,
+    name: str,
+    *,
+    aliases: Sequence[str] = (),
+    email: str | None = None,
+    interval: timedelta,
+) -> Subject:
+    """Create a subject; raise :class:`SubjectExists` if the name is taken."""
+    name = name.strip()
+    if not name:
+        raise MonitorError("a subject needs a name")
+    if session.scalar(select(Subject).where(Subject.name == name)) is not None:
+        raise SubjectExists(f"a subject named {name!r} already exists")
+    subject = Subject(
+        name=name, email=email or None, interval_seconds=int(interval.total_seconds())
+    )
+    seen = {name.casefold()}
+    for alias in aliases:
+        alias = alias.strip()
+        if alias and alias.casefold() not in seen:
+            seen.add(alias.casefold())
+            subject.aliases.append(Alias(alias=alias))
+    session.add(subject)
+    session.flush()
+    return subject
+
+
+def get_subject(session: Session, name: str) -> Subject:
+    subject = session.scalar(select(Subject).where(Subject.name == name))
+    if subject is None:
+        raise SubjectNotFound(f"no subject named {name!r} (see `subject list`)")
+    return subject
+
+
+def all_subjects(session: Session) -> list[Subject]:
+    return list(session.scalars(select(Subject).order_by(Subject.name)))
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectInfo:
+    name: str
+    aliases: list[str]
+    email: str | None
+    interval_seconds: int
+    references: int
+    matches: int
+    last_scan_at: datetime | None
+    next_scan_at: datetime | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "aliases": self.aliases,
+            "email": self.email,
+            "interval_seconds": self.interval_seconds,
+            "references": self.references,
+            "matches": self.matches,
+            "last_scan_at": _iso(self.last_scan_at),
+            "next_scan_at": _iso(self.next_scan_at),
+        }
+
+
+def subject_infos(session: Session) -> list[SubjectInfo]:
+    refs = dict(
+        session.execute(select(Reference.subject_id, func.count()).group_by(Reference.subject_id))
+        .tuples()
+        .all()
+    )
+    matches = dict(
+        session.execute(select(Match.subject_id, func.count()).group_by(Match.subject_id))
+        .tuples()
+        .all()
+    )
+    return [
+        SubjectInfo(
+            name=s.name,
+            aliases=[a.alias for a in s.aliases],
+            email=s.email,
+            interval_seconds=s.interval_seconds,
+            references=refs.get(s.id, 0),
+            matches=matches.get(s.id, 0),
+            last_scan_at=s.last_scan_at,
+            next_scan_at=s.next_scan_at,
+        )
+        for s in all_subjects(session)
+    ]
+
+
+def erase_subject(session: Session, name: str) -> None:
+    """Remove a subject and everything about them: references, scans, hits, sightings,
+    matches, alerts, and found images that no other subject has seen."""
+    subject = get_subject(session, name)
+    session.delete(subject)
+    session.flush()
+    session.execute(
+        delete(Image).where(
+            ~exists().where(Sighting.image_id == Image.id),
+            ~exists().where(Match.image_id == Image.id),
+        )
+    )
+
+
+def reference_records(session: Session, subject_id: int) -> list[ReferenceHashRecord]:
+    rows = session.execute(
+        select(ReferenceHash.reference_id, ReferenceHash.algorithm, ReferenceHash.value)
+        .join(Reference)
+        .where(Reference.subject_id == subject_id)
+    ).tuples()
+    return [ReferenceHashRecord(ref_id, alg, value) for ref_id, alg, value in rows]
+
+
+# ---------------------------------------------------------------- scans
+
+
+def start_scan(session: Session, subject_id: int) -> Scan:
+    scan = Scan(subject_id=subject_id, status="running", started_at=utcnow())
+    session.add(scan)
+    session.flush()
+    return scan
+
+
+def record_hits(session: Session, scan_id: int, hits: Iterable[SearchHit]) -> None:
+    session.add_all(
+        Hit(
+            scan_id=scan_id,
+            backend=h.backend,
+            query=h.query.text,
+            kind=h.query.kind.value,
+            page_url=h.page_url,
+            image_url=h.image_url,
+            title=h.title[:1000],
+            engine=h.engine,
+        )
+        for h in hits
+    )
+
+
+def record_error(session: Session, scan_id: int, url: str, stage: str, reason: str) -> None:
+    session.add(FetchErrorRecord(scan_id=scan_id, url=url, stage=stage, reason=reason[:2000]))
+
+
+def known_image(session: Session, sha256: str) -> ImageHashes | None:
+    """The stored hashes of an image already seen (by content), so it need not be hashed again."""
+    image = session.scalar(select(Image).where(Image.sha256 == sha256))
+    if image is None:
+        return None
+    return image_hashes(image)
+
+
+def image_hashes(image: Image) -> ImageHashes:
+    from monitor.types import HashValue
+
+    hashes = []
+    if image.pdq:
+        hashes.append(HashValue("pdq", image.pdq, image.pdq_quality))
+    if image.phash:
+        hashes.append(HashValue("phash", image.phash))
+    return ImageHashes(image.sha256, image.width, image.height, tuple(hashes))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    new_sighting: bool
+    new_match: bool
+    alerted: bool  # this sighting was added to an alert
+
+
+def record_image(
+    session: Session,
+    subject: Subject,
+    scan_id: int,
+    *,
+    page_url: str,
+    image_url: str,
+    hashes: ImageHashes,
+    match: MatchResult | None,
+    now: datetime | None = None,
+) -> RecordOutcome:
+    """Record that a scan saw ``hashes`` at (page, image URL), with its match if any.
+
+    A new sighting of a matched image (a new match, or a known match at a new URL) is attached
+    to this scan's alert in the same transaction. A dismissed match never alerts again.
+    """
+    now = now or utcnow()
+    image = session.scalar(select(Image).where(Image.sha256 == hashes.sha256))
+    if image is None:
+        pdq, phash = hashes.get("pdq"), hashes.get("phash")
+        image = Image(
+            sha256=hashes.sha256,
+            width=hashes.width,
+            height=hashes.height,
+            pdq=pdq.value if pdq else None,
+            pdq_quality=pdq.quality if pdq else None,
+            phash=phash.value if phash else None,
+            first_fetched_at=now,
+        )
+        session.add(image)
+        session.flush()
+
+    sighting = session.scalar(
+        select(Sighting).where(
+            Sighting.subject_id == subject.id,
+            Sighting.image_id == image.id,
+            Sighting.page_url == page_url,
+            Sighting.image_url == image_url,
+        )
+    )
+    new_sighting = sighting is None
+    if sighting is None:
+        sighting = Sighting(
+            subject_id=subject.id,
+            image_id=image.id,
+            page_url=page_url,
+            image_url=image_url,
+            first_seen=now,
+            last_seen=now,
+            first_scan_id=scan_id,
+        )
+        session.add(sighting)
+    else:
+        sighting.last_seen = now
+
+    existing = session.scalar(
+        select(Match).where(Match.subject_id == subject.id, Match.image_id == image.id)
+    )
+    new_match = False
+    if existing is None and match is not None:
+        existing = Match(
+            subject_id=subject.id,
+            image_id=image.id,
+            reference_id=match.reference_id,
+            algorithm=match.algorithm,
+            distance=match.distance,
+            first_seen=now,
+            status="new",
+            scan_id=scan_id,
+        )
+        session.add(existing)
+        new_match = True
+    elif existing is not None and match is not None and match.distance < existing.distance:
+        existing.distance, existing.algorithm = match.distance, match.algorithm
+        existing.reference_id = match.reference_id
+
+    alerted = False
+    if (
+        existing is not None
+        and existing.status != "dismissed"
+        and sighting.alert_id is None
+        and (new_sighting or new_match)
+    ):
+        row = alerts.hold_alert(session, subject, scan_id)
+        session.flush()
+        sighting.alert_id = row.id
+        alerted = True
+    session.flush()
+    return RecordOutcome(new_sighting=new_sighting, new_match=new_match, alerted=alerted)
+
+
+def finish_scan(
+    session: Session,
+    scan_id: int,
+    *,
+    status: str,
+    queries: int,
+    pages: int,
+    images: int,
+    matches: int,
+    errors: int,
+    error: str | None = None,
+) -> Scan:
+    scan = session.get(Scan, scan_id)
+    if scan is None:  # pragma: no cover - the scan row is written before any work
+        raise MonitorError(f"scan {scan_id} vanished")
+    scan.status = status
+    scan.finished_at = utcnow()
+    scan.queries, scan.pages, scan.images = queries, pages, images
+    scan.matches, scan.errors, scan.error = matches, errors, error
+    return scan
+
+
+# ---------------------------------------------------------------- matches
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRow:
+    subject: str
+    page_url: str
+    image_url: str
+    algorithm: str
+    distance: int
+    first_seen: datetime
+    status: str
+    sha256: str
+    match_id: int
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "subject": self.subject,
+            "page_url": self.page_url,
+            "image_url": self.image_url,
+            "algorithm": self.algorithm,
+            "distance": self.distance,
+            "first_seen": _iso(self.first_seen),
+            "status": self.status,
+            "sha256": self.sha256,
+            "match_id": self.match_id,
+        }
+
+
+def list_matches(session: Session, subject_name: str | None = None) -> list[MatchRow]:
+    """Every sighting of every matched image, newest first (one row per page and image URL)."""
+    stmt = (
+        select(Subject.name, Sighting, Match, Image.sha256)
+        .join(
+            Match, (Match.subject_id == Sighting.subject_id) & (Match.image_id == Sighting.image_id)
+        )
+        .join(Subject, Subject.id == Sighting.subject_id)
+        .join(Image, Image.id == Sighting.image_id)
+        .order_by(Sighting.first_seen.desc(), Sighting.id.desc())
+    )
+    if subject_name is not None:
+        subject = get_subject(session, subject_name)
+        stmt = stmt.where(Sighting.subject_id == subject.id)
+    return [
+        MatchRow(
+            subject=name,
+            page_url=sighting.page_url,
+            image_url=sighting.image_url,
+            algorithm=match.algorithm,
+            distance=match.distance,
+            first_seen=sighting.first_seen,
+            status=match.status,
+            sha256=sha,
+            match_id=match.id,
+        )
+        for name, sighting, match, sha in session.execute(stmt).tuples()
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None

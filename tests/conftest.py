@@ -1,0 +1,81 @@
+"""Shared fixtures: the photo corpus, settings for a loopback web, a fresh database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def corpus_files(folder: str, limit: int | None = None) -> list[Path]:
+    """Photos from ../shared/corpus/<folder>, sorted; skip the test when the corpus is absent."""
+    path = CORPUS / folder
+    if not path.is_dir():
+        pytest.skip(f"photo corpus not found at {path} (see the README's test data section)")
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return files[:limit] if limit else files
+
+
+def loopback_settings(tmp_path: Path, searxng_url: str, **mail: object) -> Settings:
+    """Settings for a scan of a loopback web, with everything stored under ``tmp_path``."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        search={"backends": [{"kind": "searxng", "url": searxng_url}]},
+        fetch={"allow_private_networks": True, "timeout": 10},
+        mail={"retry_base": "1s", **mail},
+    )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's configuration or data folder."""
+    for var in ("MONITOR_CONFIG", "MONITOR_DATABASE__URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MONITOR_DATA_DIR", str(tmp_path / "default-data"))
+
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_answers() -> str | None:
+    """None when PostgreSQL answers at localhost:5432, else the reason it does not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install '.[test]')"
+    try:
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3
+        ):
+            return None
+    except Exception as exc:  # any failure to connect is a reason to skip
+        return f"PostgreSQL at 127.0.0.1:5432/test does not answer: {exc}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh, empty database: an SQLite file, and a private schema in the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    reason = _postgres_answers()
+    if reason:
+        pytest.skip(reason)
+    import uuid
+
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
