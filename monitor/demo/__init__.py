@@ -1,0 +1,1 @@
+"""Demo content: generated photos, uploader edits and a loopback web to scan."""
