@@ -1,0 +1,157 @@
+"""Matching found images against a subject's reference hashes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monitor import matching
+from monitor.config import MatchConfig
+from monitor.hashing import compute_hashes
+from monitor.matching import ReferenceHashRecord, ReferenceIndex, thresholds_from_config
+from monitor.types import HashValue, ImageHashes, MatchResult
+from tests.conftest import corpus_files
+
+THRESHOLDS = {"pdq": 31, "phash": 10}
+
+
+def flip(hex_value: str, n: int) -> str:
+    """``hex_value`` with its lowest ``n`` bits inverted (a hash at distance ``n``)."""
+    bits = len(hex_value) * 4
+    return format(int(hex_value, 16) ^ ((1 << n) - 1), f"0{bits // 4}x")
+
+
+def image(pdq: str | None = None, phash: str | None = None) -> ImageHashes:
+    hashes = []
+    if pdq is not None:
+        hashes.append(HashValue("pdq", pdq, 90))
+    if phash is not None:
+        hashes.append(HashValue("phash", phash))
+    return ImageHashes(sha256="0" * 64, width=100, height=100, hashes=tuple(hashes))
+
+
+rng = np.random.default_rng(42)
+PDQ_A, PDQ_B = (bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex() for _ in range(2))
+PH_A, PH_B = (bytes(rng.integers(0, 256, 8, dtype=np.uint8)).hex() for _ in range(2))
+
+
+@pytest.fixture
+def index() -> ReferenceIndex:
+    return ReferenceIndex(
+        [
+            ReferenceHashRecord(1, "pdq", PDQ_A),
+            ReferenceHashRecord(1, "phash", PH_A),
+            ReferenceHashRecord(2, "pdq", PDQ_B),
+            ReferenceHashRecord(2, "phash", PH_B),
+        ],
+        THRESHOLDS,
+    )
+
+
+def test_threshold_is_inclusive(index: ReferenceIndex) -> None:
+    assert index.match(image(pdq=PDQ_A)) == MatchResult(1, "pdq", 0, 31)
+    assert index.match(image(pdq=flip(PDQ_B, 31))) == MatchResult(2, "pdq", 31, 31)
+    assert index.match(image(pdq=flip(PDQ_B, 32))) is None
+    assert index.match(image(phash=flip(PH_A, 10))) == MatchResult(1, "phash", 10, 10)
+    assert index.match(image(phash=flip(PH_A, 11))) is None
+
+
+def test_any_algorithm_within_its_threshold_is_a_match(index: ReferenceIndex) -> None:
+    far_pdq = flip(PDQ_A, 120)
+    assert index.match(image(pdq=far_pdq, phash=PH_B)) == MatchResult(2, "phash", 0, 10)
+
+
+def test_the_relatively_closest_algorithm_wins_and_pdq_on_ties(index: ReferenceIndex) -> None:
+    # pdq 20/31 = 0.65 against phash 3/10 = 0.3: phash wins
+    assert index.match(image(pdq=flip(PDQ_A, 20), phash=flip(PH_A, 3))).algorithm == "phash"
+    # pdq 3/31 against phash 5/10: pdq wins
+    assert index.match(image(pdq=flip(PDQ_A, 3), phash=flip(PH_A, 5))).algorithm == "pdq"
+    # an exact tie (0 and 0): pdq
+    assert index.match(image(pdq=PDQ_B, phash=PH_B)) == MatchResult(2, "pdq", 0, 31)
+
+
+def test_nearest_reports_every_shared_algorithm(index: ReferenceIndex) -> None:
+    far = image(pdq=flip(PDQ_A, 100), phash=flip(PH_B, 20))
+    assert index.match(far) is None
+    assert index.nearest(far) == {"pdq": (1, 100), "phash": (2, 20)}
+    assert index.nearest(image(phash=PH_A)) == {"phash": (1, 0)}  # pdq absent from the image
+
+
+def test_empty_index_never_matches() -> None:
+    empty = ReferenceIndex([], THRESHOLDS)
+    assert len(empty) == 0
+    assert empty.match(image(pdq=PDQ_A, phash=PH_A)) is None
+    assert empty.nearest(image(pdq=PDQ_A)) == {}
+
+
+def test_len_counts_references_and_thresholds_default_per_algorithm(
+    index: ReferenceIndex,
+) -> None:
+    assert len(index) == 2
+    only_pdq = ReferenceIndex(
+        [ReferenceHashRecord(7, "pdq", PDQ_A), ReferenceHashRecord(8, "mystery", "ab" * 8)],
+        {"phash": 4},
+    )
+    assert only_pdq.thresholds == {"pdq": 31}  # registered default; "mystery" has no threshold
+    assert len(only_pdq) == 1
+
+
+def test_malformed_stored_hash_names_its_reference() -> None:
+    with pytest.raises(ValueError, match="reference 9"):
+        ReferenceIndex([ReferenceHashRecord(9, "pdq", "xyz")], THRESHOLDS)
+
+
+def test_thresholds_from_config() -> None:
+    assert thresholds_from_config(MatchConfig()) == {"pdq": 31, "phash": 10}
+    assert thresholds_from_config(MatchConfig(pdq_threshold=20, phash_threshold=6)) == {
+        "pdq": 20,
+        "phash": 6,
+    }
+
+
+def test_popcount_lookup_table_agrees_with_numpy() -> None:
+    words = np.random.default_rng(1).integers(0, 2**64, (50, 4), dtype=np.uint64)
+    expected = [sum(bin(int(w)).count("1") for w in row) for row in words]
+    assert matching._popcount_rows_table(words).tolist() == expected
+    if hasattr(np, "bitwise_count"):
+        assert matching._popcount_rows_native(words).tolist() == expected
+
+
+# ---------------------------------------------------------------- real photos
+
+
+def _jpeg(im: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_corpus_copies_match_their_reference_and_distractors_match_nothing() -> None:
+    references = corpus_files("reference", 6)
+    distractors = corpus_files("distractors", 40) + corpus_files("cutouts", 10)
+    records = []
+    for ref_id, path in enumerate(references, start=1):
+        hashes = compute_hashes(path.read_bytes())
+        records += [ReferenceHashRecord(ref_id, h.algorithm, h.value) for h in hashes.hashes]
+    index = ReferenceIndex(records, THRESHOLDS)
+    assert len(index) == len(references)
+
+    for ref_id, path in enumerate(references, start=1):
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        half = rgb.resize((rgb.width // 2, rgb.height // 2), Image.Resampling.LANCZOS)
+        for label, data in (("resized 0.5x", _jpeg(half, 90)), ("JPEG q40", _jpeg(rgb, 40))):
+            found = index.match(compute_hashes(data))
+            assert found is not None, f"{path.name} {label}: {index.nearest(compute_hashes(data))}"
+            assert found.reference_id == ref_id, f"{path.name} {label}: {found}"
+
+    false_matches = []
+    for path in distractors:
+        found = index.match(compute_hashes(path.read_bytes()))
+        if found is not None:
+            false_matches.append((path.name, found))
+    pairs = len(references) * len(distractors)
+    assert not false_matches, f"{len(false_matches)} false matches in {pairs} pairs"
