@@ -92,6 +92,8 @@ class FetchConfig(_Section):
 class MatchConfig(_Section):
     pdq_threshold: int = Field(default=31, ge=0, le=256)
     phash_threshold: int = Field(default=10, ge=0, le=64)
+    # Found images with a lower PDQ quality (blank, flat, tiny) are never matched.
+    min_quality: int = Field(default=50, ge=0, le=100)
 
 
 class MailConfig(_Section):
@@ -170,8 +172,10 @@ class Settings(BaseSettings):
 
     @property
     def outbox_dir(self) -> Path:
-        return Path(self.mail.outbox_dir).expanduser() if self.mail.outbox_dir else (
-            self.data_dir / "outbox"
+        return (
+            Path(self.mail.outbox_dir).expanduser()
+            if self.mail.outbox_dir
+            else (self.data_dir / "outbox")
         )
 
 
@@ -191,9 +195,7 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
 
 
-def load_settings(
-    path: str | os.PathLike[str] | None = None, **overrides: Any
-) -> Settings:
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Load the configuration; raise :class:`ConfigError` with a readable message if it is bad."""
     config_path = resolve_config_path(path)
     if config_path is not None:

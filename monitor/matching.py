@@ -93,8 +93,13 @@ class ReferenceIndex:
     """
 
     def __init__(
-        self, references: Iterable[ReferenceHashRecord], thresholds: Mapping[str, int]
+        self,
+        references: Iterable[ReferenceHashRecord],
+        thresholds: Mapping[str, int],
+        *,
+        min_quality: int = 0,
     ) -> None:
+        self.min_quality = min_quality
         grouped: dict[str, list[ReferenceHashRecord]] = {}
         for rec in references:
             grouped.setdefault(rec.algorithm, []).append(rec)
@@ -153,10 +158,15 @@ class ReferenceIndex:
     def match(self, hashes: ImageHashes) -> MatchResult | None:
         """The best match of a found image, or ``None``.
 
-        An algorithm matches when its nearest reference is within its threshold; among
+        A found image whose PDQ quality is below ``min_quality`` (blank, flat or tiny images,
+        whose hashes are near all-zero) never matches. An algorithm matches when its nearest
+        reference is within its threshold; among
         matching algorithms the one with the smallest distance/threshold ratio wins, PDQ (the
         first registered) on ties.
         """
+        pdq = hashes.get("pdq")
+        if pdq is not None and pdq.quality is not None and pdq.quality < self.min_quality:
+            return None  # a flat or blank image: its hashes say nothing about content
         best: tuple[float, int, MatchResult] | None = None
         for name, (reference_id, distance) in self.nearest(hashes).items():
             threshold = self.thresholds[name]

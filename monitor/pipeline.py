@@ -320,7 +320,9 @@ async def run_scan(
             )
         scan_id = store.start_scan(s, subject_id).id
     summary = ScanSummary(scan_id=scan_id, subject=name)
-    index = ReferenceIndex(refs, thresholds_from_config(settings.match))
+    index = ReferenceIndex(
+        refs, thresholds_from_config(settings.match), min_quality=settings.match.min_quality
+    )
     status, error = "completed", None
     try:
         with _pool_or(pool) as executor:

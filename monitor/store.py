@@ -148,7 +148,7 @@ def reference_records(session: Session, subject_id: int) -> list[ReferenceHashRe
         select(ReferenceHash.reference_id, ReferenceHash.algorithm, ReferenceHash.value)
         .join(Reference)
         .where(Reference.subject_id == subject_id)
-    ).tuples()
+    )
     return [ReferenceHashRecord(ref_id, alg, value) for ref_id, alg, value in rows]
 
 
@@ -376,7 +376,7 @@ def list_matches(session: Session, subject_name: str | None = None) -> list[Matc
             sha256=sha,
             match_id=match.id,
         )
-        for name, sighting, match, sha in session.execute(stmt).tuples()
+        for name, sighting, match, sha in session.execute(stmt)
     ]
 
 

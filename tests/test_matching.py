@@ -155,3 +155,20 @@ def test_corpus_copies_match_their_reference_and_distractors_match_nothing() -> 
             false_matches.append((path.name, found))
     pairs = len(references) * len(distractors)
     assert not false_matches, f"{len(false_matches)} false matches in {pairs} pairs"
+
+
+def test_blank_found_images_never_match_even_a_bland_reference() -> None:
+    def png(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    bland = compute_hashes(png((0, 0, 0), (300, 200)))  # a black "reference"
+    spacer = compute_hashes(png((255, 255, 255), (1, 1)))  # a 1x1 spacer GIF-like image
+    refs = [ReferenceHashRecord(1, h.algorithm, h.value) for h in bland.hashes]
+    cfg = MatchConfig()
+    assert cfg.min_quality == 50
+    strict = ReferenceIndex(refs, thresholds_from_config(cfg), min_quality=cfg.min_quality)
+    lax = ReferenceIndex(refs, thresholds_from_config(cfg), min_quality=0)
+    assert lax.match(spacer) is not None  # what the quality gate is there to stop
+    assert strict.match(spacer) is None
