@@ -441,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.verbose < 2:  # APScheduler logs every check at INFO
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         if args.command == "demo":
             return cmd_demo(args, None)

@@ -1,0 +1,636 @@
+"""Fetch web pages and images safely: one HTTP client per scan, bounded and polite.
+
+    async with Fetcher(settings.fetch) as fetcher:
+        page = await fetcher.fetch_page("https://example.org/post/1")
+        image = await fetcher.fetch_image("https://example.org/photo.jpg")
+
+Every failure for one URL is a :class:`~monitor.errors.FetchError` whose ``reason`` a person can
+read (``"HTTP 404"``, ``"not an HTML page (image/png)"``, ``"larger than the 5 MB limit"``...).
+
+What the fetcher guarantees:
+
+* Addresses in private, loopback, link-local, CGNAT, multicast, reserved or unspecified ranges
+  are refused (:class:`~monitor.errors.BlockedAddressError`) unless ``allow_private_networks``.
+  The check is made on the address actually connected to: the connection pool's network
+  backend resolves the host, drops refused addresses and connects to a checked IP (TLS still
+  verifies the host name). Redirects are followed here, hop by hop, each hop checked again.
+* ``robots.txt`` is read once per origin and obeyed (:class:`~monitor.errors.RobotsDisallowed`).
+* At most ``max_concurrency`` requests at once, and ``max_per_host`` to one host.
+* Bodies are streamed and cut off at ``max_page_bytes`` / ``max_image_bytes`` (decoded size);
+  every request has an overall deadline, so a server dripping bytes cannot hold it forever.
+* Bodies stay in memory; nothing is written to disk. No cookies are kept or sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from types import TracebackType
+from typing import Self
+from urllib.parse import urljoin, urlsplit
+
+import httpcore
+import httpx
+from protego import Protego
+
+from monitor.config import FetchConfig
+from monitor.errors import BlockedAddressError, FetchError, RobotsDisallowed
+from monitor.types import FetchedResource
+
+__all__ = [
+    "AddressPredicate",
+    "BadStatusError",
+    "Fetcher",
+    "GuardedNetworkBackend",
+    "Resolver",
+    "TooLargeError",
+    "is_blocked_address",
+    "system_resolver",
+]
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""``await resolver(host, port)`` -> the host's IP addresses as strings, in preference order."""
+AddressPredicate = Callable[[IPAddress], bool]
+"""``is_blocked(ip)`` -> True when the fetcher must not connect to ``ip``."""
+
+ROBOTS_MAX_BYTES = 500_000
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+UNTYPED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+KEPT_HEADERS = ("content-type", "content-language", "etag", "last-modified")
+ACCEPT_PAGE = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
+ACCEPT_IMAGE = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.1"
+ACCEPT_ROBOTS = "text/plain,*/*;q=0.1"
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class BadStatusError(FetchError):
+    """The server answered with a status other than 2xx (and not a redirect)."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(url, f"HTTP {status}")
+        self.status = status
+
+
+class TooLargeError(FetchError):
+    """The body is larger than the configured cap."""
+
+
+# --- the address guard ----------------------------------------------------------------------
+
+
+def is_blocked_address(ip: IPAddress) -> bool:
+    """True when ``ip`` is not a public unicast address: private, loopback, link-local, CGNAT
+    (100.64/10), multicast, reserved, unspecified, documentation or benchmarking ranges.
+
+    IPv6 addresses that carry an IPv4 address (IPv4-mapped ``::ffff:a.b.c.d``, NAT64
+    ``64:ff9b::/96``, 6to4 ``2002::/16``) are judged by that IPv4 address too.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_blocked_address(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return is_blocked_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None and is_blocked_address(ip.sixtofour):
+            return True
+        if ip.teredo is not None and is_blocked_address(ip.teredo[1]):
+            return True
+    return (
+        not ip.is_global
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The host's addresses from the operating system's resolver (``getaddrinfo``)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = str(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that only connects to addresses ``is_blocked`` allows.
+
+    ``connect_tcp`` resolves the host itself, drops refused addresses and connects to the first
+    allowed address that answers, by IP; httpcore then starts TLS with the host name, so
+    certificates are still checked against the name. When every address is refused it raises
+    :class:`~monitor.errors.BlockedAddressError` (with the host as its ``url``).
+    """
+
+    def __init__(
+        self,
+        is_blocked: AddressPredicate = is_blocked_address,
+        resolver: Resolver | None = None,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self._is_blocked = is_blocked
+        self._resolver = resolver or system_resolver
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self._resolver(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"timed out looking up {host}") from None
+        except OSError as exc:
+            detail = getattr(exc, "strerror", None) or str(exc)
+            raise httpcore.ConnectError(f"could not look up {host}: {detail}") from exc
+
+        allowed: list[str] = []
+        refused: list[str] = []
+        for address in addresses:
+            try:
+                ip = ipaddress.ip_address(address.split("%", 1)[0])
+            except ValueError:
+                continue
+            (refused if self._is_blocked(ip) else allowed).append(address)
+        if not allowed:
+            if refused:
+                raise BlockedAddressError(host, blocked_reason(host, refused[0]))
+            raise httpcore.ConnectError(f"{host} has no address")
+
+        last_error: Exception | None = None
+        for address in allowed:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=remaining,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        if last_error is not None:
+            raise last_error
+        raise httpcore.ConnectTimeout(f"timed out connecting to {host}")
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("Unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def blocked_reason(host: str, address: str) -> str:
+    """The message for a refused address."""
+    where = address if address == host else f"{host} resolves to {address}, which"
+    return (
+        f"{where} is a private, local or reserved address; not fetched "
+        "(set [fetch] allow_private_networks = true to allow it)"
+    )
+
+
+# --- the fetcher ----------------------------------------------------------------------------
+
+
+class Fetcher:
+    """Fetches pages and images for one scan. Use as ``async with Fetcher(config) as f:``.
+
+    ``resolver`` and ``is_blocked`` replace the system resolver and :func:`is_blocked_address`
+    (tests use them to make one loopback address count as public). When ``is_blocked`` is not
+    given, ``config.allow_private_networks`` decides whether addresses are checked at all.
+    ``deadline`` is the most seconds one request (one redirect hop, body included) may take;
+    by default three times ``config.timeout``, which bounds every wait between bytes.
+    """
+
+    def __init__(
+        self,
+        config: FetchConfig,
+        *,
+        resolver: Resolver | None = None,
+        is_blocked: AddressPredicate | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.config = config
+        if is_blocked is None and not config.allow_private_networks:
+            is_blocked = is_blocked_address
+        self._is_blocked = is_blocked
+        self._resolver = resolver
+        self.deadline = deadline if deadline is not None else 3 * config.timeout
+        self._client: httpx.AsyncClient | None = None
+        self._all = asyncio.Semaphore(config.max_concurrency)
+        self._per_host: dict[str, asyncio.Semaphore] = {}
+        self._robots: dict[str, asyncio.Task[Protego | None]] = {}
+
+    async def __aenter__(self) -> Self:
+        self._client = httpx.AsyncClient(
+            transport=self._transport(),
+            headers={"User-Agent": self.config.user_agent},
+            timeout=httpx.Timeout(self.config.timeout),
+            follow_redirects=False,
+            trust_env=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            event_hooks={"response": [_check_redirect]},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections. Called by ``async with``."""
+        tasks = list(self._robots.values())
+        self._robots.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def fetch_page(self, url: str) -> FetchedResource:
+        """Fetch an HTML (or XHTML) page of at most ``max_page_bytes``."""
+        return await self._fetch(
+            url,
+            accept=ACCEPT_PAGE,
+            max_bytes=self.config.max_page_bytes,
+            check_type=_page_type_problem,
+        )
+
+    async def fetch_image(self, url: str) -> FetchedResource:
+        """Fetch an image of at most ``max_image_bytes``.
+
+        Any ``image/*`` type is accepted, and so are ``application/octet-stream`` and a missing
+        type (the hasher decides whether the bytes are an image); HTML and other text is not.
+        """
+        return await self._fetch(
+            url,
+            accept=ACCEPT_IMAGE,
+            max_bytes=self.config.max_image_bytes,
+            check_type=_image_type_problem,
+        )
+
+    async def can_fetch(self, url: str) -> bool:
+        """Whether robots.txt lets us fetch ``url`` (always True if robots are not respected)."""
+        parsed = _parse_url(url)
+        rules = await self._robots_for(parsed) if self.config.respect_robots else None
+        return rules is None or rules.can_fetch(str(parsed), self.config.user_agent)
+
+    async def crawl_delay(self, url: str) -> float | None:
+        """The ``Crawl-delay`` robots.txt of ``url``'s site asks of us, if any."""
+        if not self.config.respect_robots:
+            return None
+        rules = await self._robots_for(_parse_url(url))
+        return rules.crawl_delay(self.config.user_agent) if rules is not None else None
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _transport(self) -> httpx.AsyncHTTPTransport:
+        limits = httpx.Limits(
+            max_connections=self.config.max_concurrency,
+            max_keepalive_connections=self.config.max_concurrency,
+        )
+        transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        if self._is_blocked is None and self._resolver is None:
+            return transport
+        backend = GuardedNetworkBackend(
+            is_blocked=self._is_blocked or (lambda _ip: False), resolver=self._resolver
+        )
+        # httpx has no public way to pass an httpcore network backend; its transport sends
+        # everything through ``_pool``, so give it a pool built with the guarded backend.
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=backend,
+        )
+        return transport
+
+    async def _fetch(
+        self,
+        url: str,
+        *,
+        accept: str,
+        max_bytes: int,
+        check_type: Callable[[str], str | None] | None,
+        robots: bool = True,
+        truncate: bool = False,
+    ) -> FetchedResource:
+        if self._client is None:
+            raise RuntimeError("use the Fetcher inside `async with Fetcher(config) as fetcher:`")
+        current = _parse_url(url)
+        seen = {str(current)}
+        for hop in range(self.config.max_redirects + 1):
+            self._check_literal_address(url, current)
+            if robots and self.config.respect_robots:
+                await self._check_robots(url, current, redirected=hop > 0)
+            result = await self._exchange(url, current, accept, max_bytes, check_type, truncate)
+            if isinstance(result, FetchedResource):
+                return result
+            if str(result) in seen:
+                raise FetchError(url, f"redirect loop (back to {result})")
+            seen.add(str(result))
+            current = result
+        raise FetchError(url, f"too many redirects (more than {self.config.max_redirects})")
+
+    async def _exchange(
+        self,
+        asked: str,
+        url: httpx.URL,
+        accept: str,
+        max_bytes: int,
+        check_type: Callable[[str], str | None] | None,
+        truncate: bool,
+    ) -> FetchedResource | httpx.URL:
+        """One request: the resource, or where it redirects to."""
+        assert self._client is not None
+        async with self._slot(url.host):
+            try:
+                async with asyncio.timeout(self.deadline):
+                    request = self._client.build_request("GET", url, headers={"Accept": accept})
+                    response = await self._client.send(request, stream=True)
+                    try:
+                        return await self._answer(
+                            asked, url, response, max_bytes, check_type, truncate
+                        )
+                    finally:
+                        await response.aclose()
+            except TimeoutError:
+                raise FetchError(
+                    asked, f"gave up after {self.deadline:g} s: the server is too slow"
+                ) from None
+            except _RedirectRefused as exc:
+                raise FetchError(asked, exc.reason) from None
+            except BlockedAddressError as exc:
+                if exc.url == asked:
+                    raise
+                raise BlockedAddressError(asked, exc.reason) from None
+            except FetchError:
+                raise
+            except httpx.HTTPError as exc:
+                raise FetchError(asked, describe_http_error(exc, self.config.timeout)) from exc
+            except httpx.InvalidURL as exc:
+                raise FetchError(asked, f"not a valid URL ({exc})") from exc
+            except Exception as exc:  # a per-URL failure must not end the scan
+                log.exception("unexpected error fetching %s", asked)
+                raise FetchError(asked, f"unexpected error: {type(exc).__name__}: {exc}") from exc
+
+    async def _answer(
+        self,
+        asked: str,
+        url: httpx.URL,
+        response: httpx.Response,
+        max_bytes: int,
+        check_type: Callable[[str], str | None] | None,
+        truncate: bool,
+    ) -> FetchedResource | httpx.URL:
+        status = response.status_code
+        if status in REDIRECT_STATUSES:
+            return _redirect_target(url, response.headers.get("location", ""), status)
+        if not 200 <= status < 300:
+            raise BadStatusError(asked, status)
+        content_type = response.headers.get("content-type", "")
+        problem = check_type(content_type) if check_type else None
+        if problem:
+            raise FetchError(asked, problem)
+        body = await _read_capped(asked, response, max_bytes, truncate=truncate)
+        return FetchedResource(
+            url=asked,
+            final_url=str(url),
+            status=status,
+            content_type=content_type,
+            body=body,
+            headers={k: v for k in KEPT_HEADERS if (v := response.headers.get(k))},
+        )
+
+    @asynccontextmanager
+    async def _slot(self, host: str) -> AsyncIterator[None]:
+        """Hold a place among ``max_per_host`` for the host, then among ``max_concurrency``."""
+        per_host = self._per_host.get(host)
+        if per_host is None:
+            per_host = self._per_host[host] = asyncio.Semaphore(self.config.max_per_host)
+        async with per_host, self._all:
+            yield
+
+    def _check_literal_address(self, asked: str, url: httpx.URL) -> None:
+        """Refuse a URL whose host is a blocked IP literal before connecting (a clear, early
+        error; the connection-time guard would refuse it too)."""
+        if self._is_blocked is None:
+            return
+        try:
+            ip = ipaddress.ip_address(url.host)
+        except ValueError:
+            return
+        if self._is_blocked(ip):
+            raise BlockedAddressError(asked, blocked_reason(url.host, str(ip)))
+
+    async def _check_robots(self, asked: str, url: httpx.URL, *, redirected: bool) -> None:
+        rules = await self._robots_for(url)
+        if rules is not None and not rules.can_fetch(str(url), self.config.user_agent):
+            where = f" (redirected to {url})" if redirected else ""
+            raise RobotsDisallowed(asked, f"robots.txt of {_origin(url)} disallows it{where}")
+
+    async def _robots_for(self, url: httpx.URL) -> Protego | None:
+        """The origin's parsed robots.txt (None: everything allowed); fetched once per origin,
+        concurrent first requests wait for the same fetch."""
+        key = _origin(url)
+        task = self._robots.get(key)
+        if task is None:
+            robots_url = url.copy_with(path="/robots.txt", query=None, fragment=None)
+            task = asyncio.create_task(self._load_robots(str(robots_url)))
+            self._robots[key] = task
+        return await asyncio.shield(task)
+
+    async def _load_robots(self, robots_url: str) -> Protego | None:
+        try:
+            res = await self._fetch(
+                robots_url,
+                accept=ACCEPT_ROBOTS,
+                max_bytes=ROBOTS_MAX_BYTES,
+                check_type=None,
+                robots=False,
+                truncate=True,
+            )
+        except BadStatusError as exc:
+            if exc.status >= 500:
+                log.info(
+                    "%s: HTTP %d; fetching from the site as if it allowed everything",
+                    robots_url,
+                    exc.status,
+                )
+            return None  # 4xx: there are no rules
+        except FetchError as exc:
+            log.info(
+                "%s: %s; fetching from the site as if it allowed everything", robots_url, exc.reason
+            )
+            return None
+        try:
+            return Protego.parse(res.body.decode("utf-8", errors="replace"))
+        except Exception:  # a robots.txt Protego cannot read has no rules we can obey
+            log.info("%s could not be parsed; allowing everything", robots_url, exc_info=True)
+            return None
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _parse_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise FetchError(str(url), f"not a valid URL ({exc})") from None
+    if parsed.scheme not in ("http", "https"):
+        what = f"{parsed.scheme}: URLs" if parsed.scheme else "relative URLs"
+        raise FetchError(url, f"only http and https URLs are fetched, not {what}")
+    if not parsed.host:
+        raise FetchError(url, "the URL has no host")
+    return parsed.copy_with(fragment=None)
+
+
+class _RedirectRefused(Exception):
+    """A redirect the fetcher will not follow; becomes a FetchError for the URL asked for."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _redirect_target(url: httpx.URL, location: str, status: int) -> httpx.URL:
+    """Where a redirect from ``url`` goes, or :class:`_RedirectRefused`."""
+    location = location.strip()
+    if not location:
+        raise _RedirectRefused(f"HTTP {status} redirect without a Location header")
+    try:
+        target = httpx.URL(urljoin(str(url), location))
+    except (httpx.InvalidURL, ValueError) as exc:
+        scheme = urlsplit(location).scheme.lower()
+        if scheme and scheme not in ("http", "https"):
+            raise _RedirectRefused(_scheme_refused(scheme)) from None
+        raise _RedirectRefused(
+            f"HTTP {status} redirect to a bad URL {location!r} ({exc})"
+        ) from None
+    if target.scheme not in ("http", "https"):
+        raise _RedirectRefused(_scheme_refused(target.scheme))
+    if not target.host:
+        raise _RedirectRefused(f"redirected to a URL without a host ({location!r})")
+    return target.copy_with(fragment=None)
+
+
+def _scheme_refused(scheme: str) -> str:
+    return f"redirected to a {scheme}: URL; only http and https are followed"
+
+
+async def _check_redirect(response: httpx.Response) -> None:
+    """Response hook: refuse a bad ``Location`` before httpx tries to parse it itself."""
+    if response.status_code in REDIRECT_STATUSES:
+        _redirect_target(
+            response.request.url, response.headers.get("location", ""), response.status_code
+        )
+
+
+async def _read_capped(asked: str, response: httpx.Response, cap: int, *, truncate: bool) -> bytes:
+    """The decoded body; TooLargeError past ``cap`` bytes (or cut at ``cap`` if ``truncate``)."""
+    declared = response.headers.get("content-length", "").strip()
+    if not truncate and declared.isdigit() and int(declared) > cap:
+        raise TooLargeError(
+            asked, f"larger than the {_size(cap)} limit (Content-Length: {_size(int(declared))})"
+        )
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            if truncate:
+                return bytes(body[:cap])
+            raise TooLargeError(asked, f"larger than the {_size(cap)} limit")
+    return bytes(body)
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _page_type_problem(content_type: str) -> str | None:
+    media = _media_type(content_type)
+    if media in PAGE_TYPES:
+        return None
+    return f"not an HTML page ({media or 'no Content-Type'})"
+
+
+def _image_type_problem(content_type: str) -> str | None:
+    media = _media_type(content_type)
+    if media.startswith("image/") or media in UNTYPED:
+        return None
+    return f"not an image ({media})"
+
+
+def _origin(url: httpx.URL) -> str:
+    port = url.port or (443 if url.scheme == "https" else 80)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}:{port}"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def describe_http_error(exc: httpx.HTTPError, timeout: float) -> str:
+    """A readable reason for an httpx error."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"timed out connecting ({detail})"
+    if isinstance(exc, httpx.ReadTimeout):
+        return f"the server sent nothing for {timeout:g} s"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "timed out sending the request"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "timed out waiting for a free connection"
+    if isinstance(exc, httpx.ConnectError):
+        return f"could not connect ({detail})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server broke the HTTP protocol ({detail})"
+    if isinstance(exc, httpx.DecodingError):
+        return f"the response could not be decoded ({detail})"
+    if isinstance(exc, httpx.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return f"not a fetchable URL ({detail})"
+    if isinstance(exc, httpx.NetworkError):
+        return f"the connection failed ({detail})"
+    return f"{type(exc).__name__}: {detail}"

@@ -1,0 +1,507 @@
+"""The fetcher, against loopback servers only (several 127.x addresses act as several hosts)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ipaddress
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from monitor.config import FetchConfig
+from monitor.errors import BlockedAddressError, FetchError, RobotsDisallowed
+from monitor.fetch import (
+    BadStatusError,
+    Fetcher,
+    TooLargeError,
+    is_blocked_address,
+)
+from monitor.testing.web import LoopbackWeb, Request, Response
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+UA = "ExposureMonitor-Test/1.0 (+https://example.invalid/about)"
+
+
+def config(**overrides: object) -> FetchConfig:
+    values: dict[str, object] = {"allow_private_networks": True, "timeout": 5, "user_agent": UA}
+    values.update(overrides)
+    return FetchConfig(**values)
+
+
+@pytest.fixture
+def web() -> Iterator[LoopbackWeb]:
+    with LoopbackWeb() as w:
+        yield w
+
+
+@pytest.fixture
+def web2() -> Iterator[LoopbackWeb]:
+    with LoopbackWeb("127.0.0.2") as w:
+        yield w
+
+
+@pytest.fixture
+def web3() -> Iterator[LoopbackWeb]:
+    with LoopbackWeb("127.0.0.3") as w:
+        yield w
+
+
+def paths(web: LoopbackWeb) -> list[str]:
+    return [r.path for r in web.requests]
+
+
+def redirect(to: str, status: int = 302) -> Response:
+    return Response(status, b"", "text/plain", {"Location": to})
+
+
+# --- pages and images -----------------------------------------------------------------------
+
+
+async def test_fetches_a_page_and_an_image(web: LoopbackWeb) -> None:
+    page_url = web.add(
+        "/p.html",
+        "<img src=/x.png>",
+        "text/html; charset=utf-8",
+        headers={"ETag": '"v1"', "Content-Language": "nl", "X-Other": "dropped"},
+    )
+    img_url = web.add("/x.png", PNG, "image/png")
+    async with Fetcher(config()) as f:
+        page = await f.fetch_page(page_url)
+        img = await f.fetch_image(img_url)
+    assert page.body == b"<img src=/x.png>"
+    assert page.status == 200
+    assert page.url == page.final_url == page_url
+    assert page.content_type == "text/html; charset=utf-8"
+    assert page.headers["etag"] == '"v1"'
+    assert page.headers["content-language"] == "nl"
+    assert "x-other" not in page.headers
+    assert img.body == PNG
+    assert img.content_type == "image/png"
+
+
+async def test_user_agent_is_sent_on_every_request(web: LoopbackWeb) -> None:
+    url = web.add("/p.html", "<p>hi</p>")
+    async with Fetcher(config()) as f:
+        await f.fetch_page(url)
+    assert paths(web) == ["/robots.txt", "/p.html"]
+    assert all(r.headers["user-agent"] == UA for r in web.requests)
+
+
+async def test_non_html_page_is_refused(web: LoopbackWeb) -> None:
+    url = web.add("/x.png", PNG, "image/png")
+    async with Fetcher(config()) as f:
+        with pytest.raises(FetchError) as info:
+            await f.fetch_page(url)
+    assert info.value.reason == "not an HTML page (image/png)"
+
+
+async def test_xhtml_page_is_accepted(web: LoopbackWeb) -> None:
+    url = web.add("/p.xhtml", "<html/>", "application/xhtml+xml")
+    async with Fetcher(config()) as f:
+        assert (await f.fetch_page(url)).body == b"<html/>"
+
+
+async def test_image_accepts_octet_stream_and_missing_type_but_not_html(web: LoopbackWeb) -> None:
+    octet = web.add("/a", PNG, "application/octet-stream")
+    untyped = web.add("/b", PNG, "")
+    html = web.add("/c", "<html></html>", "text/html")
+    async with Fetcher(config()) as f:
+        assert (await f.fetch_image(octet)).body == PNG
+        assert (await f.fetch_image(untyped)).body == PNG
+        with pytest.raises(FetchError, match=r"not an image \(text/html\)"):
+            await f.fetch_image(html)
+
+
+async def test_error_status_is_a_fetch_error(web: LoopbackWeb) -> None:
+    gone = web.add("/gone", "gone", status=410)
+    async with Fetcher(config()) as f:
+        with pytest.raises(BadStatusError) as info:
+            await f.fetch_page(web.url("/missing"))
+        assert info.value.reason == "HTTP 404"
+        assert info.value.status == 404
+        with pytest.raises(FetchError, match="HTTP 410"):
+            await f.fetch_image(gone)
+
+
+async def test_unreachable_server_and_bad_urls_are_fetch_errors(web: LoopbackWeb) -> None:
+    port = web.port
+    web.stop()  # nothing listens on this port any more
+    async with Fetcher(config(respect_robots=False)) as f:
+        with pytest.raises(FetchError, match="could not connect"):
+            await f.fetch_page(f"http://127.0.0.1:{port}/")
+        with pytest.raises(FetchError, match="only http and https"):
+            await f.fetch_page("ftp://example.org/a.html")
+        with pytest.raises(FetchError, match="only http and https"):
+            await f.fetch_image("/relative.png")
+
+
+async def test_no_cookies_are_kept(web: LoopbackWeb) -> None:
+    url = web.add("/p.html", "<p>", headers={"Set-Cookie": "track=1; Path=/"})
+    async with Fetcher(config(respect_robots=False)) as f:
+        await f.fetch_page(url)
+        await f.fetch_page(url)
+    assert all("cookie" not in r.headers for r in web.requests)
+
+
+# --- size caps ------------------------------------------------------------------------------
+
+
+def chunked(data: bytes, size: int = 256) -> bytes:
+    out = b""
+    for i in range(0, len(data), size):
+        part = data[i : i + size]
+        out += f"{len(part):x}\r\n".encode() + part + b"\r\n"
+    return out + b"0\r\n\r\n"
+
+
+async def test_body_over_cap_with_content_length_is_refused(web: LoopbackWeb) -> None:
+    url = web.add("/big.html", b"x" * 5000)
+    async with Fetcher(config(max_page_bytes=1024)) as f:
+        with pytest.raises(TooLargeError, match="Content-Length"):
+            await f.fetch_page(url)
+
+
+async def test_body_over_cap_without_content_length_is_cut_off(web: LoopbackWeb) -> None:
+    big = web.add("/big.html", chunked(b"x" * 5000), headers={"Transfer-Encoding": "chunked"})
+    ok = web.add("/ok.html", chunked(b"y" * 1000), headers={"Transfer-Encoding": "chunked"})
+    async with Fetcher(config(max_page_bytes=1024)) as f:
+        with pytest.raises(TooLargeError, match="larger than the 1.02 KB limit"):
+            await f.fetch_page(big)
+        assert (await f.fetch_page(ok)).body == b"y" * 1000
+
+
+async def test_decoded_size_counts_not_compressed_size(web: LoopbackWeb) -> None:
+    packed = gzip.compress(b"z" * 50_000)
+    assert len(packed) < 1024
+    url = web.add("/bomb.png", packed, "image/png", headers={"Content-Encoding": "gzip"})
+    small = web.add(
+        "/small.png", gzip.compress(PNG), "image/png", headers={"Content-Encoding": "gzip"}
+    )
+    async with Fetcher(config(max_image_bytes=1024)) as f:
+        with pytest.raises(TooLargeError):
+            await f.fetch_image(url)
+        assert (await f.fetch_image(small)).body == PNG
+
+
+# --- redirects ------------------------------------------------------------------------------
+
+
+async def test_redirect_is_followed_across_hosts(web: LoopbackWeb, web2: LoopbackWeb) -> None:
+    final = web2.add("/final.html", "<p>final</p>")
+    start = web.route("/start", lambda _r: redirect("/middle", 301))
+    web.route("/middle", lambda _r: redirect(final, 307))
+    async with Fetcher(config()) as f:
+        page = await f.fetch_page(start)
+    assert page.url == start
+    assert page.final_url == final
+    assert page.body == b"<p>final</p>"
+
+
+async def test_redirect_loop_is_refused(web: LoopbackWeb) -> None:
+    a = web.route("/a", lambda _r: redirect("/b"))
+    web.route("/b", lambda _r: redirect("/a"))
+    async with Fetcher(config(max_redirects=10)) as f:
+        with pytest.raises(FetchError, match="redirect loop"):
+            await f.fetch_page(a)
+    assert paths(web).count("/a") == 1
+
+
+async def test_too_many_redirects_are_refused(web: LoopbackWeb) -> None:
+    for i in range(10):
+        web.route(f"/r{i}", lambda _r, i=i: redirect(f"/r{i + 1}"))
+    web.add("/r10", "<p>end</p>")
+    async with Fetcher(config(max_redirects=3)) as f:
+        with pytest.raises(FetchError, match=r"too many redirects \(more than 3\)"):
+            await f.fetch_page(web.url("/r0"))
+        web.add("/r7", "<p>near</p>")
+        page = await f.fetch_page(web.url("/r4"))  # exactly three redirects is fine
+    assert page.final_url == web.url("/r7")
+    assert "/r4" in paths(web)
+
+
+@pytest.mark.parametrize(
+    "target", ["javascript:alert(1)", "ftp://127.0.0.1/x.html", "file:///etc/passwd"]
+)
+async def test_redirect_to_other_schemes_is_refused(web: LoopbackWeb, target: str) -> None:
+    url = web.route("/go", lambda _r: redirect(target))
+    async with Fetcher(config()) as f:
+        with pytest.raises(FetchError, match="only http and https are followed"):
+            await f.fetch_page(url)
+
+
+# --- robots.txt -----------------------------------------------------------------------------
+
+
+async def test_robots_disallow_is_obeyed(web: LoopbackWeb) -> None:
+    web.add("/robots.txt", "User-agent: ExposureMonitor-Test\nDisallow: /private/\n", "text/plain")
+    private = web.add("/private/p.html", "<p>")
+    public = web.add("/public.html", "<p>")
+    async with Fetcher(config()) as f:
+        with pytest.raises(RobotsDisallowed, match="robots.txt"):
+            await f.fetch_page(private)
+        await f.fetch_page(public)
+        assert not await f.can_fetch(private)
+    assert "/private/p.html" not in paths(web)
+    assert paths(web).count("/robots.txt") == 1
+
+
+async def test_robots_disallow_applies_to_a_redirect_target(
+    web: LoopbackWeb, web2: LoopbackWeb
+) -> None:
+    web2.add("/robots.txt", "User-agent: *\nDisallow: /\n", "text/plain")
+    web2.add("/x.png", PNG, "image/png")
+    url = web.route("/img", lambda _r: redirect(web2.url("/x.png")))
+    async with Fetcher(config()) as f:
+        with pytest.raises(RobotsDisallowed, match="redirected to"):
+            await f.fetch_image(url)
+    assert "/x.png" not in paths(web2)
+
+
+async def test_robots_is_not_consulted_when_not_respected(web: LoopbackWeb) -> None:
+    web.add("/robots.txt", "User-agent: *\nDisallow: /\n", "text/plain")
+    url = web.add("/p.html", "<p>")
+    async with Fetcher(config(respect_robots=False)) as f:
+        await f.fetch_page(url)
+    assert paths(web) == ["/p.html"]
+
+
+@pytest.mark.parametrize("status", [404, 403, 500, 503])
+async def test_robots_error_status_allows_everything(web: LoopbackWeb, status: int) -> None:
+    web.add("/robots.txt", "User-agent: *\nDisallow: /\n", "text/plain", status=status)
+    url = web.add("/p.html", "<p>")
+    async with Fetcher(config()) as f:
+        assert (await f.fetch_page(url)).body == b"<p>"
+
+
+async def test_robots_is_fetched_once_per_origin(web: LoopbackWeb, web2: LoopbackWeb) -> None:
+    def slow_robots(_req: Request) -> Response:
+        time.sleep(0.05)  # so the first page requests all arrive while it is being fetched
+        return Response(200, b"User-agent: *\nCrawl-delay: 2\nDisallow: /no\n", "text/plain")
+
+    web.route("/robots.txt", slow_robots)
+    for i in range(6):
+        web.add(f"/p{i}.html", "<p>")
+        web2.add(f"/p{i}.html", "<p>")
+    async with Fetcher(config()) as f:
+        urls = [w.url(f"/p{i}.html") for w in (web, web2) for i in range(6)]
+        await asyncio.gather(*(f.fetch_page(u) for u in urls))
+        await f.fetch_page(web.url("/p0.html"))
+        assert await f.crawl_delay(web.url("/p1.html")) == 2
+    assert paths(web).count("/robots.txt") == 1
+    assert paths(web2).count("/robots.txt") == 1
+
+
+async def test_oversized_robots_txt_is_read_up_to_the_cap(web: LoopbackWeb) -> None:
+    rules = b"User-agent: *\nDisallow: /secret\n"
+    web.add("/robots.txt", rules + b"# " + b"x" * 600_000 + b"\nDisallow: /late\n", "text/plain")
+    secret = web.add("/secret.html", "<p>")
+    late = web.add("/late.html", "<p>")
+    async with Fetcher(config()) as f:
+        with pytest.raises(RobotsDisallowed):
+            await f.fetch_page(secret)
+        await f.fetch_page(late)  # that rule came after the cap
+
+
+# --- the address guard ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "239.255.255.250",
+        "255.255.255.255",
+        "240.0.0.1",
+        "192.0.2.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a00:1",
+        "2002:a00:1::1",
+    ],
+)
+def test_non_public_addresses_are_blocked(address: str) -> None:
+    assert is_blocked_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "93.184.216.34",
+        "2606:4700:4700::1111",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+    ],
+)
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert not is_blocked_address(ipaddress.ip_address(address))
+
+
+async def test_private_addresses_are_refused_by_default(web: LoopbackWeb) -> None:
+    web.add("/p.html", "<p>")
+    async with Fetcher(config(allow_private_networks=False)) as f:
+        for url in (
+            web.url("/p.html"),  # a literal loopback IP
+            f"http://localhost:{web.port}/p.html",  # a name that resolves to loopback
+            f"http://2130706433:{web.port}/p.html",  # 127.0.0.1 written as one number
+        ):
+            with pytest.raises(BlockedAddressError, match="allow_private_networks") as info:
+                await f.fetch_page(url)
+            assert info.value.url == url
+    assert web.requests == []
+
+
+def only_127_0_0_2_is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return ip != ipaddress.ip_address("127.0.0.2")
+
+
+def fake_dns(table: dict[str, list[str]]):  # noqa: ANN201
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError(f"unknown host {host}")
+        return table[host]
+
+    return resolve
+
+
+async def test_redirect_to_a_blocked_literal_address_is_refused(
+    web2: LoopbackWeb, web3: LoopbackWeb
+) -> None:
+    web3.add("/secret.html", "<p>secret</p>")
+    url = web2.route("/go", lambda _r: redirect(web3.url("/secret.html")))
+    web2.add("/fine.html", "<p>fine</p>")
+    async with Fetcher(
+        config(allow_private_networks=False), is_blocked=only_127_0_0_2_is_public
+    ) as f:
+        assert (await f.fetch_page(web2.url("/fine.html"))).body == b"<p>fine</p>"
+        with pytest.raises(BlockedAddressError) as info:
+            await f.fetch_page(url)
+    assert info.value.url == url
+    assert "127.0.0.3" in info.value.reason
+    assert web3.requests == []
+
+
+async def test_redirect_to_a_name_resolving_to_a_blocked_address_is_refused_at_connect(
+    web2: LoopbackWeb, web3: LoopbackWeb
+) -> None:
+    dns = fake_dns({"public.test": ["127.0.0.2"], "private.test": ["127.0.0.3"]})
+    web3.add("/secret.html", "<p>secret</p>")
+    web2.route("/go", lambda _r: redirect(f"http://private.test:{web3.port}/secret.html"))
+    url = f"http://public.test:{web2.port}/go"
+    async with Fetcher(
+        config(allow_private_networks=False), is_blocked=only_127_0_0_2_is_public, resolver=dns
+    ) as f:
+        with pytest.raises(BlockedAddressError, match="private.test resolves to 127.0.0.3"):
+            await f.fetch_page(url)
+    assert paths(web2) == ["/robots.txt", "/go"]
+    assert web3.requests == []
+
+
+async def test_only_allowed_addresses_of_a_host_are_connected_to(web3: LoopbackWeb) -> None:
+    web3.add("/p.html", "<p>private</p>")
+    with LoopbackWeb("127.0.0.2", port=web3.port) as web2:
+        web2.add("/p.html", "<p>public</p>")
+        dns = fake_dns({"mixed.test": ["127.0.0.3", "127.0.0.2"]})
+        async with Fetcher(
+            config(allow_private_networks=False), is_blocked=only_127_0_0_2_is_public, resolver=dns
+        ) as f:
+            page = await f.fetch_page(f"http://mixed.test:{web3.port}/p.html")
+    assert page.body == b"<p>public</p>"
+    assert web3.requests == []
+
+
+# --- time and concurrency -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def drip_server() -> AsyncIterator[str]:
+    """A server that sends headers, then one body byte every 20 ms, never finishing."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 1000000\r\n\r\n"
+            )
+            while True:
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/slow.html"
+    finally:
+        for task in handlers:
+            task.cancel()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_slow_drip_body_hits_the_deadline() -> None:
+    async with drip_server() as url, Fetcher(config(timeout=0.2, respect_robots=False)) as f:
+        with pytest.raises(FetchError, match="gave up after 0.6 s"):
+            await f.fetch_page(url)
+
+
+class Gauge:
+    """Counts requests in flight in a handler that sleeps briefly."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def handler(self, _req: Request) -> Response:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(0.05)
+        with self._lock:
+            self.now -= 1
+        return Response(200, b"<p>", "text/html")
+
+
+async def test_per_host_concurrency_is_bounded(web: LoopbackWeb, web2: LoopbackWeb) -> None:
+    gauge, gauge2 = Gauge(), Gauge()
+    web.route("/p.html", gauge.handler)
+    web2.route("/p.html", gauge2.handler)
+    urls = [web.url("/p.html")] * 8 + [web2.url("/p.html")] * 8
+    async with Fetcher(config(max_per_host=2, max_concurrency=10, respect_robots=False)) as f:
+        await asyncio.gather(*(f.fetch_page(u) for u in urls))
+    assert gauge.peak == 2
+    assert gauge2.peak == 2
+
+
+async def test_overall_concurrency_is_bounded(web: LoopbackWeb, web2: LoopbackWeb) -> None:
+    gauge = Gauge()
+    web.route("/p.html", gauge.handler)
+    web2.route("/p.html", gauge.handler)
+    urls = [web.url("/p.html")] * 6 + [web2.url("/p.html")] * 6
+    async with Fetcher(config(max_per_host=4, max_concurrency=3, respect_robots=False)) as f:
+        await asyncio.gather(*(f.fetch_page(u) for u in urls))
+    assert gauge.peak == 3
