@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -134,6 +136,13 @@ class ScheduleConfig(_Section):
     check_every: Duration = timedelta(minutes=1)  # how often `run` looks for due scans
 
 
+class _EnvWithoutDataDir(EnvSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name == "data_dir":
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with :func:`load_settings`."""
 
@@ -160,7 +169,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # $MONITOR_DATA_DIR only supplies the default data folder (see default_data_dir): a
+        # data_dir written in the file wins over it, as the example configuration documents.
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            _EnvWithoutDataDir(settings_cls),
+        ]
         toml_file = getattr(settings_cls, "config_file", None)
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))

@@ -66,9 +66,12 @@ DEFAULT_MAX_PIXELS = 64_000_000
 WORKING_SIZE = 512
 """Large images are decoded or reduced so that their short side stays at least this long."""
 
-FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF", "HEIF")
-"""Pillow formats tried when decoding. Others (EPS, PSD, FITS, ...) are refused: they are not
-published as web images, and some of their decoders run external programs."""
+_WEB_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF", "HEIF")
+Image.init()
+FORMATS: tuple[str, ...] = tuple(f for f in _WEB_FORMATS if f in Image.OPEN)
+"""Pillow formats tried when decoding, those of the web set this Pillow can open (AVIF and HEIF
+depend on how Pillow was built and on ``pillow-heif``). Others (EPS, PSD, FITS, ...) are refused:
+they are not published as web images, and some of their decoders run external programs."""
 
 WHITE = (255, 255, 255)
 

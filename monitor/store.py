@@ -104,16 +104,18 @@ class SubjectInfo:
 
 
 def subject_infos(session: Session) -> list[SubjectInfo]:
-    refs = dict(
-        session.execute(select(Reference.subject_id, func.count()).group_by(Reference.subject_id))
-        .tuples()
-        .all()
-    )
-    matches = dict(
-        session.execute(select(Match.subject_id, func.count()).group_by(Match.subject_id))
-        .tuples()
-        .all()
-    )
+    refs: dict[int, int] = {
+        subject_id: n
+        for subject_id, n in session.execute(
+            select(Reference.subject_id, func.count()).group_by(Reference.subject_id)
+        )
+    }
+    matches: dict[int, int] = {
+        subject_id: n
+        for subject_id, n in session.execute(
+            select(Match.subject_id, func.count()).group_by(Match.subject_id)
+        )
+    }
     return [
         SubjectInfo(
             name=s.name,

@@ -55,6 +55,20 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
     assert (s.mail.smtp_host, s.mail.smtp_port) == ("env.example", 25)
 
 
+def test_data_dir_in_the_file_wins_over_the_default_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The autouse fixture sets $MONITOR_DATA_DIR; it supplies only the default data folder.
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().data_dir == (tmp_path / "default-data")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "mine"}"\n')
+    s = load_settings(cfg)
+    assert s.data_dir == tmp_path / "mine"
+    assert s.database_url == f"sqlite:///{tmp_path / 'mine' / 'monitor.db'}"
+    assert s.outbox_dir == tmp_path / "mine" / "outbox"
+
+
 def test_secret_comes_from_the_named_environment_variable(tmp_path: Path, monkeypatch) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[mail]\npassword_env = "MY_SMTP_SECRET"\n')

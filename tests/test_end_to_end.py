@@ -6,15 +6,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from monitor.demo.transforms import encode
-from monitor.demo.web import build_web
-from monitor.enrol import enrol_paths
-from monitor.testing.smtp import LoopbackSMTP
 from PIL import Image
 
 from monitor import store
 from monitor.db import Database
+from monitor.demo.transforms import encode
+from monitor.demo.web import build_web
+from monitor.enrol import enrol_paths
 from monitor.pipeline import scan_subject
+from monitor.testing.smtp import LoopbackSMTP
 from monitor.testing.web import LoopbackWeb
 from tests.conftest import corpus_files, loopback_settings
 

@@ -77,11 +77,15 @@ class Subject(Base):
     scan_lease_owner: Mapped[str | None] = mapped_column(String(100))
 
     aliases: Mapped[list[Alias]] = relationship(
-        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True,
+        back_populates="subject",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="Alias.id",
     )
     references: Mapped[list[Reference]] = relationship(
-        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True,
+        back_populates="subject",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="Reference.id",
     )
 
@@ -115,7 +119,9 @@ class Reference(Base):
 
     subject: Mapped[Subject] = relationship(back_populates="references")
     hashes: Mapped[list[ReferenceHash]] = relationship(
-        back_populates="reference", cascade="all, delete-orphan", passive_deletes=True,
+        back_populates="reference",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="ReferenceHash.id",
     )
 
@@ -214,9 +220,7 @@ class Sighting(Base):
     image_url: Mapped[str] = mapped_column(Text)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    first_scan_id: Mapped[int | None] = mapped_column(
-        ForeignKey("scans.id", ondelete="SET NULL")
-    )
+    first_scan_id: Mapped[int | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"))
     # The alert that told the person about this sighting (only for sightings of a match).
     alert_id: Mapped[int | None] = mapped_column(
         ForeignKey("outbox.id", ondelete="SET NULL"), index=True

@@ -134,7 +134,10 @@ class LoopbackWeb:
 
     def start(self) -> LoopbackWeb:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name=f"loopback-web:{self.port}", daemon=True
+            target=self._server.serve_forever,
+            args=(0.05,),
+            name=f"loopback-web:{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self
