@@ -3,7 +3,9 @@
 
 import sys
 
-from monitor.cli import main
-
 if __name__ == "__main__":
+    # Imported here, not above: hashing workers re-import this file as ``__mp_main__`` and should
+    # not load the database, HTTP and CLI libraries they never use.
+    from monitor.cli import main
+
     sys.exit(main())

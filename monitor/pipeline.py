@@ -79,11 +79,14 @@ Progress = Callable[[ScanSummary, int], None]
 
 
 def hashing_pool(workers: int | None = None) -> ProcessPoolExecutor:
-    """A process pool for hashing, one worker per core by default."""
-    return ProcessPoolExecutor(
-        max_workers=workers or os.cpu_count() or 2,
-        mp_context=multiprocessing.get_context("forkserver"),
-    )
+    """A process pool for hashing, one worker per core by default.
+
+    Workers fork from a server that has imported only :mod:`monitor.hashing` (not the caller's
+    ``__main__`` with the database, HTTP and CLI libraries), so each costs tens of MB, not 100+.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["monitor.hashing"])
+    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
 
 
 @contextmanager
@@ -107,6 +110,10 @@ def _backends(settings: Settings, client: httpx.AsyncClient) -> list[SearchBacke
     return [create_backend(cfg, client) for cfg in settings.search.backends]
 
 
+WRITE_BATCH = 64
+"""Images that matched nothing are written to the database this many at a time."""
+
+
 class _Scan:
     """The state of one running scan (one subject)."""
 
@@ -127,6 +134,34 @@ class _Scan:
         self.seen_pairs: set[tuple[str, str]] = set()
         self.hash_by_sha: dict[str, asyncio.Future[ImageHashes | None]] = {}
         self.matched_images: set[str] = set()
+        self.unwritten: list[store.SeenImage] = []
+        self.in_flight = asyncio.Semaphore(settings.fetch.max_concurrency)
+
+    # -- recording
+
+    def record(self, item: store.SeenImage) -> None:
+        """Queue what was seen; write now if it is a match, else in batches.
+
+        A match is committed (with its alert) as soon as it is seen, so a crash cannot lose it.
+        Images that matched nothing are written in batches of :data:`WRITE_BATCH`: that keeps
+        database work off the scan's critical path, and one lost in a crash is only fetched again
+        by the next scan."""
+        self.unwritten.append(item)
+        if item.match is not None or len(self.unwritten) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.unwritten:
+            return
+        batch, self.unwritten = self.unwritten, []
+        with self.db.session() as s:
+            subject = s.get(Subject, self.subject_id)
+            assert subject is not None
+            outcomes = store.record_images(s, subject, self.scan_id, batch)
+        for outcome in outcomes:
+            self.summary.new_matches += outcome.new_match
+            self.summary.new_sightings += outcome.alerted
+        self._tick()
 
     # -- bookkeeping
 
@@ -204,57 +239,46 @@ class _Scan:
         if hashes is None:
             return
         match = self.index.match(hashes)
-        with self.db.session() as s:
-            subject = s.get(Subject, self.subject_id)
-            assert subject is not None
-            outcome = store.record_image(
-                s,
-                subject,
-                self.scan_id,
-                page_url=cand.page_url,
-                image_url=cand.image_url,
-                hashes=hashes,
-                match=match,
-            )
         if match is not None and hashes.sha256 not in self.matched_images:
             self.matched_images.add(hashes.sha256)
             self.summary.matches += 1
-        self.summary.new_matches += outcome.new_match
-        self.summary.new_sightings += outcome.alerted
-        self._tick()
+        self.record(store.SeenImage(cand.page_url, cand.image_url, hashes, match))
 
     async def image(self, fetcher: Fetcher, url: str) -> ImageHashes | None:
+        # A slot is held from download to hash: downloads can outpace hashing, and without this
+        # limit fetched bodies would queue up in memory waiting for a worker.
+        async with self.in_flight:
+            try:
+                res = await fetcher.fetch_image(url)
+            except FetchError as exc:
+                self.error(url, "image", exc.reason)
+                return None
+            body = res.body
+            del res
+            self.summary.images += 1
+            sha = hashlib.sha256(body).hexdigest()
+            fut = self.hash_by_sha.get(sha)
+            if fut is None:
+                fut = asyncio.get_running_loop().create_future()
+                self.hash_by_sha[sha] = fut
+                fut.set_result(await self._hash(url, sha, body))
+            del body
+        return await fut  # the same bytes at another URL are hashed once
+
+    async def _hash(self, url: str, sha: str, body: bytes) -> ImageHashes | None:
         try:
-            res = await fetcher.fetch_image(url)
-        except FetchError as exc:
-            self.error(url, "image", exc.reason)
-            return None
-        body = res.body
-        del res
-        self.summary.images += 1
-        sha = hashlib.sha256(body).hexdigest()
-        fut = self.hash_by_sha.get(sha)
-        if fut is not None:  # same bytes at another URL: hash once
-            return await fut
-        fut = asyncio.get_running_loop().create_future()
-        self.hash_by_sha[sha] = fut
-        try:
-            with self.db.session() as s:
-                hashes = store.known_image(s, sha)
+            with self.db.engine.connect() as conn:
+                hashes = store.known_image(conn, sha)
             if hashes is None:
                 loop = asyncio.get_running_loop()
                 hashes = await loop.run_in_executor(self.pool, compute_hashes, body)
                 self.summary.images_hashed += 1
+            return hashes
         except NotAnImageError as exc:
             self.error(url, "hash", str(exc))
-            hashes = None
         except Exception as exc:  # a worker crash must not end the scan
             self.error(url, "hash", f"hashing failed: {exc!r}")
-            hashes = None
-        finally:
-            del body
-        fut.set_result(hashes)
-        return hashes
+        return None
 
     async def run(self, name: str, aliases: list[str]) -> None:
         fetch_cfg = self.settings.fetch
@@ -277,6 +301,7 @@ class _Scan:
                 *(self.candidate(fetcher, c) for c in direct),
                 *(self.page(fetcher, u) for u in page_urls),
             )
+        self.flush()
 
 
 def _recover_interrupted(db: Database, settings: Settings, subject_id: int) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from monitor import alerts
@@ -30,7 +30,7 @@ from monitor.db.models import (
 )
 from monitor.errors import MonitorError, SubjectNotFound
 from monitor.matching import ReferenceHashRecord
-from monitor.types import ImageHashes, MatchResult, SearchHit
+from monitor.types import HashValue, ImageHashes, MatchResult, SearchHit
 
 
 class SubjectExists(MonitorError):
@@ -184,23 +184,41 @@ def record_error(session: Session, scan_id: int, url: str, stage: str, reason: s
     session.add(FetchErrorRecord(scan_id=scan_id, url=url, stage=stage, reason=reason[:2000]))
 
 
-def known_image(session: Session, sha256: str) -> ImageHashes | None:
-    """The stored hashes of an image already seen (by content), so it need not be hashed again."""
-    image = session.scalar(select(Image).where(Image.sha256 == sha256))
-    if image is None:
+_KNOWN_IMAGE = select(
+    Image.sha256, Image.width, Image.height, Image.pdq, Image.pdq_quality, Image.phash
+).where(Image.sha256 == bindparam("sha"))
+
+
+def known_image(db: Session | Connection, sha256: str) -> ImageHashes | None:
+    """The stored hashes of an image already seen (by content), so it need not be hashed again.
+
+    Takes a session or, cheaper for one lookup per fetched image, a plain connection."""
+    row = db.execute(_KNOWN_IMAGE, {"sha": sha256}).first()
+    if row is None:
         return None
-    return image_hashes(image)
+    return _hashes_from(row.sha256, row.width, row.height, row.pdq, row.pdq_quality, row.phash)
+
+
+def _hashes_from(
+    sha256: str,
+    width: int,
+    height: int,
+    pdq: str | None,
+    pdq_quality: int | None,
+    phash: str | None,
+) -> ImageHashes:
+    hashes = []
+    if pdq:
+        hashes.append(HashValue("pdq", pdq, pdq_quality))
+    if phash:
+        hashes.append(HashValue("phash", phash))
+    return ImageHashes(sha256, width, height, tuple(hashes))
 
 
 def image_hashes(image: Image) -> ImageHashes:
-    from monitor.types import HashValue
-
-    hashes = []
-    if image.pdq:
-        hashes.append(HashValue("pdq", image.pdq, image.pdq_quality))
-    if image.phash:
-        hashes.append(HashValue("phash", image.phash))
-    return ImageHashes(image.sha256, image.width, image.height, tuple(hashes))
+    return _hashes_from(
+        image.sha256, image.width, image.height, image.pdq, image.pdq_quality, image.phash
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +226,16 @@ class RecordOutcome:
     new_sighting: bool
     new_match: bool
     alerted: bool  # this sighting was added to an alert
+
+
+@dataclass(frozen=True, slots=True)
+class SeenImage:
+    """One image a scan saw on one page, with its hashes and its match (if any)."""
+
+    page_url: str
+    image_url: str
+    hashes: ImageHashes
+    match: MatchResult | None
 
 
 def record_image(
@@ -226,79 +254,149 @@ def record_image(
     A new sighting of a matched image (a new match, or a known match at a new URL) is attached
     to this scan's alert in the same transaction. A dismissed match never alerts again.
     """
+    (outcome,) = record_images(
+        session, subject, scan_id, [SeenImage(page_url, image_url, hashes, match)], now=now
+    )
+    return outcome
+
+
+def record_images(
+    session: Session,
+    subject: Subject,
+    scan_id: int,
+    seen: Sequence[SeenImage],
+    *,
+    now: datetime | None = None,
+) -> list[RecordOutcome]:
+    """:func:`record_image` for many images at once, in a few set-based statements.
+
+    Outcomes are returned in the order of ``seen``; an image seen twice in the batch is stored
+    once, and a (page, image URL) pair seen twice is one sighting.
+    """
+    if not seen:
+        return []
     now = now or utcnow()
-    image = session.scalar(select(Image).where(Image.sha256 == hashes.sha256))
-    if image is None:
-        pdq, phash = hashes.get("pdq"), hashes.get("phash")
-        image = Image(
-            sha256=hashes.sha256,
-            width=hashes.width,
-            height=hashes.height,
-            pdq=pdq.value if pdq else None,
-            pdq_quality=pdq.quality if pdq else None,
-            phash=phash.value if phash else None,
-            first_fetched_at=now,
+    shas = {item.hashes.sha256 for item in seen}
+    image_ids = _image_ids(session, shas)
+    new_images: dict[str, dict[str, object]] = {}
+    for item in seen:
+        h = item.hashes
+        if h.sha256 not in image_ids and h.sha256 not in new_images:
+            pdq, phash = h.get("pdq"), h.get("phash")
+            new_images[h.sha256] = {
+                "sha256": h.sha256,
+                "width": h.width,
+                "height": h.height,
+                "pdq": pdq.value if pdq else None,
+                "pdq_quality": pdq.quality if pdq else None,
+                "phash": phash.value if phash else None,
+                "first_fetched_at": now,
+            }
+    if new_images:
+        session.execute(insert(Image), list(new_images.values()))
+        image_ids.update(_image_ids(session, set(new_images)))
+
+    ids = set(image_ids.values())
+    # (image, page, image URL) -> (sighting id, alert id) of the sightings already stored
+    stored = {
+        (image_id, page_url, image_url): (sid, alert_id)
+        for sid, image_id, page_url, image_url, alert_id in session.execute(
+            select(
+                Sighting.id,
+                Sighting.image_id,
+                Sighting.page_url,
+                Sighting.image_url,
+                Sighting.alert_id,
+            ).where(Sighting.subject_id == subject.id, Sighting.image_id.in_(ids))
         )
-        session.add(image)
+    }
+    matches = {
+        m.image_id: m
+        for m in session.scalars(
+            select(Match).where(Match.subject_id == subject.id, Match.image_id.in_(ids))
+        )
+    }
+
+    outcomes: list[RecordOutcome] = []
+    new_sightings: dict[tuple[int, str, str], dict[str, object]] = {}
+    touched: set[int] = set()
+    alert_new: list[dict[str, object]] = []  # new sightings to put in the alert
+    alert_old: list[int] = []  # stored sightings (never alerted yet) to put in the alert
+    for item in seen:
+        image_id = image_ids[item.hashes.sha256]
+        key = (image_id, item.page_url, item.image_url)
+        old = stored.get(key)
+        row = new_sightings.get(key)
+        new_sighting = old is None and row is None
+        if old is not None:
+            touched.add(old[0])
+        elif row is None:
+            row = {
+                "subject_id": subject.id,
+                "image_id": image_id,
+                "page_url": item.page_url,
+                "image_url": item.image_url,
+                "first_seen": now,
+                "last_seen": now,
+                "first_scan_id": scan_id,
+                "alert_id": None,
+            }
+            new_sightings[key] = row
+
+        match, existing = item.match, matches.get(image_id)
+        new_match = False
+        if existing is None and match is not None:
+            existing = Match(
+                subject_id=subject.id,
+                image_id=image_id,
+                reference_id=match.reference_id,
+                algorithm=match.algorithm,
+                distance=match.distance,
+                first_seen=now,
+                status="new",
+                scan_id=scan_id,
+            )
+            session.add(existing)
+            matches[image_id] = existing
+            new_match = True
+        elif existing is not None and match is not None and match.distance < existing.distance:
+            existing.distance, existing.algorithm = match.distance, match.algorithm
+            existing.reference_id = match.reference_id
+
+        alerted = False
+        if existing is not None and existing.status != "dismissed" and (new_sighting or new_match):
+            if old is None and row is not None and not any(r is row for r in alert_new):
+                alert_new.append(row)
+                alerted = True
+            elif old is not None and old[1] is None and old[0] not in alert_old:
+                alert_old.append(old[0])
+                alerted = True
+        outcomes.append(RecordOutcome(new_sighting, new_match, alerted))
+
+    if alert_new or alert_old:
+        alert = alerts.hold_alert(
+            session, subject, scan_id, new_items=len(alert_new) + len(alert_old)
+        )
         session.flush()
-
-    sighting = session.scalar(
-        select(Sighting).where(
-            Sighting.subject_id == subject.id,
-            Sighting.image_id == image.id,
-            Sighting.page_url == page_url,
-            Sighting.image_url == image_url,
-        )
-    )
-    new_sighting = sighting is None
-    if sighting is None:
-        sighting = Sighting(
-            subject_id=subject.id,
-            image_id=image.id,
-            page_url=page_url,
-            image_url=image_url,
-            first_seen=now,
-            last_seen=now,
-            first_scan_id=scan_id,
-        )
-        session.add(sighting)
-    else:
-        sighting.last_seen = now
-
-    existing = session.scalar(
-        select(Match).where(Match.subject_id == subject.id, Match.image_id == image.id)
-    )
-    new_match = False
-    if existing is None and match is not None:
-        existing = Match(
-            subject_id=subject.id,
-            image_id=image.id,
-            reference_id=match.reference_id,
-            algorithm=match.algorithm,
-            distance=match.distance,
-            first_seen=now,
-            status="new",
-            scan_id=scan_id,
-        )
-        session.add(existing)
-        new_match = True
-    elif existing is not None and match is not None and match.distance < existing.distance:
-        existing.distance, existing.algorithm = match.distance, match.algorithm
-        existing.reference_id = match.reference_id
-
-    alerted = False
-    if (
-        existing is not None
-        and existing.status != "dismissed"
-        and sighting.alert_id is None
-        and (new_sighting or new_match)
-    ):
-        row = alerts.hold_alert(session, subject, scan_id)
-        session.flush()
-        sighting.alert_id = row.id
-        alerted = True
+        for row in alert_new:
+            row["alert_id"] = alert.id
+        if alert_old:
+            session.execute(update(Sighting), [{"id": i, "alert_id": alert.id} for i in alert_old])
+    if new_sightings:
+        session.execute(insert(Sighting), list(new_sightings.values()))
+    if touched:
+        session.execute(update(Sighting), [{"id": i, "last_seen": now} for i in touched])
     session.flush()
-    return RecordOutcome(new_sighting=new_sighting, new_match=new_match, alerted=alerted)
+    return outcomes
+
+
+def _image_ids(session: Session, shas: set[str]) -> dict[str, int]:
+    return dict(
+        (sha, image_id)
+        for sha, image_id in session.execute(
+            select(Image.sha256, Image.id).where(Image.sha256.in_(shas))
+        )
+    )
 
 
 def finish_scan(

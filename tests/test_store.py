@@ -134,6 +134,53 @@ def test_same_image_same_url_is_reported_once_and_new_url_is_a_new_sighting(db: 
         assert data["first_seen"].endswith("Z") and data["subject"] == "Ann Example"
 
 
+def test_a_batch_records_the_same_as_one_image_at_a_time(db: Database) -> None:
+    from monitor.store import SeenImage
+
+    with db.session() as s:
+        subject = _subject_with_reference(s, "Ann Example")
+        match = MatchResult(subject.references[0].id, "pdq", 4, 31)
+        first = store.start_scan(s, subject.id)
+        # An earlier scan saw image 3 without matching it (say, before a reference was added).
+        (before,) = store.record_images(
+            s, subject, first.id, [SeenImage("http://c/p", "http://c/3.jpg", _hashes(3), None)]
+        )
+        assert (before.new_sighting, before.new_match, before.alerted) == (True, False, False)
+        scan = store.start_scan(s, subject.id)
+        outcomes = store.record_images(
+            s,
+            subject,
+            scan.id,
+            [
+                SeenImage("http://a/p", "http://a/1.jpg", _hashes(1), match),  # new match
+                SeenImage("http://a/p", "http://a/1.jpg", _hashes(1), match),  # same, again
+                SeenImage("http://b/p", "http://b/1.jpg", _hashes(1), match),  # same, elsewhere
+                SeenImage("http://a/p", "http://a/2.jpg", _hashes(2), None),  # no match
+                SeenImage("http://c/p", "http://c/3.jpg", _hashes(3), match),  # matches now
+            ],
+        )
+    flags = [(o.new_sighting, o.new_match, o.alerted) for o in outcomes]
+    assert flags == [
+        (True, True, True),
+        (False, False, False),
+        (True, False, True),
+        (True, False, False),
+        (False, True, True),
+    ]
+    with db.session() as s:
+        assert _count(s, Image) == 3 and _count(s, Sighting) == 4 and _count(s, Match) == 2
+        (alert,) = s.scalars(select(OutboxMessage)).all()
+        assert alert.new_items == 3
+        alerted = s.scalars(select(Sighting).where(Sighting.alert_id == alert.id)).all()
+        assert {sg.image_url for sg in alerted} == {
+            "http://a/1.jpg",
+            "http://b/1.jpg",
+            "http://c/3.jpg",
+        }
+        c3 = s.scalar(select(Sighting).where(Sighting.image_url == "http://c/3.jpg"))
+        assert c3.first_scan_id == first.id and c3.last_seen >= c3.first_seen
+
+
 def test_dismissed_match_never_alerts_again(db: Database) -> None:
     with db.session() as s:
         subject = _subject_with_reference(s, "Ann Example")
