@@ -1,0 +1,20 @@
+"""Cases, evidence, contacts and notices.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass  # placeholder: filled in by the work that needs these tables
+
+
+def downgrade() -> None:
+    pass
