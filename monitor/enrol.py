@@ -1,6 +1,7 @@
 """Enrolment: a person's reference photos, or hashes made elsewhere, become stored hashes.
 
-Photos are read into memory, hashed (:func:`monitor.hashing.compute_hashes`) and dropped. The
+Photos are read into memory, hashed (:func:`monitor.hashing.compute_reference_hashes`: PDQ,
+pHash, and PDQ hashes of variants -- mirrored, turned, cropped) and dropped. The
 database receives only the hashes and the SHA-256 of each photo's bytes (so enrolling the same
 photo twice is a no-op) -- never the pixels, a thumbnail, a file name or a path. Nothing is
 written to disk.
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from monitor.db.models import Reference, ReferenceHash, Subject
 from monitor.errors import NotAnImageError
-from monitor.hashing import algorithms, compute_hashes, get_algorithm, normalise_hex
+from monitor.hashing import algorithms, compute_reference_hashes, get_algorithm, normalise_hex
 from monitor.types import HashValue, ImageHashes
 
 __all__ = [
@@ -105,7 +106,7 @@ class _Enroller:
 
     def add(self, label: str, data: bytes) -> None:
         try:
-            hashes = compute_hashes(data)
+            hashes = compute_reference_hashes(data)
         except NotAnImageError as exc:
             self.report.errors.append(f"{label}: {exc}")
             return

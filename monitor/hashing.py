@@ -51,8 +51,14 @@ __all__ = [
     "PDQ",
     "PHash",
     "algorithms",
+    "REGION",
+    "VARIANT_SEPARATOR",
+    "base_algorithm",
     "compute_hashes",
     "compute_hashes_from_image",
+    "compute_reference_hashes",
+    "content_box",
+    "reference_variants",
     "decode_image",
     "get_algorithm",
     "hamming",
@@ -63,8 +69,10 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 64_000_000
 """Images declaring more pixels than this (width x height) are refused before decoding."""
 
-WORKING_SIZE = 512
-"""Large images are decoded or reduced so that their short side stays at least this long."""
+WORKING_SIZE = 256
+"""Large images are decoded or reduced so that their short side stays at least this long (and
+below twice that). PDQ works on a 64x64 and pHash on a 32x32 summary, so 256 pixels lose
+nothing they use, and a camera-size JPEG is decoded at 1/8 scale."""
 
 _WEB_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF", "HEIF")
 Image.init()
@@ -110,9 +118,23 @@ class PDQ:
     default_threshold = 31  # Meta's recommended threshold for PDQ
 
     def compute(self, image: Image.Image) -> HashValue:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        vector, quality = pdqhash.compute(np.asarray(rgb))
+        vector, quality = pdqhash.compute(_pdq_pixels(image))
         return HashValue(self.name, _bits_to_hex(vector), int(quality))
+
+
+PDQ_INPUT = 256
+"""PDQ is given the picture box-reduced to at most this many pixels on its long side: it keeps
+only a 64x64 summary, and its filter costs time per input pixel (8 ms for 640x427, 1 ms here)."""
+
+
+def _pdq_pixels(image: Image.Image) -> np.ndarray:
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    w, h = rgb.size
+    if max(w, h) > PDQ_INPUT:
+        scale = PDQ_INPUT / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BOX)
+    return np.asarray(rgb)
 
 
 class PHash:
@@ -319,23 +341,192 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     return _decode(data, max_pixels)[0]
 
 
+# ---------------------------------------------------------------- regions
+
+VARIANT_SEPARATOR = "."
+"""Joins an algorithm and a variant tag: ``pdq.mirror`` is the PDQ hash of the mirrored picture."""
+
+REGION = "region"
+"""Variant tag of the hash of an image's content box (see :func:`content_box`)."""
+
+_BOX_SIDE = 160  # the content box is looked for on a thumbnail this long
+_BG_TOLERANCE = 24  # a pixel this close (per channel) to the background colour is background
+_MIN_BOX_AREA = 0.08  # a content box smaller than this share of the image is not a photo
+_MAX_BOX_AREA = 0.93  # one larger than this is the whole image: nothing to cut away
+
+
+def base_algorithm(name: str) -> str:
+    """``pdq`` for ``pdq``, ``pdq.mirror`` and ``pdq.region``: the algorithm a variant is of."""
+    return name.split(VARIANT_SEPARATOR, 1)[0]
+
+
+def _longest_run(flags: np.ndarray, gap: int) -> tuple[int, int]:
+    """Start and end (exclusive) of the longest run of True, bridging gaps up to ``gap``."""
+    idx = np.flatnonzero(flags)
+    if idx.size == 0:
+        return 0, 0
+    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
+    best = int(np.argmax(ends - starts))
+    return int(starts[best]), int(ends[best])
+
+
+def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box ``(left, top, right, bottom)`` of the photo inside a larger, plainer canvas.
+
+    Finds what a re-poster wraps around a photo: uniform borders (padding, letterboxing) and
+    the plain page of a screenshot of a social media post (a photo between lines of text).
+    The background is the colour of most of the image's outer frame; the box is the largest
+    block of rows, then of columns, that are mostly not background, refined twice (lines of
+    text are thin and separated by background, so the photo wins). ``None`` when the image has
+    no uniform surround, or when what is left is too small to be a photo or is the whole image.
+    Works on a thumbnail of at most 160 pixels, so it costs well under a millisecond.
+    """
+    w, h = image.size
+    scale = min(1.0, _BOX_SIDE / max(w, h))
+    small = image
+    if scale < 1.0:
+        small = image.resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX
+        )
+    a = np.asarray(small.convert("RGB"), dtype=np.int16)
+    sh, sw = a.shape[:2]
+    if sh < 16 or sw < 16:
+        return None
+    frame = np.concatenate((a[0], a[-1], a[1:-1, 0], a[1:-1, -1]))
+    bg = np.median(frame, axis=0)
+    if (np.abs(frame - bg).max(axis=1) <= _BG_TOLERANCE).mean() < 0.6:
+        return None  # no uniform surround: the picture fills the image
+    busy = np.abs(a - bg).max(axis=2) > _BG_TOLERANCE
+    gap_r, gap_c = max(1, sh // 50), max(1, sw // 50)
+    c0, c1 = 0, sw
+    r0, r1 = _longest_run(busy.mean(axis=1) > 0.25, gap_r)
+    for _ in range(2):
+        if r1 - r0 < 8:
+            return None
+        c0, c1 = _longest_run(busy[r0:r1].mean(axis=0) > 0.5, gap_c)
+        if c1 - c0 < 8:
+            return None
+        r0, r1 = _longest_run(busy[:, c0:c1].mean(axis=1) > 0.5, gap_r)
+    area = (r1 - r0) * (c1 - c0) / (sh * sw)
+    if r1 - r0 < 8 or not _MIN_BOX_AREA <= area <= _MAX_BOX_AREA:
+        return None
+    # back to full size, one thumbnail pixel inwards (the thumbnail blends the edges)
+    fx, fy = w / sw, h / sh
+    box = (
+        round((c0 + 1) * fx),
+        round((r0 + 1) * fy),
+        round((c1 - 1) * fx),
+        round((r1 - 1) * fy),
+    )
+    return box if box[2] - box[0] >= 16 and box[3] - box[1] >= 16 else None
+
+
+# ---------------------------------------------------------------- reference variants
+
+_DIHEDRAL_TAGS = ("", "rot90", "rot180", "rot270", "flipv", "mirror", "transpose", "transverse")
+"""Tags of the eight hashes of :func:`pdqhash.compute_dihedral`, in its order (rot90 is a
+quarter turn counter-clockwise, as ``Image.Transpose.ROTATE_90``)."""
+
+CROP_SIZES = (0.95, 0.9, 0.85, 0.8)
+"""Reference crop variants keep these shares of the width and height (5 to 20% cut away)...
+
+PDQ is shift-sensitive: moving the window by 1% of the picture changes about 30 of its 256
+bits, 2% about 60. So the windows of each size are laid on a grid of :data:`CROP_STEP`."""
+
+CROP_STEP = 0.025
+"""...every 2.5% of the picture's width and height (164 windows)."""
+
+WIDE_CROPS = {
+    "c": (0.5, 0.5),
+    "tl": (0.0, 0.0),
+    "tr": (1.0, 0.0),
+    "bl": (0.0, 1.0),
+    "br": (1.0, 1.0),
+}
+"""30% crops (keeping 70% x 70%), centred and towards each corner."""
+
+
+def _crop_windows() -> list[tuple[str, float, tuple[float, float]]]:
+    """(tag, kept share, anchor) of every crop variant."""
+    out: list[tuple[str, float, tuple[float, float]]] = []
+    for size in CROP_SIZES:
+        steps = round((1 - size) / CROP_STEP)
+        for i in range(steps + 1):
+            for j in range(steps + 1):
+                tag = f"crop{round((1 - size) * 100)}-{i}{j}"
+                out.append((tag, size, (i / steps, j / steps)))
+    out += [(f"crop30{name}", 0.7, anchor) for name, anchor in WIDE_CROPS.items()]
+    return out
+
+
+CROP_WINDOWS = _crop_windows()
+
+ROTATIONS = (-6.0, -3.0, 3.0, 6.0)
+"""Reference variants turned by these degrees (the canvas grows; corners filled black)."""
+
+
+def _pdq(image: Image.Image) -> tuple[str, int]:
+    vector, quality = pdqhash.compute(_pdq_pixels(image))
+    return _bits_to_hex(vector), int(quality)
+
+
+def _crop(image: Image.Image, fraction: float, anchor: tuple[float, float]) -> Image.Image:
+    w, h = image.size
+    kw, kh = max(1, round(w * (1 - fraction))), max(1, round(h * (1 - fraction)))
+    left, top = round((w - kw) * anchor[0]), round((h - kh) * anchor[1])
+    return image.crop((left, top, left + kw, top + kh))
+
+
+def reference_variants(image: Image.Image) -> list[HashValue]:
+    """Extra PDQ hashes of a reference photo, for the edits that defeat a single hash.
+
+    Made once at enrolment, from the pixels (which are then dropped), so they cost nothing per
+    found image: the seven other dihedral transforms (mirror, quarter turns...), crops of 5 to 20%
+    on a grid of windows (:data:`CROP_WINDOWS`) and of 30% centred and towards each corner, and
+    small rotations. Algorithm names are ``pdq.<tag>`` (``pdq.mirror``, ``pdq.crop20-03``,
+    ``pdq.crop30tl``, ``pdq.rot-3``...).
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    out: list[HashValue] = []
+    vectors, quality = pdqhash.compute_dihedral(_pdq_pixels(rgb))
+    for tag, vector in zip(_DIHEDRAL_TAGS, vectors, strict=True):
+        if tag:
+            out.append(HashValue(f"pdq.{tag}", _bits_to_hex(vector), int(quality)))
+    for tag, size, anchor in CROP_WINDOWS:
+        value, q = _pdq(_crop(rgb, 1 - size, anchor))
+        out.append(HashValue(f"pdq.{tag}", value, q))
+    for degrees in ROTATIONS:
+        turned = rgb.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=True)
+        value, q = _pdq(turned)
+        out.append(HashValue(f"pdq.rot{degrees:+g}", value, q))
+    return out
+
+
 # ---------------------------------------------------------------- hashing
 
 
 def _all_hashes(image: Image.Image) -> Iterator[HashValue]:
     for alg in algorithms():
         yield alg.compute(image)
+    box = content_box(image)
+    if box is not None:
+        value, quality = _pdq(image.crop(box))
+        yield HashValue(f"pdq{VARIANT_SEPARATOR}{REGION}", value, quality)
 
 
 def compute_hashes_from_image(
     image: Image.Image, sha256: str, width: int, height: int
 ) -> ImageHashes:
-    """Every registered hash of an image already decoded by :func:`decode_image`."""
+    """Every registered hash of an image already decoded by :func:`decode_image`, plus the PDQ
+    hash of its content box (``pdq.region``) when it has one (see :func:`content_box`)."""
     return ImageHashes(sha256=sha256, width=width, height=height, hashes=tuple(_all_hashes(image)))
 
 
 def compute_hashes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHashes:
-    """SHA-256, full oriented size and every registered hash of image bytes.
+    """SHA-256, full oriented size and every registered hash of image bytes (plus
+    ``pdq.region``, see :func:`compute_hashes_from_image`).
 
     A top-level function, so it can run in a process pool. Raises :class:`NotAnImageError`.
     """
@@ -345,3 +536,20 @@ def compute_hashes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
         return compute_hashes_from_image(image, sha256, width, height)
     except Exception as exc:  # a hash library choking on odd pixels
         raise NotAnImageError(f"not a decodable image: hashing failed: {_reason(exc)}") from None
+
+
+def compute_reference_hashes(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, variants: bool = True
+) -> ImageHashes:
+    """What enrolment stores for a reference photo: :func:`compute_hashes`, and with
+    ``variants`` the :func:`reference_variants` too. Raises :class:`NotAnImageError`."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    image, width, height = _decode(data, max_pixels)
+    try:
+        hashes = compute_hashes_from_image(image, sha256, width, height)
+        if not variants:
+            return hashes
+        extra = tuple(reference_variants(image))
+    except Exception as exc:
+        raise NotAnImageError(f"not a decodable image: hashing failed: {_reason(exc)}") from None
+    return ImageHashes(sha256, width, height, hashes.hashes + extra)

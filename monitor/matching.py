@@ -1,11 +1,18 @@
 """Matching found images against a subject's reference hashes.
 
 A :class:`ReferenceIndex` holds one subject's reference hashes per algorithm, packed into
-``uint64`` words, and finds the nearest reference of a found image by Hamming distance with
-numpy (XOR, then a population count) -- a brute-force scan, which for the tens to hundreds of
-references one person enrols is faster than any tree or FAISS index.
+``uint64`` words stored column by column, and finds the nearest reference of a found image by
+Hamming distance with numpy (XOR, then a population count) -- a brute-force scan: a million
+PDQ hashes take a few milliseconds per query (``benchmarks/match_speed.py``), and a person
+enrols tens to hundreds of photos, each with a few dozen variants.
 
-A found image matches when ANY algorithm puts it within that algorithm's threshold (``<=``).
+Variants. A stored hash named ``pdq.mirror`` or ``pdq.crop20tl`` is a variant of a reference
+(:func:`monitor.hashing.reference_variants`); a found image's ``pdq.region`` is the hash of its
+content box (:func:`monitor.hashing.content_box`). Every hash of a found image is compared with
+every hash, original or variant, of the same base algorithm. Each name can have its own
+threshold (see :func:`threshold_for`); a negative threshold switches that kind of hash off.
+
+A found image matches when ANY pair of hashes is within its threshold (``<=``).
 """
 
 from __future__ import annotations
@@ -16,10 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from monitor.config import MatchConfig
-from monitor.hashing import algorithms, get_algorithm
+from monitor.hashing import VARIANT_SEPARATOR, algorithms, base_algorithm, get_algorithm
 from monitor.types import ImageHashes, MatchResult
 
-__all__ = ["ReferenceHashRecord", "ReferenceIndex", "thresholds_from_config"]
+__all__ = [
+    "MatchDetail",
+    "ReferenceHashRecord",
+    "ReferenceIndex",
+    "threshold_for",
+    "thresholds_from_config",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +45,38 @@ class ReferenceHashRecord:
 
 
 def thresholds_from_config(cfg: MatchConfig) -> dict[str, int]:
-    """Per-algorithm thresholds: ``<name>_threshold`` of the config, else the algorithm's
-    default (e.g. ``{"pdq": 31, "phash": 10}``)."""
-    return {
+    """Thresholds by hash name from the ``[match]`` section.
+
+    ``<name>_threshold`` of the config for every registered algorithm (else its default), and
+    for PDQ: ``pdq.*`` (reference variants) = ``variant_pdq_threshold`` and ``pdq.region``
+    (a found image's content box) = ``region_pdq_threshold``; -1 where switched off
+    (``variants = false``, ``regions = false``). E.g. ``{"pdq": 31, "phash": 10, "pdq.*": 31,
+    "pdq.region": 31}``.
+    """
+    out = {
         alg.name: int(getattr(cfg, f"{alg.name}_threshold", alg.default_threshold))
         for alg in algorithms()
     }
+    out["pdq.*"] = cfg.variant_pdq_threshold if cfg.variants else -1
+    out["pdq.region"] = cfg.region_pdq_threshold if cfg.regions else -1
+    return out
+
+
+def threshold_for(name: str, thresholds: Mapping[str, int]) -> int | None:
+    """The threshold of hashes named ``name`` (``pdq``, ``pdq.mirror``, ``pdq.region``...):
+    ``thresholds[name]``, else for a variant ``thresholds["<base>.*"]``, else
+    ``thresholds[<base>]``, else the base algorithm's registered default, else ``None``."""
+    if name in thresholds:
+        return int(thresholds[name])
+    base = base_algorithm(name)
+    if base != name and f"{base}{VARIANT_SEPARATOR}*" in thresholds:
+        return int(thresholds[f"{base}{VARIANT_SEPARATOR}*"])
+    if base in thresholds:
+        return int(thresholds[base])
+    try:
+        return get_algorithm(base).default_threshold
+    except ValueError:
+        return None
 
 
 _BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -55,7 +94,7 @@ def _popcount_rows_native(words: np.ndarray) -> np.ndarray:
 
 
 _popcount_rows = _popcount_rows_native if hasattr(np, "bitwise_count") else _popcount_rows_table
-
+_NATIVE = hasattr(np, "bitwise_count")
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -69,26 +108,78 @@ def _pack(value: str, bits: int) -> np.ndarray:
 
 
 class _Table:
-    """All reference hashes of one algorithm."""
+    """All reference hashes of one base algorithm, originals and variants.
 
-    def __init__(self, bits: int, ids: list[int], values: list[str]) -> None:
+    Words are stored column by column (one contiguous ``uint64`` array per 64 bits), so a query
+    is a few passes of XOR and population count over contiguous memory.
+    """
+
+    def __init__(
+        self, bits: int, ids: list[int], values: list[str], thresholds: list[int], tags: list[str]
+    ) -> None:
         self.bits = bits
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.words = np.stack([_pack(v, bits) for v in values])
+        words = np.stack([_pack(v, bits) for v in values])
+        self.columns = [np.ascontiguousarray(words[:, i]) for i in range(words.shape[1])]
+        self.thresholds = np.asarray(thresholds, dtype=np.int32)
+        self.uniform = (
+            int(self.thresholds[0]) if (self.thresholds == self.thresholds[0]).all() else None
+        )
+        self.tags = tags
+        self.variant = np.asarray([VARIANT_SEPARATOR in t for t in tags], dtype=bool)
+        self._scratch = np.empty(len(ids), dtype=np.uint64)
 
-    def nearest(self, value: str) -> tuple[int, int]:
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def distances(self, value: str) -> np.ndarray:
+        """Hamming distance of ``value`` to every row (``uint16``).
+
+        Memory-bound: per 64-bit column one XOR pass and one population count into a byte
+        array; up to three columns (192 bits) are summed in bytes, the rest in ``uint16``."""
         query = _pack(value.lower(), self.bits)
-        distances = _popcount_rows(np.bitwise_xor(self.words, query))
-        best = int(np.argmin(distances))  # first of equals: the lowest reference id
-        return int(self.ids[best]), int(distances[best])
+        tmp, count = self._scratch, np.empty(len(self.ids), dtype=np.uint8)
+        acc8 = np.zeros(len(self.ids), dtype=np.uint8)
+        acc: np.ndarray | None = None
+        for k, (column, word) in enumerate(zip(self.columns, query, strict=True)):
+            np.bitwise_xor(column, word, out=tmp)
+            if _NATIVE:
+                np.bitwise_count(tmp, out=count)
+            else:
+                count[:] = _BYTE_POPCOUNT[tmp.view(np.uint8)].reshape(-1, 8).sum(axis=1)
+            if k % 3 == 2 or k == len(self.columns) - 1:
+                acc8 += count
+                if acc is None:
+                    acc = acc8.astype(np.uint16)
+                else:
+                    acc += acc8
+                acc8[:] = 0
+            else:
+                acc8 += count
+        assert acc is not None
+        return acc
+
+
+@dataclass(frozen=True, slots=True)
+class MatchDetail:
+    """A match and which hashes made it: ``found`` is the found image's hash name (``pdq``,
+    ``pdq.region``), ``reference`` the reference's (``pdq``, ``pdq.mirror``...)."""
+
+    result: MatchResult
+    found: str
+    reference: str
 
 
 class ReferenceIndex:
     """One subject's reference hashes, ready to match found images.
 
-    ``thresholds`` maps algorithm names to the largest Hamming distance that still matches;
-    an algorithm missing there uses its registered ``default_threshold``, and hashes of
-    algorithms that are neither given a threshold nor registered are ignored.
+    ``thresholds`` maps hash names to the largest Hamming distance that still matches (see
+    :func:`threshold_for`: a variant without its own entry uses ``<base>.*``, then the base
+    algorithm's, then the registered default); a negative threshold leaves those hashes out.
+    Hashes of algorithms
+    that are neither given a threshold nor registered are ignored.
+    A pair of hashes is judged by the threshold of its variant side: a reference variant's, a
+    found image's region's (the smaller where both are variants), else the base algorithm's.
     A malformed stored hash raises ``ValueError`` naming its reference.
     """
 
@@ -100,41 +191,46 @@ class ReferenceIndex:
         min_quality: int = 0,
     ) -> None:
         self.min_quality = min_quality
-        grouped: dict[str, list[ReferenceHashRecord]] = {}
+        self._given = dict(thresholds)
+        grouped: dict[str, list[tuple[ReferenceHashRecord, int]]] = {}
         for rec in references:
-            grouped.setdefault(rec.algorithm, []).append(rec)
+            threshold = threshold_for(rec.algorithm, self._given)
+            if threshold is None or threshold < 0:
+                continue
+            grouped.setdefault(base_algorithm(rec.algorithm), []).append((rec, threshold))
         order = {alg.name: rank for rank, alg in enumerate(algorithms())}
         self.thresholds: dict[str, int] = {}
         self._tables: dict[str, _Table] = {}
         self._rank: dict[str, int] = {}
         reference_ids: set[int] = set()
-        for name, records in grouped.items():
-            threshold, bits = self._threshold_and_bits(name, records, thresholds)
-            if threshold is None:
-                continue
-            records.sort(key=lambda r: r.reference_id)
-            for rec in records:
+        for name, rows in grouped.items():
+            bits = self._bits(name, rows[0][0])
+            # originals first, then by reference: ties go to the original, then the lowest id
+            rows.sort(key=lambda r: (r[0].algorithm != name, r[0].reference_id))
+            for rec, _ in rows:
                 if len(rec.value) != bits // 4 or not _HEX.issuperset(rec.value):
                     raise ValueError(
-                        f"reference {rec.reference_id}: its stored {name} hash {rec.value!r} "
-                        f"is not {bits // 4} hex digits"
+                        f"reference {rec.reference_id}: its stored {rec.algorithm} hash "
+                        f"{rec.value!r} is not {bits // 4} hex digits"
                     )
-            table = _Table(bits, [r.reference_id for r in records], [r.value for r in records])
-            self._tables[name] = table
-            self.thresholds[name] = threshold
+            self._tables[name] = _Table(
+                bits,
+                [r.reference_id for r, _ in rows],
+                [r.value for r, _ in rows],
+                [t for _, t in rows],
+                [r.algorithm for r, _ in rows],
+            )
+            self.thresholds[name] = threshold_for(name, self._given) or 0
             self._rank[name] = order.get(name, len(order))
-            reference_ids.update(r.reference_id for r in records)
+            reference_ids.update(r.reference_id for r, _ in rows)
         self._reference_count = len(reference_ids)
 
     @staticmethod
-    def _threshold_and_bits(
-        name: str, records: list[ReferenceHashRecord], thresholds: Mapping[str, int]
-    ) -> tuple[int | None, int]:
+    def _bits(name: str, first: ReferenceHashRecord) -> int:
         try:
-            alg = get_algorithm(name)
-        except ValueError:  # not registered: needs a given threshold; trust the stored length
-            return thresholds.get(name), len(records[0].value) * 4
-        return thresholds.get(name, alg.default_threshold), alg.bits
+            return get_algorithm(name).bits
+        except ValueError:  # not registered: trust the stored length
+            return len(first.value) * 4
 
     def __len__(self) -> int:
         """The number of references with at least one usable hash."""
@@ -142,39 +238,93 @@ class ReferenceIndex:
 
     @property
     def algorithms(self) -> tuple[str, ...]:
-        """The algorithms this index can match on."""
+        """The (base) algorithms this index can match on."""
         return tuple(self._tables)
 
-    def nearest(self, hashes: ImageHashes) -> dict[str, tuple[int, int]]:
-        """Per algorithm present in both: ``(reference_id, distance)`` of the nearest
-        reference, whether or not it is within the threshold (for diagnostics)."""
-        found: dict[str, tuple[int, int]] = {}
+    @property
+    def size(self) -> int:
+        """The number of stored hashes in the index, variants included."""
+        return sum(len(t) for t in self._tables.values())
+
+    def _queries(self, hashes: ImageHashes) -> Iterable[tuple[str, str, _Table, int]]:
         for hv in hashes.hashes:
-            table = self._tables.get(hv.algorithm)
-            if table is not None:
-                found[hv.algorithm] = table.nearest(hv.value)
+            table = self._tables.get(base_algorithm(hv.algorithm))
+            if table is None:
+                continue
+            threshold = threshold_for(hv.algorithm, self._given)
+            if threshold is None or threshold < 0:
+                continue
+            if hv.algorithm != base_algorithm(hv.algorithm) and self._low_quality(hv.quality):
+                continue  # a flat region (a blank box in a screenshot) says nothing
+            yield hv.algorithm, hv.value, table, threshold
+
+    def _low_quality(self, quality: int | None) -> bool:
+        return quality is not None and quality < self.min_quality
+
+    def nearest(self, hashes: ImageHashes) -> dict[str, tuple[int, int]]:
+        """Per base algorithm present in both: ``(reference_id, distance)`` of the nearest
+        reference hash (any variant, any hash of the found image), whether or not it is within
+        the threshold (for diagnostics)."""
+        found: dict[str, tuple[int, int]] = {}
+        for _, value, table, _ in self._queries(hashes):
+            distances = table.distances(value)
+            best = int(np.argmin(distances))  # first of equals: originals, lowest id
+            alg = base_algorithm(table.tags[best])
+            candidate = (int(table.ids[best]), int(distances[best]))
+            if alg not in found or candidate[1] < found[alg][1]:
+                found[alg] = candidate
         return found
+
+    @staticmethod
+    def _limits(table: _Table, found_name: str, query_threshold: int) -> int | np.ndarray:
+        """The threshold of each row for one hash of a found image: a variant's own threshold
+        (a reference variant's, or the found image's region's); the smaller where both are
+        variants; the base algorithm's where neither is."""
+        if VARIANT_SEPARATOR not in found_name:  # the whole found image: the rows' thresholds
+            return table.uniform if table.uniform is not None else table.thresholds
+        if not table.variant.any():
+            return query_threshold
+        return np.where(
+            table.variant, np.minimum(table.thresholds, query_threshold), query_threshold
+        )
+
+    def match_detail(self, hashes: ImageHashes) -> MatchDetail | None:
+        """Like :meth:`match`, with the names of the two hashes that matched."""
+        pdq = hashes.get("pdq")
+        if pdq is not None and self._low_quality(pdq.quality):
+            return None  # a flat or blank image: its hashes say nothing about content
+        best: tuple[float, int, int, MatchDetail] | None = None
+        for found_name, value, table, query_threshold in self._queries(hashes):
+            distances = table.distances(value)
+            limit = self._limits(table, found_name, query_threshold)
+            hits = np.flatnonzero(distances <= limit)
+            if hits.size == 0:
+                continue
+            limits = limit[hits] if isinstance(limit, np.ndarray) else np.full(hits.size, limit)
+            d = distances[hits].astype(np.float64)
+            ratio = np.divide(d, limits, out=np.zeros_like(d), where=limits > 0)
+            i = int(hits[np.lexsort((hits, d, ratio))[0]])
+            base = base_algorithm(found_name)
+            threshold = int(limit[i] if isinstance(limit, np.ndarray) else limit)
+            result = MatchResult(int(table.ids[i]), base, int(distances[i]), threshold)
+            key = (
+                float(distances[i]) / threshold if threshold else 0.0,
+                self._rank[base],
+                int(distances[i]),
+                MatchDetail(result, found_name, table.tags[i]),
+            )
+            if best is None or key[:3] < best[:3]:
+                best = key
+        return best[3] if best is not None else None
 
     def match(self, hashes: ImageHashes) -> MatchResult | None:
         """The best match of a found image, or ``None``.
 
         A found image whose PDQ quality is below ``min_quality`` (blank, flat or tiny images,
-        whose hashes are near all-zero) never matches. An algorithm matches when its nearest
-        reference is within its threshold; among
-        matching algorithms the one with the smallest distance/threshold ratio wins, PDQ (the
-        first registered) on ties.
+        whose hashes are near all-zero) never matches, nor does a content box of such low
+        quality. A pair of hashes matches when within its threshold; among matching pairs the
+        one with the smallest distance/threshold ratio wins, PDQ (the first registered) on
+        ties. The result names the base algorithm (``pdq``, never ``pdq.mirror``).
         """
-        pdq = hashes.get("pdq")
-        if pdq is not None and pdq.quality is not None and pdq.quality < self.min_quality:
-            return None  # a flat or blank image: its hashes say nothing about content
-        best: tuple[float, int, MatchResult] | None = None
-        for name, (reference_id, distance) in self.nearest(hashes).items():
-            threshold = self.thresholds[name]
-            if distance > threshold:
-                continue
-            ratio = distance / threshold if threshold else 0.0
-            result = MatchResult(reference_id, name, distance, threshold)
-            key = (ratio, self._rank[name], result)
-            if best is None or key[:2] < best[:2]:
-                best = key
-        return best[2] if best is not None else None
+        detail = self.match_detail(hashes)
+        return detail.result if detail is not None else None

@@ -108,7 +108,10 @@ def test_enrol_a_folder_reports_the_bad_file_and_enrols_the_rest(
         assert {r.content_sha256 for r in refs} == expected_sha
         for ref in refs:
             kinds = {h.algorithm: h for h in ref.hashes}
-            assert set(kinds) == {"pdq", "phash"}
+            assert {"pdq", "phash", "pdq.mirror", "pdq.rot90", "pdq.crop30c"} <= set(kinds)
+            # only PDQ variants besides the photo's own hashes, each a 64-hex PDQ hash
+            assert all(k.startswith("pdq.") for k in set(kinds) - {"pdq", "phash"})
+            assert all(len(h.value) == 64 for k, h in kinds.items() if k != "phash")
             assert len(kinds["pdq"].value) == 64 and kinds["pdq"].quality > 50
             assert len(kinds["phash"].value) == 16 and kinds["phash"].quality is None
 

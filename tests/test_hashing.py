@@ -104,7 +104,7 @@ def test_heic_decodes_when_pillow_heif_can_encode() -> None:
 def test_hex_layout_matches_threatexchange_and_imagehash() -> None:
     im = synthetic_photo(3)
     hashes = compute_hashes(encode(im, "PNG"))
-    bits, quality = pdqhash.compute(np.asarray(im))
+    bits, quality = pdqhash.compute(hashing._pdq_pixels(im))  # PDQ's input: <= 256 px
     expected = format(int("".join(str(int(b)) for b in bits), 2), "064x")  # MSB first
     pdq = hashes.get("pdq")
     assert pdq == HashValue("pdq", expected, int(quality))
@@ -272,25 +272,27 @@ def test_reduced_decoding_stays_close_to_a_full_decode() -> None:
         with Image.open(path) as im:
             assert (hashes.width, hashes.height) == im.size, path.name  # full size, not draft
         full = _full_decode_hashes(path)
-        assert hamming(hashes.get("pdq").value, full["pdq"]) <= 8, path.name
+        # two box reductions (decoder, then PDQ's input) against one: a few bits apart
+        assert hamming(hashes.get("pdq").value, full["pdq"]) <= 12, path.name
         assert hamming(hashes.get("phash").value, full["phash"]) <= 2, path.name
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
     big = synthetic_photo(10, (2560, 2048))
     im = decode_image(encode(big, "JPEG", quality=85))
-    # decoded by the JPEG decoder at 1/4 scale: the short side stays at least 512 pixels
-    assert im.size == (640, 512)
+    # decoded by the JPEG decoder at 1/8 scale: the short side stays at least WORKING_SIZE
+    assert im.size == (320, 256) and hashing.WORKING_SIZE == 256
     hashes = compute_hashes(encode(big, "JPEG", quality=85))
     assert (hashes.width, hashes.height) == (2560, 2048)
-    assert hamming(hashes.get("pdq").value, pdq_of(big)) <= 8
+    # a synthetic photo full of fine detail: 1/8 scale loses some (real photos: <= 8, above)
+    assert hamming(hashes.get("pdq").value, pdq_of(big)) <= 20
 
 
 def test_multi_picture_jpeg_uses_the_main_picture_at_reduced_scale() -> None:
     main, second = synthetic_photo(13, (2048, 1536)), synthetic_photo(14, (2048, 1536))
     data = encode(main, "MPO", save_all=True, append_images=[second], quality=90)
     assert Image.open(io.BytesIO(data)).format == "MPO"  # as many cameras and phones write
-    assert decode_image(data).size == (1024, 768)
+    assert decode_image(data).size == (512, 384)  # 1/4 scale: 1/8 would go below 256
     assert pdq_distance(data, main) <= 8
 
 

@@ -105,11 +105,55 @@ def test_malformed_stored_hash_names_its_reference() -> None:
 
 
 def test_thresholds_from_config() -> None:
-    assert thresholds_from_config(MatchConfig()) == {"pdq": 31, "phash": 10}
-    assert thresholds_from_config(MatchConfig(pdq_threshold=20, phash_threshold=6)) == {
-        "pdq": 20,
-        "phash": 6,
+    assert thresholds_from_config(MatchConfig()) == {
+        "pdq": 52,
+        "phash": 10,
+        "pdq.*": 52,
+        "pdq.region": 52,
     }
+    cfg = MatchConfig(pdq_threshold=20, phash_threshold=6, variants=False, region_pdq_threshold=9)
+    assert thresholds_from_config(cfg) == {"pdq": 20, "phash": 6, "pdq.*": -1, "pdq.region": 9}
+
+
+def test_threshold_lookup_for_variants() -> None:
+    given = {"pdq": 31, "pdq.*": 40, "pdq.region": 35}
+    assert matching.threshold_for("pdq", given) == 31
+    assert matching.threshold_for("pdq.mirror", given) == 40
+    assert matching.threshold_for("pdq.region", given) == 35
+    assert matching.threshold_for("pdq.mirror", {"pdq": 31}) == 31
+    assert matching.threshold_for("phash", {}) == 10  # the registered default
+    assert matching.threshold_for("mystery.x", {}) is None
+
+
+def test_reference_variants_match_with_their_own_threshold() -> None:
+    refs = [
+        ReferenceHashRecord(1, "pdq", PDQ_A),
+        ReferenceHashRecord(1, "pdq.mirror", PDQ_B),
+    ]
+    index = ReferenceIndex(refs, {"pdq": 31, "pdq.*": 40})
+    assert index.size == 2 and len(index) == 1
+    detail = index.match_detail(image(pdq=flip(PDQ_B, 40)))
+    assert detail is not None and detail.result == MatchResult(1, "pdq", 40, 40)
+    assert (detail.found, detail.reference) == ("pdq", "pdq.mirror")
+    assert index.match(image(pdq=flip(PDQ_B, 41))) is None
+    assert index.match(image(pdq=flip(PDQ_A, 32))) is None  # the original keeps 31
+    off = ReferenceIndex(refs, {"pdq": 31, "pdq.*": -1})  # variants switched off
+    assert off.size == 1 and off.match(image(pdq=PDQ_B)) is None
+
+
+def test_a_found_images_region_is_matched_unless_it_is_flat() -> None:
+    index = ReferenceIndex([ReferenceHashRecord(3, "pdq", PDQ_A)], {"pdq": 31, "pdq.region": 20},
+                           min_quality=50)  # fmt: skip
+    far = flip(PDQ_A, 120)
+
+    def with_region(value: str, quality: int) -> ImageHashes:
+        hashes = (HashValue("pdq", far, 90), HashValue("pdq.region", value, quality))
+        return ImageHashes("0" * 64, 10, 10, hashes)
+
+    assert index.match(with_region(flip(PDQ_A, 20), 90)) == MatchResult(3, "pdq", 20, 20)
+    assert index.match(with_region(flip(PDQ_A, 21), 90)) is None
+    assert index.match(with_region(PDQ_A, 10)) is None  # a blank box in a screenshot
+    assert index.nearest(with_region(flip(PDQ_A, 5), 90)) == {"pdq": (3, 5)}
 
 
 def test_popcount_lookup_table_agrees_with_numpy() -> None:
