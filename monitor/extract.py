@@ -10,14 +10,20 @@ styles, SVG ``<image>``, and links straight to image files (``<a href="full.jpg"
 galleries point from a thumbnail to the full-size image). URLs are resolved against ``<base
 href>`` (else the page URL), normalised (fragments removed, non-ASCII percent-encoded as UTF-8)
 and deduplicated in document order. Only ``http`` and ``https`` URLs are kept.
+
+Pages are hostile: malformed markup never raises; a page nested deeper than lxml builds trees
+(2048 levels, an easy way to hide what follows) is read again with a tokenizer that keeps no
+tree; and the work per page is bounded (repeated URLs cost a set lookup, at most
+:data:`MAX_DISTINCT_VALUES` distinct URL values are examined, huge ``srcset``s are cut).
 """
 
 from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import Message
+from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -52,6 +58,13 @@ LAZY_BACKGROUND_ATTRS = ("data-bg", "data-background", "data-background-image", 
 OG_IMAGE_KEYS = frozenset({"og:image", "og:image:url", "og:image:secure_url"})
 TWITTER_IMAGE_KEYS = frozenset({"twitter:image", "twitter:image:src"})
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".avif", ".bmp", ".heic")
+
+MAX_DISTINCT_VALUES_PER_IMAGE = 20
+MAX_DISTINCT_VALUES = 5000
+"""At most ``max(this, MAX_DISTINCT_VALUES_PER_IMAGE * limit)`` distinct raw URL values are
+resolved per page: a page of 300,000 different junk URLs would otherwise cost seconds of CPU."""
+MAX_SRCSET_CHARS = 20_000
+"""A longer ``srcset`` is cut here before it is split (real ones are a few hundred characters)."""
 
 _CSS_BACKGROUND = re.compile(r"background(?:-image)?\s*:([^;]*)", re.IGNORECASE)
 _CSS_URL = re.compile(r"""url\(\s*(?:"([^"]*)"|'([^']*)'|([^)'"]*?))\s*\)""", re.IGNORECASE)
@@ -88,12 +101,20 @@ def extract_images(
     """
     if limit <= 0:
         return []
-    root = _parse(html, encoding)
-    if root is None:
+    data = (
+        html.encode("utf-8", errors="replace")
+        if isinstance(html, str)
+        else _to_utf8(html, encoding)
+    )
+    if not data.strip():
         return []
+    root, too_deep = _parse(data)
+    if too_deep or root is None:
+        return _tokenize(data, page_url, limit)
     collector = _Collector(page_url, _base_url(root, page_url), limit)
     for el in root.iter(etree.Element):
-        for raw, source in _candidates(el):
+        tag = str(el.tag).rsplit("}", 1)[-1].lower()
+        for raw, source in _candidates(tag, el.get):
             if collector.add(raw, source):
                 return collector.found
     return collector.found
@@ -191,9 +212,17 @@ class _Collector:
         self.limit = limit
         self.found: list[ImageCandidate] = []
         self._seen: set[str] = set()
+        self._raw_seen: set[str] = set()
+        self._budget = max(MAX_DISTINCT_VALUES, MAX_DISTINCT_VALUES_PER_IMAGE * limit)
 
     def add(self, raw: str | None, source: str) -> bool:
-        """Add one URL if it is usable and new; return True once ``limit`` is reached."""
+        """Add one URL if it is usable and new; return True once ``limit`` is reached (or the
+        page has used up its budget of distinct values)."""
+        if raw is None or raw in self._raw_seen:
+            return False
+        self._raw_seen.add(raw)
+        if len(self._raw_seen) > self._budget:
+            return True
         url = _absolute(raw, self.base_url)
         if url is not None and url not in self._seen:
             self._seen.add(url)
@@ -201,10 +230,51 @@ class _Collector:
         return len(self.found) >= self.limit
 
 
-def _candidates(el: etree._Element) -> Iterator[tuple[str | None, str]]:
-    """``(raw URL, source)`` pairs one element contributes, most useful first."""
-    tag = str(el.tag).rsplit("}", 1)[-1].lower()
-    get = el.get
+class _StopTokenizing(Exception):
+    pass
+
+
+class _Tokenizer(HTMLParser):
+    """The fallback for pages too deep for lxml: start tags in order, no tree kept."""
+
+    def __init__(self, page_url: str, limit: int) -> None:
+        super().__init__(convert_charrefs=True)
+        self.page_url = page_url
+        self.collector = _Collector(page_url, page_url, limit)
+        self._base_seen = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v for k, v in attrs if v is not None}
+        if tag == "base" and not self._base_seen:
+            self._base_seen = True
+            href = values.get("href", "").strip()
+            resolved = urljoin(self.page_url, href) if href else ""
+            if urlsplit(resolved).scheme in ("http", "https"):
+                self.collector.base_url = resolved
+        for raw, source in _candidates(tag, values.get):
+            if self.collector.add(raw, source):
+                raise _StopTokenizing
+
+    handle_startendtag = handle_starttag
+
+
+def _tokenize(data: bytes, page_url: str, limit: int) -> list[ImageCandidate]:
+    tokenizer = _Tokenizer(page_url, limit)
+    text = data.decode("utf-8", errors="replace")
+    try:
+        for i in range(0, len(text), 65536):
+            tokenizer.feed(text[i : i + 65536])
+        tokenizer.close()
+    except _StopTokenizing:
+        pass
+    except Exception:  # the stdlib tokenizer is lenient; whatever it found still counts
+        pass
+    return tokenizer.collector.found
+
+
+def _candidates(tag: str, get: Callable[[str], str | None]) -> Iterator[tuple[str | None, str]]:
+    """``(raw URL, source)`` pairs one element (its lowercase tag name and attribute getter)
+    contributes, most useful first."""
     if tag in ("img", "source"):
         yield _srcset_pick(get("srcset")), "srcset"
         if tag == "img":
@@ -243,7 +313,7 @@ def _candidates(el: etree._Element) -> Iterator[tuple[str | None, str]]:
 
 
 def _srcset_pick(value: str | None) -> str | None:
-    return pick_from_srcset(value) if value else None
+    return pick_from_srcset(value[:MAX_SRCSET_CHARS]) if value else None
 
 
 def _absolute(raw: str | None, base_url: str) -> str | None:
@@ -274,18 +344,16 @@ def _base_url(root: etree._Element, page_url: str) -> str:
     return page_url
 
 
-def _parse(html: bytes | str, encoding: str | None) -> etree._Element | None:
-    if isinstance(html, str):
-        data = html.encode("utf-8", errors="replace")
-    else:
-        data = _to_utf8(html, encoding)
-    if not data.strip():
-        return None
-    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True)
+def _parse(data: bytes) -> tuple[etree._Element | None, bool]:
+    """The parsed document (None if lxml made nothing of it), and whether it was too deep for
+    lxml to build the whole tree (what follows the cut would be lost)."""
+    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, huge_tree=True)
     try:
-        return lxml.html.document_fromstring(data, parser=parser)
+        root = lxml.html.document_fromstring(data, parser=parser)
     except (etree.LxmlError, ValueError):
-        return None
+        return None, False
+    too_deep = any(e.type_name == "ERR_RESOURCE_LIMIT" for e in parser.error_log)
+    return root, too_deep
 
 
 def _to_utf8(data: bytes, encoding: str | None) -> bytes:

@@ -15,9 +15,18 @@ What the fetcher guarantees:
   backend resolves the host, drops refused addresses and connects to a checked IP (TLS still
   verifies the host name). Redirects are followed here, hop by hop, each hop checked again.
 * ``robots.txt`` is read once per origin and obeyed (:class:`~monitor.errors.RobotsDisallowed`).
-* At most ``max_concurrency`` requests at once, and ``max_per_host`` to one host.
-* Bodies are streamed and cut off at ``max_page_bytes`` / ``max_image_bytes`` (decoded size);
-  every request has an overall deadline, so a server dripping bytes cannot hold it forever.
+* At most ``max_concurrency`` requests at once, and ``max_per_host`` to one host; requests to
+  one host start at least ``min_host_interval`` seconds apart, or further apart when its
+  robots.txt asks for a ``Crawl-delay`` (obeyed up to ``max_crawl_delay``).
+* Bodies are streamed and cut off at ``max_page_bytes`` / ``max_image_bytes``. Compressed bodies
+  (gzip, deflate, br) are decoded here, never more than the cap at a time, so a compression
+  bomb cannot blow up in memory; the compressed size is capped too.
+* Every fetch has an overall ``deadline`` (redirects and the whole body included), so a server
+  dripping bytes cannot hold it forever.
+* Conditional requests: ``fetch_image(url, etag=..., last_modified=...)`` sends
+  ``If-None-Match`` / ``If-Modified-Since`` and returns a bodiless resource with status 304
+  when the image has not changed.
+* ``bytes_downloaded`` counts the body bytes received on the wire.
 * Bodies stay in memory; nothing is written to disk. No cookies are kept or sent.
 """
 
@@ -27,8 +36,10 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
@@ -37,6 +48,11 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 from protego import Protego
+
+try:  # brotli ("br") bodies; without the package they are not asked for
+    import brotli
+except ImportError:  # pragma: no cover - brotli is a dependency
+    brotli = None
 
 from monitor.config import FetchConfig
 from monitor.errors import BlockedAddressError, FetchError, RobotsDisallowed
@@ -47,9 +63,12 @@ __all__ = [
     "BadStatusError",
     "Fetcher",
     "GuardedNetworkBackend",
+    "PartialResource",
     "Resolver",
     "TooLargeError",
+    "UndecodableBody",
     "is_blocked_address",
+    "read_bounded",
     "system_resolver",
 ]
 
@@ -69,6 +88,8 @@ KEPT_HEADERS = ("content-type", "content-language", "etag", "last-modified")
 ACCEPT_PAGE = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
 ACCEPT_IMAGE = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.1"
 ACCEPT_ROBOTS = "text/plain,*/*;q=0.1"
+ACCEPT_ENCODING = "gzip, deflate, br" if brotli is not None else "gzip, deflate"
+SVG_TYPES = frozenset({"image/svg+xml", "image/svg"})
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -83,6 +104,13 @@ class BadStatusError(FetchError):
 
 class TooLargeError(FetchError):
     """The body is larger than the configured cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartialResource(FetchedResource):
+    """A page larger than the cap, cut off at ``limit`` bytes (``fetch_page(partial=True)``)."""
+
+    limit: int = 0
 
 
 # --- the address guard ----------------------------------------------------------------------
@@ -227,8 +255,9 @@ class Fetcher:
     ``resolver`` and ``is_blocked`` replace the system resolver and :func:`is_blocked_address`
     (tests use them to make one loopback address count as public). When ``is_blocked`` is not
     given, ``config.allow_private_networks`` decides whether addresses are checked at all.
-    ``deadline`` is the most seconds one request (one redirect hop, body included) may take;
-    by default three times ``config.timeout``, which bounds every wait between bytes.
+    ``deadline`` is the most seconds one fetch (every redirect hop and the whole body) may
+    spend talking to servers; by default ``config.deadline``. Waiting for a free slot or for a
+    host's crawl delay does not count. ``config.timeout`` bounds every wait between bytes.
     """
 
     def __init__(
@@ -244,16 +273,19 @@ class Fetcher:
             is_blocked = is_blocked_address
         self._is_blocked = is_blocked
         self._resolver = resolver
-        self.deadline = deadline if deadline is not None else 3 * config.timeout
+        self.deadline = deadline if deadline is not None else config.deadline
+        self.bytes_downloaded = 0
+        """Body bytes received so far (as sent on the wire, before decompression)."""
         self._client: httpx.AsyncClient | None = None
         self._all = asyncio.Semaphore(config.max_concurrency)
         self._per_host: dict[str, asyncio.Semaphore] = {}
+        self._next_start: dict[str, float] = {}
         self._robots: dict[str, asyncio.Task[Protego | None]] = {}
 
     async def __aenter__(self) -> Self:
         self._client = httpx.AsyncClient(
             transport=self._transport(),
-            headers={"User-Agent": self.config.user_agent},
+            headers={"User-Agent": self.config.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
             timeout=httpx.Timeout(self.config.timeout),
             follow_redirects=False,
             trust_env=False,
@@ -281,26 +313,41 @@ class Fetcher:
             client, self._client = self._client, None
             await client.aclose()
 
-    async def fetch_page(self, url: str) -> FetchedResource:
-        """Fetch an HTML (or XHTML) page of at most ``max_page_bytes``."""
+    async def fetch_page(self, url: str, *, partial: bool = False) -> FetchedResource:
+        """Fetch an HTML (or XHTML) page of at most ``max_page_bytes``.
+
+        A larger page is a :class:`TooLargeError`; with ``partial`` its first ``max_page_bytes``
+        come back instead, as a :class:`PartialResource`.
+        """
         return await self._fetch(
             url,
             accept=ACCEPT_PAGE,
             max_bytes=self.config.max_page_bytes,
             check_type=_page_type_problem,
+            truncate=partial,
         )
 
-    async def fetch_image(self, url: str) -> FetchedResource:
+    async def fetch_image(
+        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchedResource:
         """Fetch an image of at most ``max_image_bytes``.
 
-        Any ``image/*`` type is accepted, and so are ``application/octet-stream`` and a missing
-        type (the hasher decides whether the bytes are an image); HTML and other text is not.
+        Any ``image/*`` type but SVG is accepted, and so are ``application/octet-stream`` and a
+        missing type (the hasher decides whether the bytes are an image); HTML and other text
+        is not. With ``etag`` / ``last_modified`` (from an earlier fetch) the request is
+        conditional: an unchanged image comes back with status 304 and no body.
         """
+        conditional: dict[str, str] = {}
+        if etag:
+            conditional["If-None-Match"] = etag
+        if last_modified:
+            conditional["If-Modified-Since"] = last_modified
         return await self._fetch(
             url,
             accept=ACCEPT_IMAGE,
             max_bytes=self.config.max_image_bytes,
             check_type=_image_type_problem,
+            conditional=conditional,
         )
 
     async def can_fetch(self, url: str) -> bool:
@@ -349,18 +396,30 @@ class Fetcher:
         check_type: Callable[[str], str | None] | None,
         robots: bool = True,
         truncate: bool = False,
+        conditional: dict[str, str] | None = None,
     ) -> FetchedResource:
         if self._client is None:
             raise RuntimeError("use the Fetcher inside `async with Fetcher(config) as fetcher:`")
         current = _parse_url(url)
         seen = {str(current)}
+        loop = asyncio.get_running_loop()
+        budget = self.deadline  # seconds left of this fetch's deadline
         for hop in range(self.config.max_redirects + 1):
             self._check_literal_address(url, current)
+            delay = self.config.min_host_interval
             if robots and self.config.respect_robots:
-                await self._check_robots(url, current, redirected=hop > 0)
-            result = await self._exchange(url, current, accept, max_bytes, check_type, truncate)
+                asked_delay = await self._check_robots(url, current, redirected=hop > 0)
+                delay = max(delay, min(asked_delay or 0.0, self.config.max_crawl_delay))
+            async with self._slot(current.host, delay):
+                started = loop.time()
+                result = await self._exchange(
+                    url, current, accept, max_bytes, check_type, truncate, conditional, budget
+                )
+                budget -= loop.time() - started
             if isinstance(result, FetchedResource):
                 return result
+            if budget <= 0:
+                raise FetchError(url, f"gave up after {self.deadline:g} s: the server is too slow")
             if str(result) in seen:
                 raise FetchError(url, f"redirect loop (back to {result})")
             seen.add(str(result))
@@ -375,39 +434,41 @@ class Fetcher:
         max_bytes: int,
         check_type: Callable[[str], str | None] | None,
         truncate: bool,
+        conditional: dict[str, str] | None,
+        budget: float,
     ) -> FetchedResource | httpx.URL:
-        """One request: the resource, or where it redirects to."""
+        """One request: the resource, or where it redirects to. Takes at most ``budget`` s."""
         assert self._client is not None
-        async with self._slot(url.host):
-            try:
-                async with asyncio.timeout(self.deadline):
-                    request = self._client.build_request("GET", url, headers={"Accept": accept})
-                    response = await self._client.send(request, stream=True)
-                    try:
-                        return await self._answer(
-                            asked, url, response, max_bytes, check_type, truncate
-                        )
-                    finally:
-                        await response.aclose()
-            except TimeoutError:
-                raise FetchError(
-                    asked, f"gave up after {self.deadline:g} s: the server is too slow"
-                ) from None
-            except _RedirectRefused as exc:
-                raise FetchError(asked, exc.reason) from None
-            except BlockedAddressError as exc:
-                if exc.url == asked:
-                    raise
-                raise BlockedAddressError(asked, exc.reason) from None
-            except FetchError:
+        headers = {"Accept": accept, **(conditional or {})}
+        try:
+            async with asyncio.timeout(max(budget, 0.001)):
+                request = self._client.build_request("GET", url, headers=headers)
+                response = await self._client.send(request, stream=True)
+                try:
+                    return await self._answer(
+                        asked, url, response, max_bytes, check_type, truncate, bool(conditional)
+                    )
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise FetchError(
+                asked, f"gave up after {self.deadline:g} s: the server is too slow"
+            ) from None
+        except _RedirectRefused as exc:
+            raise FetchError(asked, exc.reason) from None
+        except BlockedAddressError as exc:
+            if exc.url == asked:
                 raise
-            except httpx.HTTPError as exc:
-                raise FetchError(asked, describe_http_error(exc, self.config.timeout)) from exc
-            except httpx.InvalidURL as exc:
-                raise FetchError(asked, f"not a valid URL ({exc})") from exc
-            except Exception as exc:  # a per-URL failure must not end the scan
-                log.exception("unexpected error fetching %s", asked)
-                raise FetchError(asked, f"unexpected error: {type(exc).__name__}: {exc}") from exc
+            raise BlockedAddressError(asked, exc.reason) from None
+        except FetchError:
+            raise
+        except httpx.HTTPError as exc:
+            raise FetchError(asked, describe_http_error(exc, self.config.timeout)) from exc
+        except httpx.InvalidURL as exc:
+            raise FetchError(asked, f"not a valid URL ({exc})") from exc
+        except Exception as exc:  # a per-URL failure must not end the scan
+            log.exception("unexpected error fetching %s", asked)
+            raise FetchError(asked, f"unexpected error: {type(exc).__name__}: {exc}") from exc
 
     async def _answer(
         self,
@@ -417,34 +478,84 @@ class Fetcher:
         max_bytes: int,
         check_type: Callable[[str], str | None] | None,
         truncate: bool,
+        conditional: bool,
     ) -> FetchedResource | httpx.URL:
         status = response.status_code
         if status in REDIRECT_STATUSES:
-            return _redirect_target(url, response.headers.get("location", ""), status)
+            target = _redirect_target(url, response.headers.get("location", ""), status)
+            await self._drain(response)
+            return target
+        kept = {k: v for k in KEPT_HEADERS if (v := response.headers.get(k))}
+        if status == 304 and conditional:
+            await self._drain(response)
+            return FetchedResource(asked, str(url), status, kept.get("content-type", ""), b"", kept)
         if not 200 <= status < 300:
+            await self._drain(response)
             raise BadStatusError(asked, status)
         content_type = response.headers.get("content-type", "")
         problem = check_type(content_type) if check_type else None
         if problem:
             raise FetchError(asked, problem)
-        body = await _read_capped(asked, response, max_bytes, truncate=truncate)
-        return FetchedResource(
-            url=asked,
-            final_url=str(url),
-            status=status,
-            content_type=content_type,
-            body=body,
-            headers={k: v for k in KEPT_HEADERS if (v := response.headers.get(k))},
-        )
+        body, cut = await self._read_capped(asked, response, max_bytes, truncate=truncate)
+        if cut:
+            return PartialResource(asked, str(url), status, content_type, body, kept, max_bytes)
+        return FetchedResource(asked, str(url), status, content_type, body, kept)
+
+    async def _drain(self, response: httpx.Response, limit: int = 16_384) -> None:
+        """Read the small body of a response we do not use (a redirect, a 304, an error page),
+        so its connection can be used again; a larger one is left and the connection closed."""
+        received = 0
+        try:
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                self.bytes_downloaded += len(chunk)
+                if received > limit:
+                    return
+        except httpx.HTTPError:
+            return
+
+    async def _read_capped(
+        self, asked: str, response: httpx.Response, cap: int, *, truncate: bool
+    ) -> tuple[bytes, bool]:
+        """The decoded body and whether it was cut at ``cap`` bytes (only with ``truncate``;
+        else a :class:`TooLargeError` past ``cap``). The compressed size is held to ``cap`` too.
+        """
+        declared = response.headers.get("content-length", "").strip()
+        if not truncate and declared.isdigit() and int(declared) > cap:
+            raise TooLargeError(
+                asked,
+                f"larger than the {_size(cap)} limit (Content-Length: {_size(int(declared))})",
+            )
+
+        def count(n: int) -> None:
+            self.bytes_downloaded += n
+
+        try:
+            body, cut = await read_bounded(response, cap, count=count)
+        except UndecodableBody as exc:
+            raise FetchError(asked, f"the response could not be decoded ({exc})") from None
+        if cut and not truncate:
+            raise TooLargeError(asked, cut)
+        return body, bool(cut)
 
     @asynccontextmanager
-    async def _slot(self, host: str) -> AsyncIterator[None]:
-        """Hold a place among ``max_per_host`` for the host, then among ``max_concurrency``."""
+    async def _slot(self, host: str, interval: float = 0.0) -> AsyncIterator[None]:
+        """Hold a place among ``max_per_host`` for the host, wait until ``interval`` seconds
+        have passed since the previous request to it started, then hold a place among
+        ``max_concurrency``."""
         per_host = self._per_host.get(host)
         if per_host is None:
             per_host = self._per_host[host] = asyncio.Semaphore(self.config.max_per_host)
-        async with per_host, self._all:
-            yield
+        async with per_host:
+            if interval > 0:
+                loop = asyncio.get_running_loop()
+                now = loop.time()
+                start = max(now, self._next_start.get(host, now))
+                self._next_start[host] = start + interval
+                if start > now:
+                    await asyncio.sleep(start - now)
+            async with self._all:
+                yield
 
     def _check_literal_address(self, asked: str, url: httpx.URL) -> None:
         """Refuse a URL whose host is a blocked IP literal before connecting (a clear, early
@@ -458,11 +569,19 @@ class Fetcher:
         if self._is_blocked(ip):
             raise BlockedAddressError(asked, blocked_reason(url.host, str(ip)))
 
-    async def _check_robots(self, asked: str, url: httpx.URL, *, redirected: bool) -> None:
+    async def _check_robots(self, asked: str, url: httpx.URL, *, redirected: bool) -> float | None:
+        """Refuse what robots.txt disallows; return the Crawl-delay it asks for, if any."""
         rules = await self._robots_for(url)
-        if rules is not None and not rules.can_fetch(str(url), self.config.user_agent):
+        if rules is None:
+            return None
+        if not rules.can_fetch(str(url), self.config.user_agent):
             where = f" (redirected to {url})" if redirected else ""
             raise RobotsDisallowed(asked, f"robots.txt of {_origin(url)} disallows it{where}")
+        try:
+            delay = rules.crawl_delay(self.config.user_agent)
+        except Exception:  # a delay Protego cannot read is no delay
+            return None
+        return float(delay) if delay is not None and delay > 0 else None
 
     async def _robots_for(self, url: httpx.URL) -> Protego | None:
         """The origin's parsed robots.txt (None: everything allowed); fetched once per origin,
@@ -562,21 +681,132 @@ async def _check_redirect(response: httpx.Response) -> None:
         )
 
 
-async def _read_capped(asked: str, response: httpx.Response, cap: int, *, truncate: bool) -> bytes:
-    """The decoded body; TooLargeError past ``cap`` bytes (or cut at ``cap`` if ``truncate``)."""
-    declared = response.headers.get("content-length", "").strip()
-    if not truncate and declared.isdigit() and int(declared) > cap:
-        raise TooLargeError(
-            asked, f"larger than the {_size(cap)} limit (Content-Length: {_size(int(declared))})"
-        )
+# --- bounded decoding -----------------------------------------------------------------------
+
+
+class UndecodableBody(ValueError):
+    """A body in a Content-Encoding we cannot or will not decode, or that does not decode."""
+
+
+async def read_bounded(
+    response: httpx.Response, cap: int, *, count: Callable[[int], None] | None = None
+) -> tuple[bytes, str]:
+    """Read a streamed response's body, decoding gzip, deflate and br here, never holding more
+    than about ``cap`` decoded bytes (a compression bomb stops at the cap, not in memory).
+
+    Returns ``(body, cut)``: ``cut`` is empty when the whole body is there, else a readable
+    reason why it was cut at ``cap`` bytes. The compressed size is held to ``cap`` too.
+    ``count(n)`` is called with the size of every chunk received. Raises
+    :class:`UndecodableBody` for an encoding we do not decode or data that does not decode.
+    """
+    decoder = _decoder(response.headers.get("content-encoding", ""))
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > cap:
-            if truncate:
-                return bytes(body[:cap])
-            raise TooLargeError(asked, f"larger than the {_size(cap)} limit")
-    return bytes(body)
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if count is not None:
+            count(len(chunk))
+        body += decoder.decode(chunk, cap + 1 - len(body))
+        if len(body) > cap or received > cap:
+            return bytes(body[:cap]), _too_large(cap, decoder, received)
+    body += decoder.flush(cap + 1 - len(body))
+    if len(body) > cap:
+        return bytes(body[:cap]), _too_large(cap, decoder, received)
+    return bytes(body), ""
+
+
+class _Identity:
+    name = ""
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        return data
+
+    def flush(self, room: int) -> bytes:
+        return b""
+
+
+class _Zlib:
+    """gzip or deflate, never producing more than ``room`` bytes per call (zlib's
+    ``max_length``), so a small chunk of a bomb cannot expand to gigabytes in memory."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._wbits = zlib.MAX_WBITS | 16 if name == "gzip" else zlib.MAX_WBITS
+        self._d = zlib.decompressobj(self._wbits)
+        self._started = False
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        room = max(room, 1)
+        try:
+            out = self._d.decompress(data, room)
+        except zlib.error as exc:
+            if self.name == "deflate" and not self._started:  # raw deflate, no zlib header
+                self._started = True
+                self._d = zlib.decompressobj(-zlib.MAX_WBITS)
+                return self.decode(data, room)
+            raise UndecodableBody(f"bad {self.name} data: {exc}") from None
+        self._started = True
+        return out
+
+    def flush(self, room: int) -> bytes:
+        try:
+            return self._d.flush(max(room, 1))
+        except zlib.error as exc:
+            raise UndecodableBody(f"bad {self.name} data: {exc}") from None
+
+
+class _Brotli:
+    """br, with brotli's ``output_buffer_limit`` bounding each call's output."""
+
+    name = "br"
+
+    def __init__(self) -> None:
+        assert brotli is not None
+        self._d = brotli.Decompressor()
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        try:
+            return self._d.process(data, output_buffer_limit=max(room, 1))
+        except brotli.error as exc:
+            raise UndecodableBody(f"bad br data: {exc}") from None
+
+    def flush(self, room: int) -> bytes:
+        if self._d.is_finished() or not self._d.can_accept_more_data():
+            return b""
+        try:
+            return self._d.process(b"", output_buffer_limit=max(room, 1))
+        except brotli.error as exc:
+            raise UndecodableBody(f"bad br data: {exc}") from None
+
+
+_Decoder = _Identity | _Zlib | _Brotli
+
+
+def _decoder(content_encoding: str) -> _Decoder:
+    """The decoder for a ``Content-Encoding``; UndecodableBody for one we did not ask for."""
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return _Identity()
+    if len(codings) > 1:
+        raise UndecodableBody(f"stacked Content-Encodings ({content_encoding}) are not decoded")
+    coding = codings[0]
+    if coding in ("gzip", "x-gzip"):
+        return _Zlib("gzip")
+    if coding == "deflate":
+        return _Zlib("deflate")
+    if coding == "br" and brotli is not None:
+        return _Brotli()
+    raise UndecodableBody(f"unsupported Content-Encoding {coding!r}")
+
+
+def _too_large(cap: int, decoder: _Decoder, received: int) -> str:
+    if decoder.name and received <= cap:
+        return (
+            f"larger than the {_size(cap)} limit once decompressed "
+            f"({decoder.name}; {_size(received)} compressed)"
+        )
+    return f"larger than the {_size(cap)} limit"
 
 
 def _media_type(content_type: str) -> str:
@@ -592,6 +822,8 @@ def _page_type_problem(content_type: str) -> str | None:
 
 def _image_type_problem(content_type: str) -> str | None:
     media = _media_type(content_type)
+    if media in SVG_TYPES:
+        return f"an SVG drawing ({media}), not a photo; not hashed"
     if media.startswith("image/") or media in UNTYPED:
         return None
     return f"not an image ({media})"

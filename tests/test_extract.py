@@ -208,3 +208,20 @@ def test_candidates_carry_the_page_url() -> None:
 )
 def test_charset_from_content_type(header: str, charset: str | None) -> None:
     assert charset_from_content_type(header) == charset
+
+
+def test_a_page_nested_too_deep_for_lxml_is_still_read() -> None:
+    # lxml stops building the tree 2048 levels down; what follows must not be hidden by that.
+    html = "<div>" * 5000 + "<base href='/x/'><img src='a.jpg'><img srcset='b.jpg 1x, c.jpg 2x'>"
+    assert urls(html) == ["https://example.org/x/a.jpg", "https://example.org/x/c.jpg"]
+
+
+def test_repeated_and_junk_values_are_bounded_work() -> None:
+    from monitor.extract import MAX_DISTINCT_VALUES
+
+    same = "<img src='/a.jpg'>" * 50_000 + "<img src='/b.jpg'>"
+    assert urls(same) == ["https://example.org/a.jpg", "https://example.org/b.jpg"]
+    junk = "".join(f"<img src='javascript:{i}'>" for i in range(MAX_DISTINCT_VALUES + 10))
+    assert urls(junk + "<img src='/late.jpg'>", limit=10) == []  # the page used its budget
+    huge_srcset = ", ".join(f"/i{i}.jpg {i}w" for i in range(1, 100_000))
+    assert len(urls(f"<img srcset='{huge_srcset}'>")) == 1

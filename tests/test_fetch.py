@@ -7,7 +7,7 @@ import gzip
 import ipaddress
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -27,7 +27,12 @@ UA = "ExposureMonitor-Test/1.0 (+https://example.invalid/about)"
 
 
 def config(**overrides: object) -> FetchConfig:
-    values: dict[str, object] = {"allow_private_networks": True, "timeout": 5, "user_agent": UA}
+    values: dict[str, object] = {
+        "allow_private_networks": True,
+        "timeout": 5,
+        "user_agent": UA,
+        "max_crawl_delay": 0,
+    }
     values.update(overrides)
     return FetchConfig(**values)
 
@@ -463,7 +468,10 @@ async def drip_server() -> AsyncIterator[str]:
 
 
 async def test_slow_drip_body_hits_the_deadline() -> None:
-    async with drip_server() as url, Fetcher(config(timeout=0.2, respect_robots=False)) as f:
+    async with (
+        drip_server() as url,
+        Fetcher(config(timeout=0.2, deadline=0.6, respect_robots=False)) as f,
+    ):
         with pytest.raises(FetchError, match="gave up after 0.6 s"):
             await f.fetch_page(url)
 
@@ -505,3 +513,150 @@ async def test_overall_concurrency_is_bounded(web: LoopbackWeb, web2: LoopbackWe
     async with Fetcher(config(max_per_host=4, max_concurrency=3, respect_robots=False)) as f:
         await asyncio.gather(*(f.fetch_page(u) for u in urls))
     assert gauge.peak == 3
+
+
+# --- decoding, politeness, conditional requests ----------------------------------------------
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate", "br"])
+async def test_compressed_bodies_are_decoded_and_counted_as_sent(
+    web: LoopbackWeb, coding: str
+) -> None:
+    import zlib
+
+    import brotli
+
+    html = b"<html><body>" + b"<p>compressible</p>" * 500 + b"</body></html>"
+    packed = {
+        "gzip": gzip.compress(html),
+        "deflate": zlib.compress(html),
+        "raw-deflate": _raw_deflate(html),
+        "br": brotli.compress(html),
+    }[coding]
+    header = "deflate" if coding == "raw-deflate" else coding
+    url = web.add("/c.html", packed, headers={"Content-Encoding": header})
+    async with Fetcher(config(respect_robots=False)) as f:
+        page = await f.fetch_page(url)
+        assert page.body == html
+        assert f.bytes_downloaded == len(packed)
+    assert "br" in web.requests[0].headers["accept-encoding"]
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    import zlib
+
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+async def test_a_brotli_bomb_stops_at_the_cap(web: LoopbackWeb) -> None:
+    import brotli
+
+    bomb = brotli.compress(b"\0" * 100_000_000, quality=5)
+    assert len(bomb) < 100_000
+    url = web.add("/bomb.png", bomb, "image/png", headers={"Content-Encoding": "br"})
+    async with Fetcher(config(max_image_bytes=10_000, respect_robots=False)) as f:
+        with pytest.raises(TooLargeError, match=r"once decompressed \(br"):
+            await f.fetch_image(url)
+
+
+async def test_corrupt_compressed_body_is_a_readable_error(web: LoopbackWeb) -> None:
+    url = web.add("/bad.html", b"this is not gzip", headers={"Content-Encoding": "gzip"})
+    async with Fetcher(config(respect_robots=False)) as f:
+        with pytest.raises(FetchError, match="could not be decoded"):
+            await f.fetch_page(url)
+
+
+async def test_a_page_over_the_cap_can_be_read_in_part(web: LoopbackWeb) -> None:
+    from monitor.fetch import PartialResource
+
+    url = web.add("/long.html", b"<img src=a.jpg>" + b"x" * 5000)
+    async with Fetcher(config(max_page_bytes=1024, respect_robots=False)) as f:
+        page = await f.fetch_page(url, partial=True)
+    assert isinstance(page, PartialResource) and page.limit == 1024
+    assert page.body.startswith(b"<img src=a.jpg>") and len(page.body) == 1024
+
+
+async def test_svg_is_not_fetched_as_an_image(web: LoopbackWeb) -> None:
+    url = web.add("/d.svg", b"<svg/>", "image/svg+xml")
+    async with Fetcher(config(respect_robots=False)) as f:
+        with pytest.raises(FetchError, match="SVG drawing"):
+            await f.fetch_image(url)
+
+
+def starts(web: LoopbackWeb) -> Callable[[Request], Response]:
+    times: list[float] = []
+    web.starts = times  # type: ignore[attr-defined]
+
+    def handler(_req: Request) -> Response:
+        times.append(time.monotonic())
+        return Response(200, PNG, "image/png")
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("robots", "cfg", "gap"),
+    [
+        ("User-agent: *\nCrawl-delay: 0.25\n", {"max_crawl_delay": 5}, 0.25),
+        ("User-agent: *\nCrawl-delay: 3600\n", {"max_crawl_delay": 0.2}, 0.2),  # bounded
+        ("User-agent: *\nAllow: /\n", {"min_host_interval": 0.2}, 0.2),
+    ],
+)
+async def test_requests_to_one_host_are_spaced_by_crawl_delay_or_interval(
+    web: LoopbackWeb, robots: str, cfg: dict[str, object], gap: float
+) -> None:
+    web.add("/robots.txt", robots, "text/plain")
+    handler = starts(web)
+    for i in range(4):
+        web.route(f"/i{i}.png", handler)
+    async with Fetcher(config(max_per_host=4, **cfg)) as f:
+        await asyncio.gather(*(f.fetch_image(web.url(f"/i{i}.png")) for i in range(4)))
+    times = sorted(web.starts)  # type: ignore[attr-defined]
+    assert len(times) == 4
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= gap * 0.9, gaps
+    assert max(gaps) < 30, gaps  # bounded: never the 3600 s asked for
+
+
+async def test_conditional_request_returns_304_without_a_body(web: LoopbackWeb) -> None:
+    def handler(req: Request) -> Response:
+        if req.headers.get("if-none-match") == '"x"':
+            return Response(304, b"", "image/png", {"ETag": '"x"'})
+        return Response(200, PNG, "image/png", {"ETag": '"x"', "Last-Modified": "yesterday"})
+
+    url = web.route("/e.png", handler)
+    async with Fetcher(config(respect_robots=False)) as f:
+        full = await f.fetch_image(url)
+        assert full.status == 200 and full.headers["etag"] == '"x"'
+        assert full.headers["last-modified"] == "yesterday"
+        again = await f.fetch_image(url, etag='"x"', last_modified="yesterday")
+        assert again.status == 304 and again.body == b""
+        assert f.bytes_downloaded == len(PNG)
+    assert web.requests[-1].headers["if-modified-since"] == "yesterday"
+    web.add("/unasked.png", b"", "image/png", status=304)
+    async with Fetcher(config(respect_robots=False)) as f:
+        with pytest.raises(BadStatusError, match="HTTP 304"):
+            await f.fetch_image(web.url("/unasked.png"))
+
+
+async def test_the_deadline_covers_every_redirect_hop() -> None:
+    def slow_redirect(to: str) -> Callable[[Request], Response]:
+        def handler(_req: Request) -> Response:
+            time.sleep(1.0)  # most of the deadline spent on the first hop
+            return redirect(to)
+
+        return handler
+
+    async with drip_server() as url:
+        web = LoopbackWeb().start()
+        try:
+            start = web.route("/hop", slow_redirect(url))
+            async with Fetcher(config(timeout=1.5, deadline=1.2, respect_robots=False)) as f:
+                t0 = time.monotonic()
+                with pytest.raises(FetchError, match="gave up after 1.2 s"):
+                    await f.fetch_page(start)
+                # A deadline per hop would have allowed 1.0 + 1.2 s.
+                assert time.monotonic() - t0 < 1.9
+        finally:
+            web.stop()

@@ -457,3 +457,28 @@ async def test_redirected_instance_is_followed(
     )
     backend = backend_for(web.url("/old"), client)
     assert [h.page_url for h in await backend.search(WEB_Q)] == ["https://x.example/"]
+
+
+async def test_short_retry_after_is_waited_out_and_asked_once_more(
+    fake: FakeSearxng, backend: SearchBackend
+) -> None:
+    fake.add_result("Jane Doe", "general", {"url": "https://x.example/"})
+    fake.fail_next(429, {"Retry-After": "0.2"})
+    assert len(await backend.search(WEB_Q)) == 1
+    assert len(fake.queries) == 2
+    fake.fail_next(429, {"Retry-After": "0.1"}, times=2)  # still limited: given up after one wait
+    with pytest.raises(RateLimitedError, match="still limited after waiting once"):
+        await backend.search(WEB_Q)
+    assert len(fake.queries) == 4
+
+
+async def test_an_oversized_answer_is_not_read(
+    fake: FakeSearxng, backend: SearchBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.search import searxng
+
+    monkeypatch.setattr(searxng, "MAX_ANSWER_BYTES", 1000)
+    answer = {"results": [{"url": f"https://x.example/{i}"} for i in range(200)]}
+    fake.fail_next(200, body=json.dumps(answer))
+    with pytest.raises(BadAnswerError, match="larger than the 1 KB limit"):
+        await backend.search(WEB_Q)

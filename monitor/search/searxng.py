@@ -3,10 +3,16 @@
 SearXNG only answers JSON when the instance allows it: ``json`` must be listed under
 ``search.formats`` in its ``settings.yml``. Image answers mix in general results that carry
 no image; only results with an ``img_src`` become image hits.
+
+A rate-limited answer (HTTP 429) with a short ``Retry-After`` (at most
+:attr:`SearxngBackend.max_retry_wait` seconds) is waited out and the query asked once more;
+a longer or missing one is a :class:`RateLimitedError`. The whole answer must arrive within the
+backend's ``timeout`` and be at most :data:`MAX_ANSWER_BYTES` long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -17,6 +23,7 @@ import httpx
 
 from monitor.config import SearchBackendConfig
 from monitor.errors import ConfigError, SearchBackendError
+from monitor.fetch import ACCEPT_ENCODING, UndecodableBody, read_bounded
 from monitor.search.base import (
     BackendUnavailableError,
     BadAnswerError,
@@ -29,6 +36,9 @@ from monitor.types import ResultKind, SearchHit, SearchQuery
 __all__ = ["JsonDisabledError", "SearxngBackend", "endpoint_url"]
 
 log = logging.getLogger(__name__)
+
+MAX_ANSWER_BYTES = 10_000_000
+"""A longer answer is not read: no results page of a search engine is anywhere near this."""
 
 
 class JsonDisabledError(SearchBackendError):
@@ -92,6 +102,8 @@ class SearxngBackend:
     """Queries one SearXNG instance through a shared :class:`httpx.AsyncClient`."""
 
     kind = "searxng"
+    max_retry_wait = 10.0
+    """A 429 asking us to wait at most this many seconds is waited out and retried once."""
 
     def __init__(self, cfg: SearchBackendConfig, client: httpx.AsyncClient) -> None:
         self.cfg = cfg
@@ -128,13 +140,37 @@ class SearxngBackend:
             raise ValueError(f"page numbers start at 1, got {page}")
         where = f"SearXNG at {self.instance_url}"
         try:
-            resp = await self.client.get(
-                self.search_url,
-                params=self.params(query, page),
-                timeout=self.cfg.timeout,
-                follow_redirects=True,
-            )
-        except httpx.TimeoutException as exc:
+            return await self._search_once(query, page, where)
+        except RateLimitedError as exc:
+            wait = exc.retry_after
+            if wait is None or wait > self.max_retry_wait:
+                raise
+            log.info("%s: rate limited; retrying once in %.1f s", self.name, wait)
+            await asyncio.sleep(wait)
+        try:
+            return await self._search_once(query, page, where)
+        except RateLimitedError as exc:
+            raise RateLimitedError(
+                f"{exc} (still limited after waiting once as asked)", exc.retry_after
+            ) from None
+
+    async def _search_once(self, query: SearchQuery, page: int, where: str) -> list[SearchHit]:
+        try:
+            async with (
+                asyncio.timeout(self.cfg.timeout),
+                self.client.stream(
+                    "GET",
+                    self.search_url,
+                    params=self.params(query, page),
+                    headers={"Accept-Encoding": ACCEPT_ENCODING},
+                    timeout=self.cfg.timeout,
+                    follow_redirects=True,
+                ) as resp,
+            ):
+                body, cut = await read_bounded(resp, MAX_ANSWER_BYTES)
+        except UndecodableBody as exc:
+            raise BadAnswerError(f"{where}: answer could not be decoded ({exc})") from None
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise BackendUnavailableError(
                 f"{where} did not answer within {self.cfg.timeout:g} s ({type(exc).__name__})"
             ) from exc
@@ -145,8 +181,10 @@ class SearxngBackend:
             ) from exc
         except httpx.HTTPError as exc:
             raise BackendUnavailableError(f"{where} failed: {exc or type(exc).__name__}") from exc
-        self._check_status(resp, where)
-        data = self._decode(resp, where)
+        if cut:
+            raise BadAnswerError(f"{where}: answer not read: {cut} for a search answer")
+        self._check_status(resp, body, where)
+        data = self._decode(resp, body, where)
         return list(self._hits(data, query))
 
     async def aclose(self) -> None:
@@ -154,7 +192,7 @@ class SearxngBackend:
 
     # -- answer handling
 
-    def _check_status(self, resp: httpx.Response, where: str) -> None:
+    def _check_status(self, resp: httpx.Response, body: bytes, where: str) -> None:
         status = resp.status_code
         if status == 200:
             return
@@ -166,27 +204,27 @@ class SearxngBackend:
         if status == 429:
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
             wait = f"; retry after {retry_after:g} s" if retry_after is not None else ""
+            if retry_after is not None and retry_after > self.max_retry_wait:
+                wait += f" (longer than the {self.max_retry_wait:g} s we wait; query skipped)"
             raise RateLimitedError(
                 f"{where} is limiting our requests (HTTP 429){wait}. On your own instance, "
                 "`server.limiter: false` in settings.yml turns its bot limiter off.",
                 retry_after=retry_after,
             )
         if status >= 500:
-            raise BackendUnavailableError(
-                f"{where} failed (HTTP {status}): {_snippet(resp.content)}"
-            )
+            raise BackendUnavailableError(f"{where} failed (HTTP {status}): {_snippet(body)}")
         hint = "; is the url in [[search.backends]] right?" if status == 404 else ""
         raise SearchBackendError(
-            f"{where} answered HTTP {status} to {self.search_url}{hint}: {_snippet(resp.content)}"
+            f"{where} answered HTTP {status} to {self.search_url}{hint}: {_snippet(body)}"
         )
 
-    def _decode(self, resp: httpx.Response, where: str) -> dict[str, Any]:
+    def _decode(self, resp: httpx.Response, body: bytes, where: str) -> dict[str, Any]:
         try:
-            data = json.loads(resp.content)
+            data = json.loads(body)
         except ValueError as exc:
             ctype = resp.headers.get("content-type", "no content type")
             raise BadAnswerError(
-                f"{where}: answer was not SearXNG JSON: {ctype}, {_snippet(resp.content)}"
+                f"{where}: answer was not SearXNG JSON: {ctype}, {_snippet(body)}"
             ) from exc
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             got = type(data).__name__
