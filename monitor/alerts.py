@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 
 from monitor.config import MailConfig, Settings
 from monitor.db import Database
-from monitor.db.models import OutboxMessage, Scan, Sighting, Subject, utcnow
+from monitor.db.models import OutboxMessage, Scan, Sighting, Subject, SubjectHealth, utcnow
 from monitor.errors import MonitorError
 from monitor.paths import ensure_private_dir
 
@@ -71,6 +71,7 @@ __all__ = [
     "compose_alert",
     "deliver_pending",
     "hold_alert",
+    "note_search_health",
     "notifier_from_settings",
     "outbox_status",
     "pending_count",
@@ -83,6 +84,9 @@ logger = logging.getLogger("monitor.alerts")
 
 VIEW_COMMAND = "python run_monitor.py matches"
 """What an alert tells the person to run to see the new items."""
+
+HEALTH_COMMAND = "python run_monitor.py scan --all"
+"""What a "monitoring is degraded" notice tells the person to run to see what fails."""
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _MSGID_PLACEHOLDER_DOMAIN = "localhost"
@@ -241,6 +245,7 @@ def outbox_status(session: Session) -> list[dict[str, Any]]:
     return [
         {
             "id": r.id,
+            "kind": r.kind,
             "status": r.status,
             "new_items": r.new_items,
             "attempts": r.attempts,
@@ -252,6 +257,91 @@ def outbox_status(session: Session) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def note_search_health(
+    session: Session,
+    settings: Settings,
+    subject_id: int,
+    *,
+    failed: bool,
+    reason: str | None = None,
+    scan_id: int | None = None,
+    now: datetime | None = None,
+) -> str | None:
+    """Count a finished scan whose search failed (``failed``) or worked, for ``subject_id``.
+
+    After ``[search] degraded_after`` failed scans in a row the person is told, once, that
+    monitoring is degraded; after the first scan that works again, once, that it recovered.
+    Both notices go through the outbox like alerts (``kind`` "degraded" / "recovered"), as
+    discreet as they are: no name, no web address. Returns the kind queued, or ``None``.
+    """
+    now = now or utcnow()
+    health = session.get(SubjectHealth, subject_id)
+    if health is None:
+        health = SubjectHealth(subject_id=subject_id, search_failures=0)
+        session.add(health)
+    state: str | None = None
+    if failed:
+        health.search_failures = (health.search_failures or 0) + 1
+        health.last_failure = (reason or "")[:2000] or None
+        health.last_failure_at = now
+        if (
+            health.search_failures >= settings.search.degraded_after
+            and health.degraded_since is None
+        ):
+            health.degraded_since = now
+            state = "degraded"
+    else:
+        health.search_failures = 0
+        if health.degraded_since is not None:
+            health.degraded_since = None
+            state = "recovered"
+    if state is not None:
+        _queue_health_notice(session, settings, subject_id, state, health, scan_id, now)
+        logger.info("subject %d: monitoring %s; the person is told", subject_id, state)
+    session.flush()
+    return state
+
+
+def _queue_health_notice(
+    session: Session,
+    settings: Settings,
+    subject_id: int,
+    state: str,
+    health: SubjectHealth,
+    scan_id: int | None,
+    now: datetime,
+) -> OutboxMessage:
+    subject = session.get(Subject, subject_id)
+    body = (
+        _templates()
+        .get_template("health.txt.j2")
+        .render(
+            state=state,
+            scans=health.search_failures,
+            command=HEALTH_COMMAND,
+            support_contacts=[
+                _without_scheme(_one_line(c)) for c in settings.mail.support_contacts if c
+            ],
+        )
+    )
+    body = re.sub(r"\n{3,}", "\n\n", body).strip("\n") + "\n"
+    row = OutboxMessage(
+        subject_id=subject_id,
+        scan_id=scan_id,
+        message_id=_new_message_id(_sender_domain(settings.mail.sender)),
+        recipient=subject.email if subject is not None else None,
+        status="pending",
+        kind=state,
+        new_items=0,
+        subject_line=_one_line(settings.mail.subject)[:200] or "You have a new notification",
+        body=body,
+        attempts=0,
+        next_attempt_at=now,
+    )
+    session.add(row)
+    return row
 
 
 # ---------------------------------------------------------------------- composition
@@ -485,6 +575,12 @@ class SmtpNotifier:
         if isinstance(exc, smtplib.SMTPResponseException):
             return TransientDeliveryError(
                 f"the mail server at {where} answered {_reply(exc.smtp_code, exc.smtp_error)}"
+            )
+        if isinstance(exc, smtplib.SMTPServerDisconnected) and "timed out" in str(exc):
+            # smtplib reports a server that stops answering as a closed connection
+            return TransientDeliveryError(
+                f"the mail server at {where} did not answer within {self.cfg.timeout:g}s",
+                unreachable=True,
             )
         if isinstance(exc, smtplib.SMTPServerDisconnected):
             return TransientDeliveryError(

@@ -5,7 +5,8 @@ across processes (the ``run`` scheduler and a CLI ``scan`` in another terminal) 
 PostgreSQL alike. Claiming is one atomic conditional ``UPDATE`` in its own transaction: of two
 claimants exactly one sees ``rowcount == 1``. A lease expires, so a killed process blocks the
 subject only until its lease runs out; :func:`scan_lease` renews the lease in the background while
-the scan runs, so a long scan keeps it.
+the scan runs, so a long scan keeps it. A lease whose owner is a process on this machine that no
+longer runs (killed, crashed) is recognised at once and taken over (:func:`owner_is_dead`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "claim_scan",
     "default_owner",
     "lease_holder",
+    "owner_is_dead",
     "release_scan",
     "renew_scan",
     "scan_lease",
@@ -89,6 +91,30 @@ def default_owner() -> str:
     return socket.gethostname()[: _OWNER_MAX - len(tail)] + tail
 
 
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` (from :func:`default_owner`) names a process on this machine that no
+    longer runs. Anything else (another machine, a foreign format, a live or unknown process)
+    is False: that lease is respected until it expires."""
+    if not owner:
+        return False
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid = parts[0], int(parts[1])
+    here = socket.gethostname()
+    if host != here and not (len(owner) == _OWNER_MAX and here.startswith(host)):
+        return False
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but not ours (PermissionError), or cannot tell
+        return False
+    return False
+
+
 def claim_scan(
     db: Database,
     subject_id: int,
@@ -117,7 +143,22 @@ def claim_scan(
         .execution_options(synchronize_session=False)
     )
     with db.session() as s:
-        return s.execute(stmt).rowcount == 1
+        if s.execute(stmt).rowcount == 1:
+            return True
+    holder, _until = lease_holder(db, subject_id)
+    if holder is None or holder == owner or not owner_is_dead(holder):
+        return False
+    take_over = (
+        update(Subject)
+        .where(Subject.id == subject_id, Subject.scan_lease_owner == holder)
+        .values(scan_lease_until=now + lease, scan_lease_owner=owner)
+        .execution_options(synchronize_session=False)
+    )
+    with db.session() as s:
+        taken = s.execute(take_over).rowcount == 1
+    if taken:
+        logger.info("subject %d: took over the scan lease of a process that has ended", subject_id)
+    return taken
 
 
 def renew_scan(

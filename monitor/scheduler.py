@@ -36,7 +36,13 @@ from sqlalchemy import func, select, update
 from monitor.config import Settings
 from monitor.db import Database
 from monitor.db.models import Scan, Subject
-from monitor.leases import DEFAULT_LEASE, ScanInProgress, release_scan, scan_lease
+from monitor.leases import (
+    DEFAULT_LEASE,
+    ScanInProgress,
+    owner_is_dead,
+    release_scan,
+    scan_lease,
+)
 
 __all__ = ["Scheduler", "due_subjects", "next_due"]
 
@@ -44,6 +50,7 @@ logger = logging.getLogger("monitor.scheduler")
 
 _SCAN_JOB = "monitor-scan-due"
 _DELIVER_JOB = "monitor-deliver-outbox"
+_RECHECK_JOB = "monitor-recheck-cases"
 
 
 def _utcnow() -> datetime:
@@ -63,17 +70,20 @@ def next_due(interval: timedelta, jitter: timedelta, now: datetime, rng: random.
 
 def due_subjects(db: Database, now: datetime) -> list[int]:
     """Ids of subjects due at ``now`` (``next_scan_at`` unset or ``<= now``) whose scan lease is
-    free or expired; never-scanned first, then the longest overdue."""
+    free, expired, or held by a process on this machine that has ended (killed mid-scan);
+    never-scanned first, then the longest overdue."""
     stmt = (
-        select(Subject.id)
-        .where(
-            Subject.next_scan_at.is_(None) | (Subject.next_scan_at <= now),
-            Subject.scan_lease_until.is_(None) | (Subject.scan_lease_until < now),
-        )
+        select(Subject.id, Subject.scan_lease_until, Subject.scan_lease_owner)
+        .where(Subject.next_scan_at.is_(None) | (Subject.next_scan_at <= now))
         .order_by(Subject.next_scan_at.is_not(None), Subject.next_scan_at, Subject.id)
     )
     with db.session() as s:
-        return list(s.scalars(stmt))
+        rows = s.execute(stmt).all()
+    return [
+        subject_id
+        for subject_id, until, owner in rows
+        if until is None or until < now or owner_is_dead(owner)
+    ]
 
 
 def _fixed_clock(at: datetime) -> Callable[[], datetime]:
@@ -101,7 +111,7 @@ class _DropBusyWarnings(logging.Filter):
         msg = record.getMessage()
         return not (
             "maximum number of running instances" in msg
-            and (_SCAN_JOB in msg or _DELIVER_JOB in msg)
+            and (_SCAN_JOB in msg or _DELIVER_JOB in msg or _RECHECK_JOB in msg)
         )
 
 
@@ -120,6 +130,7 @@ class Scheduler:
         scan_fn: Callable[[int], object],
         *,
         deliver_fn: Callable[[], object] | None = None,
+        recheck_fn: Callable[[], object] | None = None,
         now_fn: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
         lease: timedelta = DEFAULT_LEASE,
@@ -128,6 +139,7 @@ class Scheduler:
         self.settings = settings
         self.scan_fn = scan_fn
         self.deliver_fn = deliver_fn
+        self.recheck_fn = recheck_fn  # re-checks due cases (monitor.cases), its own job
         self.now_fn = now_fn
         self.rng = rng or random.Random()
         self.lease = lease
@@ -285,6 +297,16 @@ class Scheduler:
         except Exception as exc:
             logger.warning("outbox delivery failed (%s)", _describe(exc))
 
+    def recheck(self) -> None:
+        """Run ``recheck_fn`` (cases due for a re-check), then deliver; errors are logged."""
+        if self.recheck_fn is None:
+            return
+        try:
+            self.recheck_fn()
+        except Exception as exc:
+            logger.warning("re-checking cases failed (%s)", _describe(exc))
+        self.deliver()
+
     # ------------------------------------------------------------------ APScheduler
 
     def _scan_job(self) -> None:
@@ -317,6 +339,8 @@ class Scheduler:
         )
         if self.deliver_fn is not None:
             aps.add_job(self.deliver, id=_DELIVER_JOB, name=_DELIVER_JOB, **options)
+        if self.recheck_fn is not None:
+            aps.add_job(self.recheck, id=_RECHECK_JOB, name=_RECHECK_JOB, **options)
         self._aps = aps
         logging.getLogger("apscheduler.scheduler").addFilter(self._log_filter)
         logger.info("scheduler started; checking for due scans every %s", every)

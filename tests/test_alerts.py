@@ -541,3 +541,66 @@ def test_smtp_notifier_requires_starttls_when_configured(tmp_path: Path) -> None
         with pytest.raises(TransientDeliveryError, match="STARTTLS"):
             notifier.deliver(msg)
     assert not server.messages
+
+
+# ---------------------------------------------------------------- faults (issue 4)
+
+
+def test_a_mail_server_that_accepts_but_never_answers_times_out_and_is_retried(
+    db: Database, tmp_path: Path
+) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete, but no greeting ever comes
+    with silent:
+        port = silent.getsockname()[1]
+        settings = make_settings(tmp_path, smtp_host="127.0.0.1", smtp_port=port, timeout=0.5)
+        row_id = queue_alert(db, settings)
+        report = alerts.deliver_pending(
+            db, alerts.notifier_from_settings(settings), settings, now=NOW
+        )
+    assert (report.sent, report.retried, report.failed) == (0, 1, 0)
+    row = outbox_row(db, row_id)
+    assert row.status == "pending" and row.attempts == 1
+    assert "did not answer within 0.5s" in (row.last_error or "")
+
+    with LoopbackSMTP() as server:
+        up = SmtpNotifier(smtp_settings(tmp_path, server).mail)
+        later = row.next_attempt_at
+        assert alerts.deliver_pending(db, up, settings, now=later).sent == 1
+        assert alerts.deliver_pending(db, up, settings, now=later + timedelta(days=1)).sent == 0
+    assert len(server.messages) == 1 and outbox_row(db, row_id).status == "sent"
+
+
+def test_outbox_command_shows_a_refusal_and_retry_failed_delivers_it_once(
+    db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from monitor.cli import main
+
+    with LoopbackSMTP(fail_with=(550, "no such mailbox"), fail_times=1) as server:
+        config = tmp_path / "monitor.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\n'
+            f'[database]\nurl = "{db.url}"\n'
+            f'[mail]\nsmtp_host = "127.0.0.1"\nsmtp_port = {server.port}\nstarttls = false\n'
+        )
+        row_id = queue_alert(db, make_settings(tmp_path))
+
+        def outbox(*argv: str) -> object:
+            assert main(["--config", str(config), "outbox", *argv, "--json"]) == 0
+            return json.loads(capsys.readouterr().out)
+
+        assert outbox("--send") == {"sent": 0, "retried": 0, "failed": 1, "where": []}
+        (shown,) = outbox()  # type: ignore[misc]
+        assert shown["id"] == row_id and shown["status"] == "failed"
+        assert shown["kind"] == "matches" and "550 no such mailbox" in shown["last_error"]
+        assert outbox("--send") == {"sent": 0, "retried": 0, "failed": 0, "where": []}
+
+        again = outbox("--retry-failed", "--send")
+        assert again["requeued"] == 1 and again["sent"] == 1  # type: ignore[index]
+        assert outbox("--retry-failed") == {"requeued": 0}
+        assert outbox("--send")["sent"] == 0  # type: ignore[index]
+    assert server.refused == 1 and len(server.messages) == 1
+    assert outbox_row(db, row_id).status == "sent"
