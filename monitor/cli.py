@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from monitor import __version__, alerts, store
+from monitor import __version__, alerts, cases, store
 from monitor.config import Settings, load_settings, parse_duration
 from monitor.db import Database
 from monitor.errors import MonitorError
@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument(
         "--every", metavar="DURATION", help="scan interval, e.g. 12h, 1d (default from config: 24h)"
     )
+    sa.add_argument(
+        "--minor",
+        action="store_true",
+        help="the person may be under 18: no evidence capture, and cases point to a child-abuse "
+        "hotline instead of the site",
+    )
     sa.add_argument("--json", action="store_true")
     sl = ssub.add_parser("list", help="list monitored people")
     sl.add_argument("--json", action="store_true")
@@ -126,15 +132,22 @@ def _parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("outbox", help="show alerts waiting to be delivered, or deliver them now")
     o.add_argument("--send", action="store_true", help="try to deliver pending alerts now")
+    o.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="queue alerts that failed for good (refused, or out of attempts) again, e.g. after "
+        "fixing the address or password; with --send they are tried at once",
+    )
     o.add_argument("--json", action="store_true")
 
     sub.add_parser("run", help="run the scheduler in the foreground (Ctrl-C stops)")
+    _case_parsers(sub)
     return p
 
 
 def _db(settings: Settings) -> Database:
     ensure_private_dir(settings.data_dir)
-    return Database(settings.database_url)
+    return Database(settings.database_url, key_file=settings.key_path)
 
 
 def _print_json(data: object) -> None:
@@ -158,6 +171,7 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
             subject = store.add_subject(
                 s, args.name, aliases=args.alias, email=args.email, interval=interval
             )
+            subject.minor = bool(args.minor)
             info = {
                 "name": subject.name,
                 "aliases": [a.alias for a in subject.aliases],
@@ -203,7 +217,9 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
             err.print("Not erased.")
             return 1
     with db.session() as s:
+        case_ids = [c.id for c in cases.list_cases(s, args.name)]
         store.erase_subject(s, args.name)
+    cases.erase_evidence(settings, case_ids)
     out.print(f"Erased {args.name!r}: references, scans, matches and alerts are gone.")
     return 0
 
@@ -298,6 +314,16 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
             if sm.alerts_queued:
                 where = ", ".join(sorted(set(sm.alert_destinations))) or "still queued"
                 out.print(f"  alert: {sm.alerts_sent}/{sm.alerts_queued} delivered ({where})")
+            if sm.evidence_captured or sm.evidence_failed:
+                out.print(
+                    f"  evidence: {sm.evidence_captured} new sighting(s) captured"
+                    + (
+                        f", {sm.evidence_failed} failed (retried on re-check)"
+                        if sm.evidence_failed
+                        else ""
+                    )
+                    + " - see `cases`"
+                )
             for sample in sm.error_samples[:5]:
                 err.print(f"  [dim]{sample}[/dim]")
     return 1 if failures else 0
@@ -357,6 +383,18 @@ def cmd_matches(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
+    requeued: int | None = None
+    if args.retry_failed:
+        with db.session() as s:
+            requeued = alerts.requeue_failed(s)
+        if not args.send:
+            if args.json:
+                _print_json({"requeued": requeued})
+            else:
+                out.print(f"Queued {requeued} failed alert(s) again.")
+            return 0
+        if not args.json:
+            out.print(f"Queued {requeued} failed alert(s) again.")
     if args.send:
         report = alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
         if args.json:
@@ -366,6 +404,7 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
                     "retried": report.retried,
                     "failed": report.failed,
                     "where": report.where,
+                    **({"requeued": requeued} if requeued is not None else {}),
                 }
             )
         else:
@@ -381,10 +420,11 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         out.print("The outbox is empty.")
         return 0
-    t = Table("id", "status", "attempts", "created", "sent", "last error")
+    t = Table("id", "kind", "status", "attempts", "created", "sent", "last error")
     for r in rows:
         t.add_row(
             str(r["id"]),
+            str(r.get("kind", "matches")),
             str(r["status"]),
             str(r["attempts"]),
             _fmt_time(r["created_at"]),
@@ -410,12 +450,228 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         def deliver() -> object:
             return alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
 
-        scheduler = Scheduler(db, settings, scan, deliver_fn=deliver)
+        scheduler = Scheduler(
+            db,
+            settings,
+            scan,
+            deliver_fn=deliver,
+            recheck_fn=lambda: cases.run_due_rechecks(settings, db),
+        )
         out.print(
             f"Scheduler running (checks every {settings.schedule.check_every}); Ctrl-C stops."
         )
         scheduler.start(block=True)
     return 0
+
+
+# ---------------------------------------------------------------- cases (monitor/cases)
+
+
+def _case_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cl = sub.add_parser("cases", help="list cases: one per matched image per person")
+    cl.add_argument("name", nargs="?", help="only this person")
+    cl.add_argument("--json", action="store_true")
+    c = sub.add_parser(
+        "case",
+        help="look at a case, decide, export evidence, draft or send a removal request",
+        description="A case is one matched image of one person, with every place it was seen. "
+        "Nothing is sent to a site without your confirmation.",
+    )
+    csub = c.add_subparsers(dest="case_command", metavar="ACTION", required=True)
+    cs = csub.add_parser("show", help="everything about a case, and what to do next")
+    cs.add_argument("id", type=int)
+    cs.add_argument("--json", action="store_true")
+    for action, text in (
+        ("confirm", "it is you, published without consent"),
+        ("dismiss", "it is not you: never alert about it again"),
+    ):
+        ca = csub.add_parser(action, help=text)
+        ca.add_argument("id", type=int)
+    ce = csub.add_parser("evidence", help="write the case's evidence bundle (a zip)")
+    ce.add_argument("id", type=int)
+    ce.add_argument("out", type=Path, metavar="OUT.zip")
+    ce.add_argument(
+        "--label", default="Subject", help="how the report names the person (default: Subject)"
+    )
+    cn = csub.add_parser(
+        "notice",
+        help="draft a removal request for the site (and send it after you confirm)",
+        description="Drafts a removal request in the site's language with the exact addresses, "
+        "a statement that you are shown without consent, a good-faith statement, a contact "
+        "address and the date (EU DSA art. 16, US TAKE IT DOWN Act). With --send it is mailed "
+        "over [mail] smtp_host after you type 'yes'.",
+    )
+    cn.add_argument("id", type=int)
+    cn.add_argument("--lang", choices=("en", "nl"), help="default: the site's language")
+    cn.add_argument("--reply-to", metavar="ADDR", help="contact address (default [cases] reply_to)")
+    cn.add_argument("--signer", metavar="NAME", help="name signing it (default: the person's)")
+    cn.add_argument("--send", metavar="TO", help="send it to this address after you confirm")
+    cn.add_argument(
+        "--yes",
+        action="store_true",
+        help="you confirm sending now, without a prompt (for scripts you run yourself)",
+    )
+    cn.add_argument(
+        "--no-lookup", action="store_true", help="do not look up the site's contacts now"
+    )
+    cn.add_argument("--json", action="store_true")
+    cr = csub.add_parser("recheck", help="fetch every place of a case again now")
+    cr.add_argument("id", type=int)
+    cr.add_argument("--json", action="store_true")
+
+
+def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
+    db = _db(settings)
+    with db.session() as s:
+        rows = cases.list_cases(s, args.name)
+    if args.json:
+        _print_json([r.as_json() for r in rows])
+        return 0
+    if not rows:
+        out.print("No cases so far.")
+        return 0
+    t = Table("case", "subject", "status", "first seen", "places", "online", "evidence", "checked")
+    for r in rows:
+        t.add_row(
+            str(r.id),
+            r.subject + (" (minor)" if r.minor else ""),
+            r.status,
+            _fmt_time(r.first_seen),
+            str(r.sightings),
+            str(r.online),
+            f"{r.evidence}/{r.sightings}",
+            _fmt_time(r.last_checked_at),
+        )
+    out.print(t)
+    out.print("Details and next steps: `case show ID`.")
+    return 0
+
+
+def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from monitor.cases import capture, contacts, notices
+
+    db = _db(settings)
+    action = args.case_command
+    if action in ("confirm", "dismiss"):
+        with db.session() as s:
+            fn = cases.confirm_case if action == "confirm" else cases.dismiss_case
+            case = fn(s, args.id)
+            status = case.status
+        out.print(f"Case {args.id}: {status}.")
+        if action == "confirm":
+            out.print(f"Next: `case show {args.id}`, then `case notice {args.id}`.")
+        return 0
+    if action == "show":
+        with db.session() as s:
+            detail = cases.case_detail(s, settings, args.id)
+        if args.json:
+            _print_json(detail.as_json())
+        else:
+            _print_case(detail)
+        return 0
+    if action == "evidence":
+        info = capture.export_bundle(settings, db, args.id, args.out, label=args.label)
+        out.print(f"Wrote {info.path} ({len(info.files)} files, SHA-256 {info.sha256}).")
+        return 0
+    if action == "recheck":
+        report = asyncio.run(cases.recheck_case(settings, db, args.id))
+        alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
+        if args.json:
+            _print_json(report.as_json())
+        else:
+            out.print(
+                f"Case {args.id}: {report.status}; {report.online} online, {report.gone} gone, "
+                f"{report.unreachable} unreachable"
+                + (f", {report.reappeared} back online (alerted)" if report.reappeared else "")
+            )
+            for line in report.details:
+                out.print(f"  {line}", soft_wrap=True)
+        return 0
+    # notice
+    if not args.no_lookup:
+        with db.session() as s:
+            minor = cases.is_minor_case(s, args.id)
+        if not minor:
+            found = asyncio.run(contacts.lookup_case_contacts(settings, db, args.id))
+            if not args.json:
+                _print_contacts([c.as_json() for c in found][:8])
+    drafted = notices.draft_notice(
+        settings, db, args.id, lang=args.lang, reply_to=args.reply_to, signer=args.signer
+    )
+    if args.json and not args.send:
+        _print_json(drafted.as_json())
+        return 0
+    if not args.json:
+        out.print(
+            f"[bold]Removal request {drafted.id}[/bold] ({drafted.lang}), subject: "
+            f"{drafted.subject_line}\n"
+        )
+        out.print(drafted.body, markup=False, highlight=False, soft_wrap=True)
+    if not args.send:
+        out.print(
+            f"Nothing was sent. Send it with `case notice {args.id} --send ADDRESS`, or copy it "
+            "into your own mail program."
+        )
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise MonitorError(
+                "refusing to send without your confirmation: run this on a terminal, or add "
+                "--yes to confirm that you want it sent"
+            )
+        answer = input(f"Send this removal request to {args.send}? Type yes to send: ")
+        if answer.strip().lower() != "yes":
+            err.print("Not sent.")
+            return 1
+    sent = notices.send_notice(settings, db, drafted.id, args.send, confirmed=True)
+    if args.json:
+        _print_json(sent.as_json())
+    else:
+        out.print(f"Sent to {sent.sent_to} at {_fmt_time(sent.sent_at)}; recorded with the case.")
+    return 0
+
+
+def _print_contacts(rows: list[dict[str, object]]) -> None:
+    if not rows:
+        out.print("No contact found for the site; see the removal forms under next steps.")
+        return
+    t = Table("#", "contact", "where found", title="Who to contact (best first)")
+    for i, c in enumerate(rows, 1):
+        t.add_row(str(i), str(c["value"]), f"{c['source']}: {c['found_at']}")
+    out.print(t)
+
+
+def _print_case(d: cases.CaseDetail) -> None:
+    sm = d.summary
+    out.print(
+        f"[bold]Case {sm.id}[/bold]: {sm.subject}{' (possibly under 18)' if sm.minor else ''}, "
+        f"{sm.status}; first seen {_fmt_time(sm.first_seen)}, {d.algorithm} distance "
+        f"{d.distance}, image SHA-256 {d.sha256[:16]}..."
+    )
+    t = Table("place", "first seen", "last seen", "state", "evidence", title="Where it was seen")
+    for x in d.sightings:
+        t.add_row(
+            f"{x.page_url}\n{x.image_url}",
+            _fmt_time(x.first_seen),
+            _fmt_time(x.last_seen),
+            x.state + (f"\n{x.detail}" if x.detail else ""),
+            x.evidence_status + (f"\n{x.evidence_error}" if x.evidence_error else ""),
+        )
+    out.print(t)
+    if d.contacts:
+        _print_contacts(d.contacts)
+    for n in d.notices:
+        sent = f"sent to {n['sent_to']} at {n['sent_at']}" if n["sent_at"] else "not sent"
+        out.print(f"Notice {n['id']} ({n['lang']}), drafted {n['created_at']}: {sent}")
+    if d.events:
+        out.print("[bold]History[/bold]")
+        for e in d.events:
+            out.print(f"  {e['at']}  {e['kind']}  {e['detail']}", markup=False, soft_wrap=True)
+    out.print("[bold]Next steps[/bold]")
+    for step in d.next_steps:
+        out.print(f"  {step}", markup=False, soft_wrap=True)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -432,6 +688,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "matches": cmd_matches,
     "outbox": cmd_outbox,
     "run": cmd_run,
+    "cases": lambda args, settings: cmd_cases(args, settings),
+    "case": lambda args, settings: cmd_case(args, settings),
 }
 
 
@@ -443,6 +701,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.verbose < 2:  # APScheduler logs every check at INFO
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        # httpx logs every request's URL at INFO: search URLs hold the person's name.
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "demo":
             return cmd_demo(args, None)

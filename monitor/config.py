@@ -55,6 +55,9 @@ class _Section(BaseModel):
 
 class DatabaseConfig(_Section):
     url: str = ""  # empty: SQLite file in the data folder
+    # The key that encrypts reference hashes at rest. Empty: "<data folder>.key" beside the data
+    # folder (not in it). $MONITOR_REFERENCE_KEY, when set, holds the key itself instead.
+    key_file: str = ""
 
 
 class SearchBackendConfig(_Section):
@@ -72,6 +75,9 @@ class SearchConfig(_Section):
     backends: list[SearchBackendConfig] = Field(default_factory=list)
     max_queries_per_scan: int = Field(default=24, ge=1)
     pages_per_query: int = Field(default=1, ge=1, le=10)
+    # After this many scans in a row in which a search backend answered none of its queries,
+    # the person is told (once, discreetly) that monitoring is degraded; and once on recovery.
+    degraded_after: int = Field(default=3, ge=1)
 
 
 class FetchConfig(_Section):
@@ -89,13 +95,29 @@ class FetchConfig(_Section):
     max_pages_per_scan: int = Field(default=500, ge=1)
     max_images_per_page: int = Field(default=200, ge=1)
     respect_robots: bool = True
+    # The most seconds one fetch may spend on servers, redirects and the whole body included
+    # (timeout bounds each wait between bytes; this bounds a server that drips them).
+    deadline: float = Field(default=60.0, gt=0)
+    # Requests to one host start at least this many seconds apart...
+    min_host_interval: float = Field(default=0.0, ge=0)
+    # ...or further apart when its robots.txt asks for a Crawl-delay, obeyed up to this many.
+    max_crawl_delay: float = Field(default=10.0, ge=0)
+    # Ask again for images seen in earlier scans with If-None-Match / If-Modified-Since, and
+    # reuse their stored hashes when unchanged (the cache keeps URL, validators and hashes only).
+    conditional_requests: bool = True
 
 
 class MatchConfig(_Section):
-    pdq_threshold: int = Field(default=31, ge=0, le=256)
+    pdq_threshold: int = Field(default=52, ge=0, le=256)
     phash_threshold: int = Field(default=10, ge=0, le=64)
     # Found images with a lower PDQ quality (blank, flat, tiny) are never matched.
     min_quality: int = Field(default=50, ge=0, le=100)
+    # Reference variants stored at enrolment (mirror, quarter turns, crops, small rotations).
+    variants: bool = True
+    variant_pdq_threshold: int = Field(default=52, ge=0, le=256)
+    # The PDQ hash of a found image's content box (padding, letterbox, screenshot of a post).
+    regions: bool = True
+    region_pdq_threshold: int = Field(default=52, ge=0, le=256)
 
 
 class MailConfig(_Section):
@@ -136,6 +158,40 @@ class ScheduleConfig(_Section):
     check_every: Duration = timedelta(minutes=1)  # how often `run` looks for due scans
 
 
+class CasesConfig(_Section):
+    """Cases: evidence at first sighting, re-checks, who to contact, removal requests."""
+
+    capture_evidence: bool = True  # capture evidence (WARC, blurred screenshot) at first sighting
+    screenshots: bool = True  # part of the evidence: a blurred screenshot (needs Chromium)
+    screenshot_timeout: float = Field(default=45.0, gt=0)  # seconds per screenshot
+    recheck_every: Duration = timedelta(hours=24)  # how often every open case is fetched again
+    max_recheck_images: int = Field(default=50, ge=1)  # images per page compared on a re-check
+    reply_to: str = ""  # contact address in removal requests (a relay); empty: ask per notice
+    templates_dir: str = ""  # a folder with your own notice_en.txt.j2 / notice_nl.txt.j2
+    rdap_domain_url: str = "https://rdap.org/domain/"  # + domain name
+    rdap_ip_url: str = "https://rdap.org/ip/"  # + IP address
+    max_contact_pages: int = Field(default=3, ge=0)  # contact pages followed (one hop)
+    hotline_name: str = ""  # the child-abuse hotline for your region; empty: list the defaults
+    hotline_url: str = ""
+    hotlines: list[str] = Field(
+        default_factory=lambda: [
+            "NCMEC CyberTipline (US): https://report.cybertip.org",
+            "Internet Watch Foundation (UK): https://report.iwf.org.uk",
+            "Offlimits (NL): https://www.offlimits.nl",
+            "INHOPE (other countries): https://www.inhope.org",
+        ]
+    )
+    removal_forms: list[str] = Field(
+        default_factory=lambda: [
+            "Google, Remove non-consensual explicit imagery: "
+            "https://support.google.com/websearch/answer/6302812",
+            "Bing, Report a concern - NCII: https://www.microsoft.com/en-us/concern/revengeporn",
+            "StopNCII.org (blocks re-uploads on partner platforms by hash): https://stopncii.org",
+            "Take It Down (images taken before you were 18): https://takeitdown.ncmec.org",
+        ]
+    )
+
+
 class _EnvWithoutDataDir(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name == "data_dir":
@@ -157,6 +213,7 @@ class Settings(BaseSettings):
     match: MatchConfig = Field(default_factory=MatchConfig)
     mail: MailConfig = Field(default_factory=MailConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    cases: CasesConfig = Field(default_factory=CasesConfig)
 
     config_file: ClassVar[Path | None] = None  # set by load_settings on a subclass
 
@@ -183,6 +240,15 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'monitor.db'}"
+
+    @property
+    def key_path(self) -> Path:
+        """The key file for reference hashes (see :mod:`monitor.secrets`)."""
+        from monitor.secrets import default_key_path
+
+        if self.database.key_file:
+            return Path(self.database.key_file).expanduser()
+        return default_key_path(self.database_url, data_dir=self.data_dir)
 
     @property
     def outbox_dir(self) -> Path:

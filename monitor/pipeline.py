@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import httpx
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from monitor import alerts, store
-from monitor.config import Settings
+from monitor.config import FetchConfig, Settings
 from monitor.db import Database
 from monitor.db.models import Scan, Subject, utcnow
 from monitor.errors import (
@@ -33,7 +35,8 @@ from monitor.errors import (
     SearchBackendError,
 )
 from monitor.extract import charset_from_content_type, extract_images
-from monitor.fetch import Fetcher
+from monitor.fetch import ACCEPT_ENCODING, Fetcher, PartialResource
+from monitor.fetch import _size as format_size
 from monitor.hashing import compute_hashes
 from monitor.leases import scan_lease
 from monitor.matching import ReferenceIndex, thresholds_from_config
@@ -60,6 +63,8 @@ class ScanSummary:
     pages: int = 0
     images: int = 0
     images_hashed: int = 0
+    images_unchanged: int = 0  # known from an earlier scan and unchanged (HTTP 304): not fetched
+    bytes_downloaded: int = 0  # body bytes received from the web (pages, images, robots.txt)
     matches: int = 0  # matched images seen in this scan (new or known)
     new_matches: int = 0
     new_sightings: int = 0  # new (page, image URL) places of matched images: what alerts report
@@ -67,6 +72,8 @@ class ScanSummary:
     alerts_queued: int = 0
     alerts_sent: int = 0
     alert_destinations: list[str] = field(default_factory=list)
+    evidence_captured: int = 0  # sightings whose evidence (WARC, screenshot) was captured
+    evidence_failed: int = 0  # captures that failed (recorded; retried on re-check)
     seconds: float = 0.0
     error_samples: list[str] = field(default_factory=list)
 
@@ -76,6 +83,10 @@ class ScanSummary:
 
 Progress = Callable[[ScanSummary, int], None]
 """Called as counts change with the summary so far and the number of images known to fetch."""
+
+FetcherFactory = Callable[[FetchConfig], Fetcher]
+"""Builds the scan's :class:`Fetcher` (tests pass one with their own resolver and address
+rules); by default ``Fetcher(settings.fetch)``."""
 
 
 def hashing_pool(workers: int | None = None) -> ProcessPoolExecutor:
@@ -127,9 +138,12 @@ class _Scan:
         index: ReferenceIndex,
         pool: Executor,
         progress: Progress | None,
+        fetcher_factory: FetcherFactory = Fetcher,
     ) -> None:
         self.settings, self.db, self.subject_id, self.scan_id = settings, db, subject_id, scan_id
         self.summary, self.index, self.pool, self.progress = summary, index, pool, progress
+        self.fetcher_factory = fetcher_factory
+        self.fetched: list[store.FetchedImage] = []  # for the fetch cache, written with images
         self.image_tasks: dict[str, asyncio.Task[ImageHashes | None]] = {}
         self.seen_pairs: set[tuple[str, str]] = set()
         self.hash_by_sha: dict[str, asyncio.Future[ImageHashes | None]] = {}
@@ -158,6 +172,9 @@ class _Scan:
             subject = s.get(Subject, self.subject_id)
             assert subject is not None
             outcomes = store.record_images(s, subject, self.scan_id, batch)
+            if self.fetched:
+                fetched, self.fetched = self.fetched, []
+                self.fetched = store.remember_fetches(s, fetched) + self.fetched
         for outcome in outcomes:
             self.summary.new_matches += outcome.new_match
             self.summary.new_sightings += outcome.alerted
@@ -173,7 +190,9 @@ class _Scan:
         self.summary.errors += 1
         if len(self.summary.error_samples) < 20:
             self.summary.error_samples.append(f"{stage}: {reason}")
-        log.info("scan %s: %s error: %s", self.scan_id, stage, reason)
+        # The reason can hold a URL or a search answer, so a name: only at DEBUG.
+        log.info("scan %s: %s error", self.scan_id, stage)
+        log.debug("scan %s: %s error: %s", self.scan_id, stage, reason)
         with self.db.session() as s:
             store.record_error(s, self.scan_id, url, stage, reason)
         self._tick()
@@ -211,18 +230,28 @@ class _Scan:
 
     async def page(self, fetcher: Fetcher, url: str) -> None:
         try:
-            res = await fetcher.fetch_page(url)
+            res = await fetcher.fetch_page(url, partial=True)
         except FetchError as exc:
             self.error(url, "page", exc.reason)
             return
         self.summary.pages += 1
-        candidates = extract_images(
+        if isinstance(res, PartialResource):  # padded past the cap: still look at the start
+            size = format_size(res.limit)
+            self.error(
+                url, "page", f"larger than the {size} limit; only its first {size} were read"
+            )
+        extract = partial(
+            extract_images,
             res.body,
             res.final_url,
             limit=self.settings.fetch.max_images_per_page,
             encoding=charset_from_content_type(res.content_type),
         )
+        # A big page takes lxml a while: parse it off the event loop, so downloads and their
+        # timeouts go on meanwhile.
+        big = len(res.body) > 256_000
         del res
+        candidates = await asyncio.to_thread(extract) if big else extract()
         await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
 
     async def candidate(self, fetcher: Fetcher, cand: ImageCandidate) -> None:
@@ -248,14 +277,26 @@ class _Scan:
         # A slot is held from download to hash: downloads can outpace hashing, and without this
         # limit fetched bodies would queue up in memory waiting for a worker.
         async with self.in_flight:
+            cached = self._cached(url)
             try:
-                res = await fetcher.fetch_image(url)
+                res = await fetcher.fetch_image(
+                    url,
+                    etag=cached.etag if cached else None,
+                    last_modified=cached.last_modified if cached else None,
+                )
             except FetchError as exc:
                 self.error(url, "image", exc.reason)
                 return None
-            body = res.body
-            del res
             self.summary.images += 1
+            if res.status == 304 and cached is not None:  # unchanged: reuse its hashes
+                self.summary.images_unchanged += 1
+                return cached.hashes
+            body, etag, modified = (
+                res.body,
+                res.headers.get("etag"),
+                res.headers.get("last-modified"),
+            )
+            del res
             sha = hashlib.sha256(body).hexdigest()
             fut = self.hash_by_sha.get(sha)
             if fut is None:
@@ -263,7 +304,18 @@ class _Scan:
                 self.hash_by_sha[sha] = fut
                 fut.set_result(await self._hash(url, sha, body))
             del body
-        return await fut  # the same bytes at another URL are hashed once
+        hashes = await fut  # the same bytes at another URL are hashed once
+        remember = self.settings.fetch.conditional_requests and (cached or etag or modified)
+        if hashes is not None and remember:
+            self.fetched.append(store.FetchedImage(url, sha, etag, modified))
+        return hashes
+
+    def _cached(self, url: str) -> store.CachedImage | None:
+        """What an earlier scan stored for this image URL (validators and hashes), if any."""
+        if not self.settings.fetch.conditional_requests:
+            return None
+        with self.db.engine.connect() as conn:
+            return store.cached_image(conn, url)
 
     async def _hash(self, url: str, sha: str, body: bytes) -> ImageHashes | None:
         try:
@@ -282,9 +334,10 @@ class _Scan:
 
     async def run(self, name: str, aliases: list[str]) -> None:
         fetch_cfg = self.settings.fetch
+        search_headers = {"User-Agent": fetch_cfg.user_agent, "Accept-Encoding": ACCEPT_ENCODING}
         async with (
-            httpx.AsyncClient(headers={"User-Agent": fetch_cfg.user_agent}) as search_client,
-            Fetcher(fetch_cfg) as fetcher,
+            httpx.AsyncClient(headers=search_headers) as search_client,
+            self.fetcher_factory(fetch_cfg) as fetcher,
         ):
             hits = await self.search(_backends(self.settings, search_client), name, aliases)
             page_urls: list[str] = []
@@ -297,10 +350,13 @@ class _Scan:
                     seen_pages.add(hit.page_url)
                     page_urls.append(hit.page_url)
             page_urls = page_urls[: fetch_cfg.max_pages_per_scan]
-            await asyncio.gather(
-                *(self.candidate(fetcher, c) for c in direct),
-                *(self.page(fetcher, u) for u in page_urls),
-            )
+            try:
+                await asyncio.gather(
+                    *(self.candidate(fetcher, c) for c in direct),
+                    *(self.page(fetcher, u) for u in page_urls),
+                )
+            finally:
+                self.summary.bytes_downloaded = fetcher.bytes_downloaded
         self.flush()
 
 
@@ -317,6 +373,26 @@ def _recover_interrupted(db: Database, settings: Settings, subject_id: int) -> N
         alerts.release_alerts(s, settings)
 
 
+def _note_search_health(
+    s: Session, settings: Settings, subject_id: int, summary: ScanSummary
+) -> bool:
+    """Count the scan towards "monitoring degraded": it failed its search when a backend
+    answered none of its queries. True when a notice to the person was queued."""
+    backends = max(len(settings.search.backends), 1)
+    per_backend = summary.queries // backends
+    failures = store.search_failures(s, summary.scan_id)
+    failed = [(n, reason) for n, reason in failures.values() if per_backend and n >= per_backend]
+    state = alerts.note_search_health(
+        s,
+        settings,
+        subject_id,
+        failed=bool(failed) or summary.queries == 0,
+        reason=failed[0][1] if failed else None,
+        scan_id=summary.scan_id,
+    )
+    return state is not None
+
+
 async def run_scan(
     settings: Settings,
     db: Database,
@@ -325,6 +401,7 @@ async def run_scan(
     pool: Executor | None = None,
     progress: Progress | None = None,
     deliver: bool = True,
+    fetcher_factory: FetcherFactory = Fetcher,
 ) -> ScanSummary:
     """Scan one subject (the caller holds its scan lease). Returns what was done.
 
@@ -351,9 +428,17 @@ async def run_scan(
     status, error = "completed", None
     try:
         with _pool_or(pool) as executor:
-            await _Scan(settings, db, subject_id, scan_id, summary, index, executor, progress).run(
-                name, aliases
-            )
+            await _Scan(
+                settings,
+                db,
+                subject_id,
+                scan_id,
+                summary,
+                index,
+                executor,
+                progress,
+                fetcher_factory,
+            ).run(name, aliases)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -373,9 +458,17 @@ async def run_scan(
                 error=error,
             )
             summary.alerts_queued = alerts.release_alerts(s, settings, scan_id=scan_id)
+            if status == "completed" and _note_search_health(s, settings, subject_id, summary):
+                summary.alerts_queued += 1
             subj = s.get(Subject, subject_id)
             if subj is not None:
                 subj.last_scan_at = utcnow()
+    # Cases: evidence for new sightings, reappearances of removed ones. Never fails the scan.
+    from monitor.cases import after_scan
+
+    captured = await after_scan(settings, db, subject_id, scan_id)
+    if captured is not None:
+        summary.evidence_captured, summary.evidence_failed = captured.captured, captured.failed
     if deliver:
         report = alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
         summary.alerts_sent = report.sent
@@ -391,13 +484,22 @@ def scan_subject(
     pool: Executor | None = None,
     progress: Progress | None = None,
     deliver: bool = True,
+    fetcher_factory: FetcherFactory = Fetcher,
 ) -> ScanSummary:
     """Scan the subject called ``name`` now, holding its scan lease (CLI entry point)."""
     with db.session() as s:
         subject_id = store.get_subject(s, name).id
     with scan_lease(db, subject_id):
         return asyncio.run(
-            run_scan(settings, db, subject_id, pool=pool, progress=progress, deliver=deliver)
+            run_scan(
+                settings,
+                db,
+                subject_id,
+                pool=pool,
+                progress=progress,
+                deliver=deliver,
+                fetcher_factory=fetcher_factory,
+            )
         )
 
 

@@ -7,6 +7,7 @@ and the alert's outbox row in one transaction: a match, once seen, is never with
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from monitor import alerts
 from monitor.db.models import (
     Alias,
+    FetchCacheEntry,
     FetchErrorRecord,
     Hit,
     Image,
@@ -143,6 +145,7 @@ def erase_subject(session: Session, name: str) -> None:
             ~exists().where(Match.image_id == Image.id),
         )
     )
+    forget_orphan_fetch_cache(session)  # image URLs only this subject's scans had seen
 
 
 def reference_records(session: Session, subject_id: int) -> list[ReferenceHashRecord]:
@@ -482,3 +485,143 @@ def list_matches(session: Session, subject_name: str | None = None) -> list[Matc
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+# ---------------------------------------------------------------- monitoring health
+
+
+def search_failures(session: Session, scan_id: int) -> dict[str, tuple[int, str]]:
+    """Per search backend (``search:<name>``): how many of its queries failed in this scan,
+    and the first reason."""
+    found: dict[str, tuple[int, str]] = {}
+    for url, reason in session.execute(
+        select(FetchErrorRecord.url, FetchErrorRecord.reason)
+        .where(FetchErrorRecord.scan_id == scan_id, FetchErrorRecord.stage == "search")
+        .order_by(FetchErrorRecord.id)
+    ):
+        n, first = found.get(url, (0, reason))
+        found[url] = (n + 1, first)
+    return found
+
+
+# ---------------------------------------------------------------- fetch cache
+
+
+@dataclass(frozen=True, slots=True)
+class CachedImage:
+    """What an image URL held when last fetched: validators to ask with, and its hashes."""
+
+    url: str
+    etag: str | None
+    last_modified: str | None
+    hashes: ImageHashes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedImage:
+    """An image URL just fetched whole, to remember (with the SHA-256 of what it held)."""
+
+    url: str
+    sha256: str
+    etag: str | None
+    last_modified: str | None
+
+
+def url_key(url: str) -> str:
+    """The fetch cache's key for a URL: its SHA-256 (hex)."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_CACHED_IMAGE = (
+    select(
+        FetchCacheEntry.url,
+        FetchCacheEntry.etag,
+        FetchCacheEntry.last_modified,
+        Image.sha256,
+        Image.width,
+        Image.height,
+        Image.pdq,
+        Image.pdq_quality,
+        Image.phash,
+    )
+    .join(Image, Image.id == FetchCacheEntry.image_id)
+    .where(FetchCacheEntry.url_sha256 == bindparam("key"))
+)
+
+
+def cached_image(db: Session | Connection, url: str) -> CachedImage | None:
+    """The validators and hashes stored for an image URL, if it was fetched before."""
+    row = db.execute(_CACHED_IMAGE, {"key": url_key(url)}).first()
+    if row is None or row.url != url:
+        return None
+    hashes = _hashes_from(row.sha256, row.width, row.height, row.pdq, row.pdq_quality, row.phash)
+    return CachedImage(row.url, row.etag, row.last_modified, hashes)
+
+
+def remember_fetches(session: Session, fetched: Sequence[FetchedImage]) -> list[FetchedImage]:
+    """Store (or replace) the cache entries of image URLs fetched whole.
+
+    An entry needs its image row (written by :func:`record_images`); those whose image is not
+    stored yet are returned, to try again later. URLs without validators are forgotten: with
+    nothing to ask with, the next scan downloads them anyway.
+    """
+    if not fetched:
+        return []
+    ids = _image_ids(session, {f.sha256 for f in fetched})
+    latest = {f.url: f for f in fetched}  # the last fetch of a URL wins
+    waiting = [f for f in latest.values() if f.sha256 not in ids]
+    rows = [
+        {
+            "url_sha256": url_key(f.url),
+            "url": f.url,
+            "image_id": ids[f.sha256],
+            "etag": (f.etag or None) and f.etag[:500],
+            "last_modified": (f.last_modified or None) and f.last_modified[:100],
+            "fetched_at": utcnow(),
+        }
+        for f in latest.values()
+        if f.sha256 in ids and (f.etag or f.last_modified)
+    ]
+    stale = [url_key(f.url) for f in latest.values() if not (f.etag or f.last_modified)]
+    if stale:
+        session.execute(delete(FetchCacheEntry).where(FetchCacheEntry.url_sha256.in_(stale)))
+    if rows:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+            session.execute(
+                delete(FetchCacheEntry).where(
+                    FetchCacheEntry.url_sha256.in_([r["url_sha256"] for r in rows])
+                )
+            )
+            session.execute(insert(FetchCacheEntry), rows)
+            return waiting
+        stmt = upsert(FetchCacheEntry)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[FetchCacheEntry.url_sha256],
+            set_={
+                "url": stmt.excluded.url,
+                "image_id": stmt.excluded.image_id,
+                "etag": stmt.excluded.etag,
+                "last_modified": stmt.excluded.last_modified,
+                "fetched_at": stmt.excluded.fetched_at,
+            },
+        )
+        session.execute(stmt, rows)
+    return waiting
+
+
+def forget_fetch(session: Session, url: str) -> None:
+    """Drop the cache entry of an image URL (it is gone, or no longer an image)."""
+    session.execute(delete(FetchCacheEntry).where(FetchCacheEntry.url_sha256 == url_key(url)))
+
+
+def forget_orphan_fetch_cache(session: Session) -> int:
+    """Drop cache entries of URLs no sighting holds any more (after an erasure)."""
+    result = session.execute(
+        delete(FetchCacheEntry).where(~exists().where(Sighting.image_url == FetchCacheEntry.url))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -19,14 +19,14 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert s.database_url == f"sqlite:///{tmp_path / 'default-data' / 'monitor.db'}"
     assert s.fetch.allow_private_networks is False
     assert s.mail.smtp_host == "" and s.outbox_dir == tmp_path / "default-data" / "outbox"
-    assert (s.match.pdq_threshold, s.match.phash_threshold) == (31, 10)
+    assert (s.match.pdq_threshold, s.match.phash_threshold) == (52, 10)
 
 
 def test_example_file_documents_every_key_and_loads() -> None:
     s = load_settings(REPO / "config" / "monitor.example.toml")
     assert s.search.backends[0].kind == "searxng"
     text = (REPO / "config" / "monitor.example.toml").read_text()
-    for section in ("database", "search", "fetch", "match", "mail", "schedule"):
+    for section in ("database", "search", "fetch", "match", "mail", "schedule", "cases"):
         model = type(getattr(s, section))
         for key in model.model_fields:
             if key != "backends":

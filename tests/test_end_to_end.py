@@ -45,6 +45,7 @@ def world(tmp_path: Path):
         settings = loopback_settings(
             tmp_path, demo.searxng_url, smtp_host="127.0.0.1", smtp_port=smtp.port, starttls=False
         )
+        settings.cases.screenshots = False  # ~5 s each; tests/test_cases.py covers them
         db = Database(settings.database_url)
         with db.session() as s:
             subject = store.add_subject(

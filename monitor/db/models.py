@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -20,8 +21,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from monitor.secrets import REFERENCE_HASH, REFERENCE_SHA256, EncryptedText
 
 
 def utcnow() -> datetime:
@@ -75,6 +79,9 @@ class Subject(Base):
     # A scan holds this lease while it runs, so two processes never scan the same subject at once.
     scan_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     scan_lease_owner: Mapped[str | None] = mapped_column(String(100))
+    # Possibly under 18: no evidence capture, nothing of an image beyond hashes and URL, and
+    # cases point to a child-abuse hotline instead of the site (monitor/cases).
+    minor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     aliases: Mapped[list[Alias]] = relationship(
         back_populates="subject",
@@ -114,7 +121,8 @@ class Reference(Base):
     )
     origin: Mapped[str] = mapped_column(String(20))  # "photo" or "import"
     # SHA-256 of the photo's bytes, so enrolling the same photo twice is a no-op.
-    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Encrypted at rest with the reference key (monitor/secrets.py); reads give the hex digest.
+    content_sha256: Mapped[str | None] = mapped_column(EncryptedText(REFERENCE_SHA256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     subject: Mapped[Subject] = relationship(back_populates="references")
@@ -135,7 +143,8 @@ class ReferenceHash(Base):
         ForeignKey("references.id", ondelete="CASCADE"), index=True
     )
     algorithm: Mapped[str] = mapped_column(String(20))
-    value: Mapped[str] = mapped_column(String(128))  # lowercase hex
+    # Lowercase hex, encrypted at rest with the reference key (monitor/secrets.py).
+    value: Mapped[str] = mapped_column(EncryptedText(REFERENCE_HASH))
     quality: Mapped[int | None] = mapped_column(Integer)
 
     reference: Mapped[Reference] = relationship(back_populates="hashes")
@@ -246,8 +255,13 @@ class Match(Base):
     algorithm: Mapped[str] = mapped_column(String(20))
     distance: Mapped[int] = mapped_column(Integer)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    status: Mapped[str] = mapped_column(String(20), default="new")  # new|seen|dismissed
+    # The case's state (monitor/cases): new | confirmed | dismissed | notice_drafted |
+    # notice_sent | removed | still_online. Only a person confirms or dismisses.
+    status: Mapped[str] = mapped_column(String(20), default="new")
     scan_id: Mapped[int | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # confirmed or dismissed
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last re-check
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # every place gone
 
     image: Mapped[Image] = relationship()
     subject: Mapped[Subject] = relationship()
@@ -281,3 +295,121 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_to: Mapped[str | None] = mapped_column(Text)  # "smtp:host:port" or a file path
+    # "matches" (new items found), or "degraded" / "recovered" (monitoring health notices)
+    kind: Mapped[str] = mapped_column(String(20), default="matches", server_default="matches")
+
+
+# ---------------------------------------------------------------- cases (monitor/cases)
+
+
+class SightingState(Base):
+    """What the last re-check and evidence capture found for one sighting of a case."""
+
+    __tablename__ = "sighting_states"
+
+    sighting_id: Mapped[int] = mapped_column(
+        ForeignKey("sightings.id", ondelete="CASCADE"), primary_key=True
+    )
+    # online | gone (page or image no longer there) | changed (no longer matches) | unreachable
+    state: Mapped[str] = mapped_column(String(20), default="online")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    page_lang: Mapped[str | None] = mapped_column(String(35))  # <html lang> / Content-Language
+    # Evidence: pending | captured | failed | skipped (minor, or capture switched off)
+    evidence_status: Mapped[str] = mapped_column(String(20), default="pending")
+    evidence_files: Mapped[str | None] = mapped_column(Text)  # JSON: kind, path, sha256, url, at
+    evidence_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    evidence_error: Mapped[str | None] = mapped_column(Text)
+    evidence_attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CaseEvent(Base):
+    """The history of a case, dated: confirmed, dismissed, evidence, notice, removed..."""
+
+    __tablename__ = "case_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    match_id: Mapped[int] = mapped_column(ForeignKey("matches.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class CaseContact(Base):
+    """Where to ask for removal of a sighting, ranked (0 first), with where it was found."""
+
+    __tablename__ = "case_contacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    match_id: Mapped[int] = mapped_column(ForeignKey("matches.id", ondelete="CASCADE"), index=True)
+    sighting_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sightings.id", ondelete="CASCADE"), index=True
+    )
+    rank: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(10))  # "email" | "url"
+    value: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(30))  # page | site | security.txt | rdap-ip...
+    found_at: Mapped[str] = mapped_column(Text)  # the URL it was found at
+    label: Mapped[str] = mapped_column(Text, default="")
+    found_on: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Notice(Base):
+    """A removal request drafted for a case; ``sent_at``/``sent_to`` once a person sent it."""
+
+    __tablename__ = "notices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    match_id: Mapped[int] = mapped_column(ForeignKey("matches.id", ondelete="CASCADE"), index=True)
+    lang: Mapped[str] = mapped_column(String(10))
+    subject_line: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)
+    reply_to: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_to: Mapped[str | None] = mapped_column(String(320))
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    delivered_to: Mapped[str | None] = mapped_column(Text)
+
+
+# ---------------------------------------------------------------- monitoring health
+
+
+class SubjectHealth(Base):
+    """How well a subject's scans work: consecutive scans whose search failed, and whether the
+    person was told that monitoring is degraded (so they are told once, and once on recovery)."""
+
+    __tablename__ = "subject_health"
+
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), primary_key=True
+    )
+    search_failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive scans
+    last_failure: Mapped[str | None] = mapped_column(Text)  # a readable reason, no name
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    degraded_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # set when told
+
+
+# ---------------------------------------------------------------- fetch cache (monitor/fetch.py)
+
+
+class FetchCacheEntry(Base):
+    """What an image URL held when last fetched: its validators and the image (its hashes).
+
+    Lets the next scan ask with ``If-None-Match`` / ``If-Modified-Since`` and, on 304, reuse
+    the stored hashes without downloading or hashing again. Never bytes: a URL, two validators
+    and a link to the image row. Deleted with the image (erasure), and by
+    ``store.forget_orphan_fetch_cache`` when no sighting has the URL any more.
+    """
+
+    __tablename__ = "fetch_cache"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # SHA-256 of the URL: the unique key (URLs can be longer than an index entry may be).
+    url_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -127,6 +127,13 @@ def _run(folder: Path, as_json: bool, console: Console) -> int:
             f"in {summary.seconds:.1f}s. Planted copies found: {len(planted & found)}/{len(planted)}; "
             f"false matches: {len(false_hits)}."
         )
+        if summary.evidence_captured or summary.evidence_failed:
+            console.print(
+                f"Evidence captured for {summary.evidence_captured} sighting(s) "
+                f"({summary.evidence_failed} failed) under {folder / 'data' / 'evidence'}: a web "
+                "archive of each page with the image withheld (only its hashes), and a screenshot "
+                "with every image blurred and the address and time stamped on it."
+            )
         if messages:
             msg = messages[0]
             console.print(

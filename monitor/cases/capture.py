@@ -1,0 +1,336 @@
+"""Evidence at first sighting, through :mod:`monitor.evidence`: a WARC of the page (the image
+withheld: only its hashes) and a blurred screenshot with a URL/time banner.
+
+Never for a person marked as possibly under 18: their sightings are marked ``skipped`` and
+nothing is fetched. A failed capture is recorded (``evidence_status = "failed"`` with the reason)
+and retried by the next re-check, up to :data:`MAX_ATTEMPTS`; it never fails a scan.
+Files live in ``<data_dir>/evidence/case-<id>/`` (owner-only) and are erased with the person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from monitor.cases.core import add_event, evidence_files, sighting_states
+from monitor.config import Settings
+from monitor.db import Database
+from monitor.db.models import Match, Sighting, SightingState, Subject, utcnow
+
+__all__ = ["MAX_ATTEMPTS", "CaptureReport", "capture_pending", "evidence_key"]
+
+log = logging.getLogger("monitor.cases.capture")
+
+MAX_ATTEMPTS = 5
+"""A capture that failed this many times is not tried again automatically."""
+
+CONCURRENT_CAPTURES = 3
+"""Captures run at the same time (pages load in parallel in one browser)."""
+
+
+def evidence_key(case_id: int) -> str:
+    """The evidence folder name of a case: ``case-<id>``."""
+    return f"case-{case_id}"
+
+
+@dataclass
+class CaptureReport:
+    captured: int = 0
+    failed: int = 0
+    skipped: int = 0  # minors
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    case_id: int
+    sighting_id: int
+    page_url: str
+    image_url: str
+
+
+async def _capture_one(
+    settings: Settings, job: _Job, screenshotter: Any, now: datetime
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Capture one sighting: ``(files written, problems)``."""
+    from monitor.evidence import evidence_dir, fetch_and_capture_warc
+    from monitor.evidence.store import capture_file_name
+
+    folder = evidence_dir(settings, evidence_key(job.case_id))
+    files: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        warc = await fetch_and_capture_warc(
+            settings.fetch,
+            job.page_url,
+            job.image_url,
+            folder / capture_file_name("page", now, f"-s{job.sighting_id}.warc.gz"),
+            description=f"case {job.case_id}, sighting {job.sighting_id}",
+        )
+        files.append(
+            {
+                "kind": "warc",
+                "path": str(warc.warc.path),
+                "sha256": warc.warc.sha256,
+                "url": job.page_url,
+                "captured_at": _iso(warc.warc.created_at),
+            }
+        )
+    except Exception as exc:
+        problems.append(f"WARC: {_reason(exc)}")
+    if screenshotter is not None:
+        try:
+            shot = await screenshotter.capture(
+                job.page_url,
+                folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
+                may_show_minor=False,
+            )
+            files.append(
+                {
+                    "kind": "screenshot",
+                    "path": str(shot.path),
+                    "sha256": shot.sha256,
+                    "url": job.page_url,
+                    "captured_at": _iso(shot.captured_at),
+                }
+            )
+        except Exception as exc:
+            problems.append(f"screenshot: {_reason(exc)}")
+    return files, problems
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _reason(exc: BaseException) -> str:
+    from monitor.errors import MonitorError
+
+    return str(exc) if isinstance(exc, MonitorError) else f"{type(exc).__name__}: {exc}"
+
+
+def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> list[_Job]:
+    """Sightings whose evidence is pending or failed (with attempts left), of open cases of
+    people not marked as minors; minors' pending sightings are marked ``skipped`` here."""
+    with db.session() as s:
+        stmt = (
+            select(Match.id, Sighting.id, Sighting.page_url, Sighting.image_url, Subject.minor)
+            .join(
+                Sighting,
+                (Sighting.subject_id == Match.subject_id) & (Sighting.image_id == Match.image_id),
+            )
+            .join(Subject, Subject.id == Match.subject_id)
+            .where(Match.status != "dismissed")
+            .order_by(Sighting.id)
+        )
+        if case_ids is not None:
+            stmt = stmt.where(Match.id.in_(case_ids or [-1]))
+        if subject_id is not None:
+            stmt = stmt.where(Match.subject_id == subject_id)
+        rows = s.execute(stmt).all()
+        states = sighting_states(s, [r[1] for r in rows])
+        jobs: list[_Job] = []
+        for case_id, sighting_id, page_url, image_url, minor in rows:
+            st = states[sighting_id]
+            if minor:
+                if st.evidence_status != "skipped":
+                    st.evidence_status = "skipped"
+                    st.evidence_error = "possibly under 18: no capture is made"
+                continue
+            if st.state in ("gone", "changed"):
+                continue
+            if st.evidence_status == "pending" or (
+                st.evidence_status == "failed" and st.evidence_attempts < MAX_ATTEMPTS
+            ):
+                jobs.append(_Job(case_id, sighting_id, page_url, image_url))
+        return jobs
+
+
+async def capture_pending(
+    settings: Settings,
+    db: Database,
+    *,
+    case_ids: list[int] | None = None,
+    subject_id: int | None = None,
+    force: bool = False,
+    now: datetime | None = None,
+) -> CaptureReport:
+    """Capture evidence for sightings that have none yet (or whose capture failed).
+
+    Does nothing unless ``[cases] capture_evidence`` (or ``force``). Never raises for a failed
+    capture: it is recorded with its reason and retried later."""
+    report = CaptureReport()
+    if not (settings.cases.capture_evidence or force):
+        return report
+    jobs = _jobs(db, case_ids, subject_id)
+    if not jobs:
+        return report
+    screenshotter, problem = await _open_screenshotter(settings)
+    slots = asyncio.Semaphore(CONCURRENT_CAPTURES)
+
+    async def one(job: _Job) -> None:
+        async with slots:
+            at = now or utcnow()
+            files, problems = await _capture_one(settings, job, screenshotter, at)
+        if problem:
+            problems.append(problem)
+        _record(db, job, files, problems, at)
+        if problems:
+            report.failed += 1
+            report.errors.extend(f"sighting {job.sighting_id}: {p}" for p in problems)
+        else:
+            report.captured += 1
+
+    try:
+        await asyncio.gather(*(one(job) for job in jobs))
+    finally:
+        if screenshotter is not None:
+            try:
+                await screenshotter.__aexit__(None, None, None)
+            except Exception as exc:  # pragma: no cover - closing a browser that already died
+                log.info("closing the screenshot browser failed: %s", exc)
+    return report
+
+
+async def _open_screenshotter(settings: Settings) -> tuple[Any, str | None]:
+    """A started :class:`monitor.evidence.Screenshotter`, or ``None`` and why not."""
+    if not settings.cases.screenshots:
+        return None, None
+    try:
+        from monitor.evidence import Screenshotter
+
+        shooter = Screenshotter(
+            timeout=settings.cases.screenshot_timeout,
+            allow_private_networks=settings.fetch.allow_private_networks,
+        )
+        await shooter.__aenter__()
+        return shooter, None
+    except Exception as exc:
+        return None, f"screenshot: {_reason(exc)}"
+
+
+def _record(
+    db: Database, job: _Job, files: list[dict[str, Any]], problems: list[str], now: datetime
+) -> None:
+    with db.session() as s:
+        st = s.get(SightingState, job.sighting_id)
+        if st is None:  # erased meanwhile
+            return
+        all_files = evidence_files(st) + files
+        st.evidence_files = json.dumps(all_files) if all_files else None
+        st.evidence_attempts = (st.evidence_attempts or 0) + 1
+        if files:
+            st.evidence_at = now
+        if problems:
+            st.evidence_status = "failed"
+            st.evidence_error = "; ".join(problems)[:4000]
+            add_event(s, job.case_id, "evidence_failed", f"{job.page_url}: {st.evidence_error}")
+        else:
+            st.evidence_status, st.evidence_error = "captured", None
+            kinds = ", ".join(f["kind"] for f in files)
+            add_event(s, job.case_id, "evidence_captured", f"{job.page_url} ({kinds})")
+
+
+def erase_evidence(settings: Settings, case_ids: list[int]) -> None:
+    """Delete the evidence folders of these cases (a person's erasure)."""
+    from monitor.evidence import remove_evidence
+
+    for case_id in case_ids:
+        remove_evidence(settings, evidence_key(case_id))
+
+
+def case_evidence_files(settings: Settings, db: Database, case_id: int) -> list[Path]:
+    """Every evidence file recorded for a case that still exists on disk."""
+    from monitor.cases.core import case_sightings, get_case
+
+    with db.session() as s:
+        case = get_case(s, case_id)
+        states = sighting_states(s, [x.id for x in case_sightings(s, case)])
+        paths = [Path(f["path"]) for st in states.values() for f in evidence_files(st)]
+    return [p for p in paths if p.is_file()]
+
+
+def export_bundle(
+    settings: Settings,
+    db: Database,
+    case_id: int,
+    out_zip: Path,
+    *,
+    label: str = "Subject",
+) -> Any:
+    """Write the case's evidence zip (:func:`monitor.evidence.build_bundle`): every capture, a
+    printable report with the addresses, dates and hashes, and the case's dated history.
+
+    For a person marked as possibly under 18 the bundle holds no capture (none was made): only
+    the addresses, dates and hashes, for a hotline or the police."""
+    from monitor.cases.core import case_sightings, get_case, hotline_lines
+    from monitor.db.models import CaseEvent, Image
+    from monitor.evidence import CaptureInfo, CaseInfo, EvidenceFile, SightingInfo, build_bundle
+    from monitor.matching import thresholds_from_config
+
+    thresholds = thresholds_from_config(settings.match)
+    with db.session() as s:
+        case = get_case(s, case_id)
+        subject = s.get(Subject, case.subject_id)
+        image = s.get(Image, case.image_id)
+        assert subject is not None and image is not None
+        sightings = case_sightings(s, case)
+        states = sighting_states(s, [x.id for x in sightings])
+        infos, files = [], []
+        for x in sightings:
+            captures = []
+            for f in evidence_files(states[x.id]):
+                path = Path(f["path"])
+                if not path.is_file():
+                    continue
+                when = datetime.fromisoformat(str(f["captured_at"]).replace("Z", "+00:00"))
+                captures.append(
+                    CaptureInfo(f["kind"], path.name, when, f["sha256"], f.get("url", ""))
+                )
+                files.append(
+                    EvidenceFile(path, f["sha256"], f["kind"], f"{f['kind']} of {x.page_url}")
+                )
+            infos.append(
+                SightingInfo(
+                    page_url=x.page_url,
+                    image_url=x.image_url,
+                    first_seen=x.first_seen,
+                    last_seen=x.last_seen,
+                    algorithm=case.algorithm,
+                    distance=case.distance,
+                    threshold=thresholds.get(case.algorithm),
+                    sha256=image.sha256,
+                    pdq=image.pdq,
+                    phash=image.phash,
+                    captures=tuple(captures),
+                )
+            )
+        history = [
+            f"{e.at:%Y-%m-%d %H:%M:%S} UTC  {e.kind}  {e.detail}".rstrip()
+            for e in s.scalars(
+                select(CaseEvent).where(CaseEvent.match_id == case.id).order_by(CaseEvent.id)
+            )
+        ]
+        notes = [f"Case state: {case.status}."]
+        if subject.minor:
+            notes.append(
+                "The person may be under 18: no capture of the page was made and nothing of the "
+                "image is kept beyond its hashes and addresses. Report the addresses to a "
+                "child-abuse hotline: " + "; ".join(hotline_lines(settings))
+            )
+        if history:
+            notes.append("History:\n" + "\n".join(history))
+        info = CaseInfo(
+            case_id=str(case.id),
+            subject_label=label,
+            sightings=tuple(infos),
+            notes="\n\n".join(notes),
+        )
+    return build_bundle(info, files, Path(out_zip))

@@ -1,0 +1,544 @@
+"""A screenshot of a page, every image on it blurred, stamped with its address and UTC time.
+
+Police advice: capture what is online *with the web address visible* and note the date and
+time. A screenshot shows a person, a site or a court what the page looked like; the WARC
+(:mod:`monitor.evidence.warc`) proves what was served.
+
+How it is taken:
+
+* Debian's Chromium (``/usr/bin/chromium``, or ``$MONITOR_CHROMIUM``) driven by Playwright,
+  headless, with :data:`CHROMIUM_ARGS`. Playwright gives it a new, empty, temporary
+  user-data-dir (deleted when the browser closes), and every capture runs in a fresh
+  off-the-record browser context: no cookies, no logins, and the HTTP cache is kept in memory,
+  so the browser writes no image to disk.
+* Unless ``allow_private_networks``, every request the page makes is checked first: a host
+  that resolves to a private, loopback, link-local or reserved address is refused, as in
+  :mod:`monitor.fetch`. (Chromium resolves again when it connects; a host that changes its
+  answer in between is not caught. The fetcher's guard has no such gap.)
+* After the ``load`` event (and a short wait for the network to go quiet), every image is
+  blurred with a CSS ``filter: blur()`` stronger for larger images: ``img``, ``picture``,
+  ``video``, ``canvas``, ``svg image``, ``iframe``/``embed``/``object``, ``input type=image``
+  and every element (or ``::before``/``::after``) with a ``url(...)`` background image,
+  including inside open shadow roots. A stylesheet inserted at document start blurs images
+  from the first paint on.
+* The picture is the page from its top, as tall as the page up to ``max_height`` pixels.
+* The banner is drawn with Pillow onto the PNG **after** the capture, in a strip added *above*
+  the page: the page's own CSS or scripts can neither hide it nor be hidden by it. It shows the
+  full URL asked for, the URL shown after redirects if different, the UTC capture time and that
+  images are blurred. The same facts are stored as PNG text chunks.
+
+Never call this when the person in the image may be a minor: ``may_show_minor`` is a
+required keyword and ``True`` raises :class:`MinorSafetyRefusal` before anything is loaded.
+Police advice is to keep no copy at all (even blurred) and report the page to the police or a
+hotline instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+from urllib.parse import urlsplit
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+import monitor
+from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
+from monitor.evidence.store import write_new_file
+from monitor.fetch import AddressPredicate, Resolver, is_blocked_address, system_resolver
+
+__all__ = [
+    "BANNER_BACKGROUND",
+    "BANNER_FOREGROUND",
+    "CHROMIUM_ARGS",
+    "ScreenshotInfo",
+    "Screenshotter",
+    "capture_screenshot",
+    "chromium_path",
+]
+
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+)
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+BANNER_BACKGROUND = (255, 214, 0)  # a signal yellow no page is likely to fill a strip with
+BANNER_FOREGROUND = (0, 0, 0)
+BANNER_RULE = (200, 0, 0)  # a red line between the banner and the page
+BANNER_FONT_SIZE = 18
+MIN_BLUR_PX = 24
+MINOR_REFUSAL = (
+    "no screenshot taken: the person may be a minor. Keep no copy of the image, not even "
+    "blurred; report the page to the police or a hotline (in the UK the Internet Watch "
+    "Foundation, report.iwf.org.uk)"
+)
+
+# Inserted at document start (and again after load): images are blurred from the first paint.
+BLUR_CSS = f"""
+img, picture, video, canvas, svg image, svg feImage, iframe, embed, object,
+input[type="image"], [style*="url("] {{
+  filter: blur({MIN_BLUR_PX}px) !important;
+}}
+"""
+
+_INIT_SCRIPT = (
+    "(() => { const css = %s; const add = () => {"
+    " const s = document.createElement('style'); s.dataset.exposureMonitor = 'blur';"
+    " s.textContent = css; (document.head || document.documentElement).appendChild(s); };"
+    " if (document.documentElement) add();"
+    " else document.addEventListener('readystatechange', add, {once: true}); })();"
+)
+
+# After load: blur every image-bearing element in proportion to its size (at least
+# MIN_BLUR_PX), background images and pseudo-elements included, in open shadow roots too.
+_BLUR_SCRIPT = """
+(args) => {
+  const [css, minBlur] = args;
+  const MEDIA = new Set(['IMG', 'PICTURE', 'VIDEO', 'CANVAS', 'IFRAME', 'EMBED', 'OBJECT']);
+  const hasUrl = (v) => v && v !== 'none' && v.includes('url(');
+  let count = 0;
+  const blur = (el) => {
+    const r = el.getBoundingClientRect();
+    const px = Math.max(minBlur, Math.round(0.08 * Math.max(r.width, r.height)));
+    el.style.setProperty('filter', `blur(${px}px)`, 'important');
+    count += 1;
+  };
+  const visit = (root) => {
+    if (root !== document) {
+      const s = document.createElement('style');
+      s.textContent = css;
+      root.appendChild(s);
+    }
+    for (const el of root.querySelectorAll('*')) {
+      if (el.shadowRoot) visit(el.shadowRoot);
+      const tag = el.tagName.toUpperCase();
+      const isMedia = MEDIA.has(tag) || (tag === 'INPUT' && el.type === 'image')
+        || (tag === 'IMAGE' && el instanceof SVGElement);
+      const cs = getComputedStyle(el);
+      const before = getComputedStyle(el, '::before');
+      const after = getComputedStyle(el, '::after');
+      if (isMedia || hasUrl(cs.backgroundImage) || hasUrl(cs.listStyleImage)
+          || hasUrl(cs.borderImageSource) || hasUrl(cs.maskImage)
+          || hasUrl(before.backgroundImage) || hasUrl(after.backgroundImage)
+          || hasUrl(before.content) || hasUrl(after.content) || hasUrl(cs.content)) {
+        blur(el);
+      }
+    }
+  };
+  const s = document.createElement('style');
+  s.dataset.exposureMonitor = 'blur';
+  s.textContent = css;
+  (document.head || document.documentElement).appendChild(s);
+  visit(document);
+  return count;
+}
+"""
+
+_NEXT_PAINT = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+_IMAGES_SETTLED = """
+() => Promise.all([...document.images].filter(i => !i.complete).map(
+  i => new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))
+"""
+_PAGE_HEIGHT = (
+    "() => Math.max(document.documentElement.scrollHeight,"
+    " document.body ? document.body.scrollHeight : 0)"
+)
+
+
+def chromium_path() -> str | None:
+    """The Chromium to use: ``$MONITOR_CHROMIUM``, else ``/usr/bin/chromium``; None if absent."""
+    path = os.environ.get("MONITOR_CHROMIUM") or DEFAULT_CHROMIUM
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenshotInfo:
+    """A screenshot written: where, of what, when (UTC), its size, SHA-256, which browser."""
+
+    path: Path
+    url: str
+    final_url: str
+    captured_at: datetime
+    width: int
+    height: int
+    sha256: str
+    browser_version: str
+    banner_height: int
+    blurred_elements: int
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+class Screenshotter:
+    """One headless Chromium for many screenshots: ``async with Screenshotter() as s:``.
+
+    ``timeout`` bounds starting the browser and each whole capture (load, blur, shot), in
+    seconds. ``allow_private_networks`` lets pages on private or loopback addresses load (tests
+    and the demo). ``resolver``/``is_blocked`` replace the system resolver and the address rule
+    as in :class:`monitor.fetch.Fetcher`.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 45.0,
+        allow_private_networks: bool = False,
+        viewport: tuple[int, int] = (1280, 900),
+        max_height: int = 12_000,
+        executable_path: str | None = None,
+        resolver: Resolver | None = None,
+        is_blocked: AddressPredicate | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout
+        self.viewport = viewport
+        self.max_height = max_height
+        self.executable_path = executable_path
+        if is_blocked is None and not allow_private_networks:
+            is_blocked = is_blocked_address
+        self._is_blocked = is_blocked
+        self._resolver = resolver or system_resolver
+        self._playwright: Any = None
+        self._browser: Any = None
+        self.browser_version = ""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start Playwright and Chromium (called by ``async with``)."""
+        if self._browser is not None:
+            return
+        executable = self.executable_path or chromium_path()
+        if executable is None or not os.path.isfile(executable):
+            raise ScreenshotError(
+                f"Chromium is not installed at {executable or DEFAULT_CHROMIUM}: install "
+                "Debian's package (apt-get install chromium) or set $MONITOR_CHROMIUM"
+            )
+        try:
+            from playwright.async_api import async_playwright
+        except ImportError:  # pragma: no cover - a dependency
+            raise ScreenshotError("Playwright is not installed: pip install playwright") from None
+        try:
+            async with asyncio.timeout(self.timeout):
+                self._playwright = await async_playwright().start()
+                self._browser = await self._playwright.chromium.launch(
+                    executable_path=executable,
+                    args=list(CHROMIUM_ARGS),
+                    timeout=self.timeout * 1000,
+                )
+        except TimeoutError:
+            await self.aclose()
+            raise ScreenshotError(
+                f"Chromium ({executable}) did not start within {self.timeout:g} s"
+            ) from None
+        except Exception as exc:
+            await self.aclose()
+            raise ScreenshotError(
+                f"Chromium ({executable}) could not be started: {_first_line(exc)}"
+            ) from exc
+        self.browser_version = f"Chromium {self._browser.version}"
+
+    async def aclose(self) -> None:
+        """Close the browser and Playwright."""
+        browser, self._browser = self._browser, None
+        pw, self._playwright = self._playwright, None
+        if browser is not None:
+            with contextlib.suppress(Exception):  # already gone
+                await browser.close()
+        if pw is not None:
+            with contextlib.suppress(Exception):
+                await pw.stop()
+
+    async def capture(
+        self,
+        url: str,
+        out_path: Path | str,
+        *,
+        may_show_minor: bool,
+        timeout: float | None = None,
+    ) -> ScreenshotInfo:
+        """Load ``url``, blur its images, take the shot, stamp the banner, write ``out_path``.
+
+        ``out_path`` (a ``.png``) is created owner-only and must not exist. ``timeout``
+        (seconds) replaces the Screenshotter's for this capture. Raises
+        :class:`MinorSafetyRefusal` if ``may_show_minor`` (before anything is loaded),
+        :class:`ScreenshotError` with a readable reason if the address is refused or the page
+        cannot be loaded and shot in time.
+        """
+        timeout = timeout or self.timeout
+        if may_show_minor:
+            raise MinorSafetyRefusal(MINOR_REFUSAL)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ScreenshotError(f"{url}: only http and https URLs are captured")
+        if Path(out_path).exists():
+            raise ScreenshotError(f"{out_path} exists already; evidence is never overwritten")
+        await self._check_host(url, parts.hostname, parts.port or _default_port(parts.scheme))
+        if self._browser is None:
+            raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
+
+        context = await self._browser.new_context(
+            viewport={"width": self.viewport[0], "height": self.viewport[1]},
+            service_workers="block",
+            accept_downloads=False,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                png, final_url, blurred, captured_at = await self._shoot(context, url, timeout)
+        except TimeoutError:
+            raise ScreenshotError(
+                f"{url}: gave up after {timeout:g} s (the page did not finish loading)"
+            ) from None
+        except ScreenshotError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "TimeoutError":  # Playwright's own
+                raise ScreenshotError(
+                    f"{url}: gave up after {timeout:g} s ({_first_line(exc)})"
+                ) from None
+            raise ScreenshotError(
+                f"{url}: could not take a screenshot: {_first_line(exc)}"
+            ) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await context.close()
+
+        stamped, banner_height = stamp_banner(png, url, final_url, captured_at)
+        del png
+        meta = PngImagePlugin.PngInfo()
+        meta.add_text("Source", url)
+        if final_url != url:
+            meta.add_text("Source (after redirects)", final_url)
+        meta.add_text("Creation Time", _utc_text(captured_at))
+        meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
+        meta.add_text("Comment", "Every image on the page is blurred.")
+        buffer = io.BytesIO()
+        stamped.save(buffer, format="PNG", pnginfo=meta)
+        data = buffer.getvalue()
+
+        def write(fh: IO[bytes]) -> None:
+            fh.write(data)
+
+        path = write_new_file(Path(out_path), write)
+        return ScreenshotInfo(
+            path=path,
+            url=url,
+            final_url=final_url,
+            captured_at=captured_at,
+            width=stamped.width,
+            height=stamped.height,
+            sha256=hashlib.sha256(data).hexdigest(),
+            browser_version=self.browser_version,
+            banner_height=banner_height,
+            blurred_elements=blurred,
+        )
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _shoot(
+        self, context: Any, url: str, timeout: float
+    ) -> tuple[bytes, str, int, datetime]:
+        if self._is_blocked is not None:
+            await context.route("**/*", self._guard())
+        await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
+        page = await context.new_page()
+        page.set_default_timeout(timeout * 1000)
+        response = await page.goto(url, wait_until="load")
+        if response is not None and response.status >= 400:
+            raise ScreenshotError(f"{url}: the server answered HTTP {response.status}")
+        settle = min(5.0, timeout / 4)
+        # give late images a moment; a page that never goes quiet is shot anyway
+        with contextlib.suppress(Exception):
+            await page.wait_for_load_state("networkidle", timeout=settle * 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(page.evaluate(_IMAGES_SETTLED), timeout=settle)
+        blurred = int(await page.evaluate(_BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX]))
+        await page.evaluate(_NEXT_PAINT)
+        height = int(await page.evaluate(_PAGE_HEIGHT))
+        height = max(1, min(height, self.max_height))
+        png = await page.screenshot(
+            type="png",
+            full_page=True,
+            clip={"x": 0, "y": 0, "width": self.viewport[0], "height": height},
+            animations="disabled",
+        )
+        captured_at = datetime.now(UTC)
+        return png, page.url, blurred, captured_at
+
+    def _guard(self) -> Callable[[Any], Any]:
+        cache: dict[tuple[str, int], str | None] = {}
+
+        async def handle(route: Any) -> None:
+            request_url = route.request.url
+            parts = urlsplit(request_url)
+            if parts.scheme not in ("http", "https", "ws", "wss"):
+                await route.continue_()
+                return
+            key = (parts.hostname or "", parts.port or _default_port(parts.scheme))
+            if key not in cache:
+                cache[key] = await self._refusal(*key)
+            if cache[key] is None:
+                await route.continue_()
+            else:
+                await route.abort("addressunreachable")
+
+        return handle
+
+    async def _refusal(self, host: str, port: int) -> str | None:
+        """Why ``host`` may not be loaded, or None if it may."""
+        assert self._is_blocked is not None
+        try:
+            literal = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            try:
+                addresses = await self._resolver(host, port)
+            except OSError as exc:
+                return f"could not look up {host}: {exc}"
+        else:
+            addresses = [str(literal)]
+        for address in addresses:
+            try:
+                ip = ipaddress.ip_address(address.split("%", 1)[0])
+            except ValueError:
+                continue
+            if self._is_blocked(ip):
+                return (
+                    f"{host} resolves to {address}, a private, local or reserved address; not "
+                    "loaded (set [fetch] allow_private_networks = true to allow it)"
+                )
+        return None
+
+    async def _check_host(self, url: str, host: str, port: int) -> None:
+        if self._is_blocked is None:
+            return
+        reason = await self._refusal(host, port)
+        if reason is not None:
+            raise ScreenshotError(f"{url}: {reason}")
+
+
+async def capture_screenshot(
+    url: str,
+    out_path: Path | str,
+    *,
+    may_show_minor: bool,
+    timeout: float = 45.0,
+    allow_private_networks: bool = False,
+) -> ScreenshotInfo:
+    """One screenshot with its own browser (starting Chromium takes a second or two).
+
+    For several pages, keep one :class:`Screenshotter` open instead.
+    """
+    if may_show_minor:  # refuse before starting a browser
+        raise MinorSafetyRefusal(MINOR_REFUSAL)
+    shooter = Screenshotter(timeout=timeout, allow_private_networks=allow_private_networks)
+    async with shooter:
+        return await shooter.capture(url, out_path, may_show_minor=may_show_minor)
+
+
+# --- the banner ------------------------------------------------------------------------------
+
+
+def _utc_text(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    for name in ("DejaVuSansMono.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
+    """Break ``text`` into lines no wider than ``width`` pixels (anywhere: URLs have no spaces)."""
+    lines: list[str] = []
+    current = ""
+    for ch in text:
+        if current and draw.textlength(current + ch, font=font) > width:
+            lines.append(current)
+            current = ch
+        else:
+            current += ch
+    if current or not lines:
+        lines.append(current)
+    return lines
+
+
+def banner_lines(url: str, final_url: str, captured_at: datetime) -> list[str]:
+    """The banner's text, before wrapping."""
+    lines = [
+        f"Captured {_utc_text(captured_at)} by Exposure Monitor {monitor.__version__}"
+        " - every image on the page is blurred",
+        f"URL: {url}",
+    ]
+    if final_url and final_url != url:
+        lines.append(f"Shown after redirects: {final_url}")
+    return lines
+
+
+def stamp_banner(
+    png: bytes, url: str, final_url: str, captured_at: datetime
+) -> tuple[Image.Image, int]:
+    """The screenshot with a banner strip added above it; and the strip's height in pixels."""
+    with Image.open(io.BytesIO(png)) as shot:
+        page = shot.convert("RGB")
+    font = _font(BANNER_FONT_SIZE)
+    measure = ImageDraw.Draw(page)
+    margin = 12
+    lines: list[str] = []
+    for text in banner_lines(url, final_url, captured_at):
+        lines += _wrap(measure, text, font, page.width - 2 * margin)
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (BANNER_FONT_SIZE, 4)
+    line_height = ascent + descent + 4
+    height = 2 * margin + line_height * len(lines) + 3
+    out = Image.new("RGB", (page.width, page.height + height), BANNER_BACKGROUND)
+    out.paste(page, (0, height))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((margin, margin + i * line_height), line, fill=BANNER_FOREGROUND, font=font)
+    draw.rectangle((0, height - 3, page.width, height - 1), fill=BANNER_RULE)
+    return out, height
+
+
+def _js_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme in ("https", "wss") else 80
