@@ -195,6 +195,8 @@ def main() -> int:
         search={"backends": [{"kind": "searxng", "url": base_url}], "max_queries_per_scan": 2},
         fetch={"allow_private_networks": True, "max_pages_per_scan": args.pages + 10},
         mail={"outbox_dir": str(tmp / "outbox")},
+        # Evidence capture (a browser per scan) is timed by its own tests, not here.
+        cases={"capture_evidence": False},
     )
     db = Database(settings.database_url)
     bases = base_photos()
