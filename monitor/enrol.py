@@ -5,6 +5,12 @@ pHash, and PDQ hashes of variants -- mirrored, turned, cropped) and dropped. The
 database receives only the hashes and the SHA-256 of each photo's bytes (so enrolling the same
 photo twice is a no-op) -- never the pixels, a thumbnail, a file name or a path. Nothing is
 written to disk.
+
+A video (by its name ending, :data:`monitor.video.VIDEO_EXTENSIONS`, or its first bytes) is
+one reference made of the hashes of its frames, sampled in memory about once a second
+(:func:`monitor.video.hash_frames`), each stored with its time offset so a match can say
+which part of the video was found. Frames too flat to say anything (PDQ quality below
+:data:`LOW_QUALITY`: black fades, title cards) are left out.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from monitor.db.models import Reference, ReferenceHash, Subject
 from monitor.errors import NotAnImageError
 from monitor.hashing import algorithms, compute_reference_hashes, get_algorithm, normalise_hex
 from monitor.types import HashValue, ImageHashes
+from monitor.video import VIDEO_EXTENSIONS, FrameHashes, FrameLimits, hash_frames, is_video
 
 __all__ = [
     "LOW_QUALITY",
     "MAX_PHOTO_BYTES",
+    "VIDEO_FRAME_LIMITS",
     "EnrolReport",
     "enrol_hash_file",
     "enrol_images",
@@ -38,7 +46,10 @@ LOW_QUALITY = 50
 for PDQ to hold on to, so its copies may be missed or unrelated images may come close."""
 
 MAX_PHOTO_BYTES = 200_000_000
-"""Files larger than this are not read (a video or disk image in a photo folder)."""
+"""Files larger than this are not read (a disk image in a photo folder)."""
+
+VIDEO_FRAME_LIMITS = FrameLimits(every_seconds=1.0, max_frames=1800, max_decode_seconds=900.0)
+"""How an enrolled video is sampled: a frame a second, up to half an hour of it."""
 
 
 @dataclass
@@ -105,6 +116,9 @@ class _Enroller:
         self.report = EnrolReport()
 
     def add(self, label: str, data: bytes) -> None:
+        if Path(label).suffix.lower() in VIDEO_EXTENSIONS or is_video(data):
+            self.add_video(label, data)
+            return
         try:
             hashes = compute_reference_hashes(data)
         except NotAnImageError as exc:
@@ -120,6 +134,39 @@ class _Enroller:
         if pdq is not None and pdq.quality is not None and pdq.quality < LOW_QUALITY:
             self.report.low_quality.append(f"{label}: PDQ quality {pdq.quality}")
 
+    def add_video(self, label: str, data: bytes) -> None:
+        try:
+            frames = hash_frames(data, VIDEO_FRAME_LIMITS)
+        except NotAnImageError as exc:
+            self.report.errors.append(f"{label}: {exc}")
+            return
+        sha256 = frames[0].hashes.sha256
+        if sha256 in self.known:
+            self.report.duplicates += 1
+            return
+        detailed = [f for f in frames if _quality(f) >= LOW_QUALITY]
+        if not detailed:
+            best = max(_quality(f) for f in frames)
+            self.report.low_quality.append(f"{label}: every frame is flat (PDQ quality {best})")
+            detailed = frames
+        reference = Reference(subject=self.subject, origin="video", content_sha256=sha256)
+        seen: set[tuple[str, str]] = set()
+        for frame in detailed:  # in time order: a repeated hash keeps its first offset
+            for h in frame.hashes.hashes:
+                if (h.algorithm, h.value) not in seen:
+                    seen.add((h.algorithm, h.value))
+                    reference.hashes.append(
+                        ReferenceHash(
+                            algorithm=h.algorithm,
+                            value=h.value,
+                            quality=h.quality,
+                            frame_offset=frame.offset,
+                        )
+                    )
+        self.session.add(reference)
+        self.known.add(sha256)
+        self.report.enrolled += 1
+
     def _store(self, hashes: ImageHashes) -> None:
         reference = Reference(subject=self.subject, origin="photo", content_sha256=hashes.sha256)
         reference.hashes = [
@@ -127,6 +174,11 @@ class _Enroller:
             for h in hashes.hashes
         ]
         self.session.add(reference)
+
+
+def _quality(frame: FrameHashes) -> int:
+    pdq = frame.hashes.get("pdq")
+    return pdq.quality if pdq is not None and pdq.quality is not None else 100
 
 
 def enrol_images(
@@ -160,7 +212,7 @@ def enrol_paths(
     paths: Sequence[Path],
     progress: Callable[[Path], None] | None = None,
 ) -> EnrolReport:
-    """Enrol photos and folders of photos (see :func:`iter_image_paths`).
+    """Enrol photos, videos and folders of them (see :func:`iter_image_paths`).
 
     A file that cannot be read or decoded adds one line to ``errors`` and the rest still
     enrols; so does a path that does not exist or a folder without files. ``progress`` is

@@ -7,7 +7,9 @@ Looks at ``<img src>``, ``srcset`` (on ``<img>`` and ``<picture><source>``; the 
 is kept), lazy-loading attributes (``data-src``, ``data-srcset``, ...), ``og:image``,
 ``twitter:image``, ``<link rel=image_src>``, ``<video poster>``, inline ``background-image``
 styles, SVG ``<image>``, and links straight to image files (``<a href="full.jpg">``, how
-galleries point from a thumbnail to the full-size image). URLs are resolved against ``<base
+galleries point from a thumbnail to the full-size image). URLs are Videos are candidates too: ``<video src>``, ``<source src>`` inside a
+video, and ``og:video`` (``:url``, ``:secure_url``), with a source in :data:`VIDEO_SOURCES`
+(the scan fetches and samples those as videos). URLs are resolved against ``<base
 href>`` (else the page URL), normalised (fragments removed, non-ASCII percent-encoded as UTF-8)
 and deduplicated in document order. Only ``http`` and ``https`` URLs are kept.
 
@@ -32,7 +34,13 @@ from lxml import etree
 
 from monitor.types import ImageCandidate
 
-__all__ = ["charset_from_content_type", "extract_images", "parse_srcset", "pick_from_srcset"]
+__all__ = [
+    "VIDEO_SOURCES",
+    "charset_from_content_type",
+    "extract_images",
+    "parse_srcset",
+    "pick_from_srcset",
+]
 
 # Attributes lazy-loading scripts keep the real image URL in (on <img> and <source>).
 LAZY_SRC_ATTRS = (
@@ -57,6 +65,10 @@ LAZY_BACKGROUND_ATTRS = ("data-bg", "data-background", "data-background-image", 
 
 OG_IMAGE_KEYS = frozenset({"og:image", "og:image:url", "og:image:secure_url"})
 TWITTER_IMAGE_KEYS = frozenset({"twitter:image", "twitter:image:src"})
+OG_VIDEO_KEYS = frozenset({"og:video", "og:video:url", "og:video:secure_url"})
+VIDEO_SOURCES = frozenset({"video", "og:video"})
+"""Candidate sources that point at a video, not an image."""
+AUDIO_EXTENSIONS = (".mp3", ".m4a", ".aac", ".oga", ".ogg", ".opus", ".wav", ".flac")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".avif", ".bmp", ".heic")
 
 MAX_DISTINCT_VALUES_PER_IMAGE = 20
@@ -114,6 +126,8 @@ def extract_images(
     collector = _Collector(page_url, _base_url(root, page_url), limit)
     for el in root.iter(etree.Element):
         tag = str(el.tag).rsplit("}", 1)[-1].lower()
+        if tag == "source" and _in_audio(el):
+            continue
         for raw, source in _candidates(tag, el.get):
             if collector.add(raw, source):
                 return collector.found
@@ -279,6 +293,8 @@ def _candidates(tag: str, get: Callable[[str], str | None]) -> Iterator[tuple[st
         yield _srcset_pick(get("srcset")), "srcset"
         if tag == "img":
             yield get("src"), "img"
+        elif _video_source(get):
+            yield get("src"), "video"
         for attr in LAZY_SRCSET_ATTRS:
             yield _srcset_pick(get(attr)), "lazy"
         for attr in LAZY_SRC_ATTRS:
@@ -289,11 +305,14 @@ def _candidates(tag: str, get: Callable[[str], str | None]) -> Iterator[tuple[st
             yield get("content"), "og:image"
         elif key in TWITTER_IMAGE_KEYS:
             yield get("content"), "twitter:image"
+        elif key in OG_VIDEO_KEYS:
+            yield get("content"), "og:video"
     elif tag == "link":
         if "image_src" in (get("rel") or "").lower().split():
             yield get("href"), "image_src"
     elif tag == "video":
         yield get("poster"), "poster"
+        yield get("src"), "video"
     elif tag == "image":  # SVG
         yield get("href") or get("xlink:href"), "img"
     elif tag == "a":
@@ -310,6 +329,23 @@ def _candidates(tag: str, get: Callable[[str], str | None]) -> Iterator[tuple[st
         if value:
             m = _CSS_URL.search(value)
             yield (m.group(1) or m.group(2) or m.group(3)) if m else value, "background"
+
+
+def _video_source(get: Callable[[str], str | None]) -> bool:
+    """Whether a ``<source>`` points at a video: it has a ``src`` (``<picture>`` sources use
+    ``srcset``) that is not audio."""
+    src = get("src")
+    if not src:
+        return False
+    kind = (get("type") or "").strip().lower()
+    if kind.startswith("audio/"):
+        return False
+    return not urlsplit(src.strip()).path.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def _in_audio(el: etree._Element) -> bool:
+    parent = el.getparent()
+    return parent is not None and str(parent.tag).rsplit("}", 1)[-1].lower() == "audio"
 
 
 def _srcset_pick(value: str | None) -> str | None:

@@ -13,6 +13,12 @@ every hash, original or variant, of the same base algorithm. Each name can have 
 threshold (see :func:`threshold_for`); a negative threshold switches that kind of hash off.
 
 A found image matches when ANY pair of hashes is within its threshold (``<=``).
+
+Videos and animations. A found video or animation is matched frame by frame
+(:meth:`ReferenceIndex.match_frames`): the best frame wins and the match names its time offset.
+An enrolled video is stored as plain ``pdq``/``phash`` hashes of its sampled frames (never
+``pdq.<tag>``: those are reference variants, thresholded as such and switched off with
+``variants = false``), each with its offset (:attr:`ReferenceHashRecord.offset`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class ReferenceHashRecord:
     reference_id: int
     algorithm: str
     value: str  # lowercase hex
+    offset: float | None = None  # seconds into an enrolled video of the frame hashed
 
 
 def thresholds_from_config(cfg: MatchConfig) -> dict[str, int]:
@@ -115,9 +122,16 @@ class _Table:
     """
 
     def __init__(
-        self, bits: int, ids: list[int], values: list[str], thresholds: list[int], tags: list[str]
+        self,
+        bits: int,
+        ids: list[int],
+        values: list[str],
+        thresholds: list[int],
+        tags: list[str],
+        offsets: list[float | None] | None = None,
     ) -> None:
         self.bits = bits
+        self.offsets = offsets if offsets is not None else [None] * len(ids)
         self.ids = np.asarray(ids, dtype=np.int64)
         words = np.stack([_pack(v, bits) for v in values])
         self.columns = [np.ascontiguousarray(words[:, i]) for i in range(words.shape[1])]
@@ -163,11 +177,15 @@ class _Table:
 @dataclass(frozen=True, slots=True)
 class MatchDetail:
     """A match and which hashes made it: ``found`` is the found image's hash name (``pdq``,
-    ``pdq.region``), ``reference`` the reference's (``pdq``, ``pdq.mirror``...)."""
+    ``pdq.region``), ``reference`` the reference's (``pdq``, ``pdq.mirror``...).
+    ``frame_offset``: seconds into the found video or animation of the frame that matched
+    (``None`` for a photo); ``reference_offset``: the same in an enrolled video."""
 
     result: MatchResult
     found: str
     reference: str
+    reference_offset: float | None = None
+    frame_offset: float | None = None
 
 
 class ReferenceIndex:
@@ -219,6 +237,7 @@ class ReferenceIndex:
                 [r.value for r, _ in rows],
                 [t for _, t in rows],
                 [r.algorithm for r, _ in rows],
+                [r.offset for r, _ in rows],
             )
             self.thresholds[name] = threshold_for(name, self._given) or 0
             self._rank[name] = order.get(name, len(order))
@@ -311,11 +330,36 @@ class ReferenceIndex:
                 float(distances[i]) / threshold if threshold else 0.0,
                 self._rank[base],
                 int(distances[i]),
-                MatchDetail(result, found_name, table.tags[i]),
+                MatchDetail(result, found_name, table.tags[i], table.offsets[i]),
             )
             if best is None or key[:3] < best[:3]:
                 best = key
         return best[3] if best is not None else None
+
+    def match_frames(
+        self, frames: Iterable[tuple[float | None, ImageHashes]]
+    ) -> MatchDetail | None:
+        """The best match among the frames of a video or animation, given as ``(offset,
+        hashes)``: the smallest distance/threshold ratio wins (PDQ on ties, then the earliest
+        frame given). The detail carries the winning frame's offset."""
+        best: tuple[float, int, int] | None = None
+        found: MatchDetail | None = None
+        for offset, hashes in frames:
+            detail = self.match_detail(hashes)
+            if detail is None:
+                continue
+            r = detail.result
+            key = (
+                r.distance / r.threshold if r.threshold else 0.0,
+                self._rank.get(r.algorithm, len(self._rank)),
+                r.distance,
+            )
+            if best is None or key < best:
+                best = key
+                found = MatchDetail(
+                    r, detail.found, detail.reference, detail.reference_offset, offset
+                )
+        return found
 
     def match(self, hashes: ImageHashes) -> MatchResult | None:
         """The best match of a found image, or ``None``.

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from PIL import Image, ImageSequence
 
 from monitor.errors import NotAnImageError
-from monitor.hashing import DEFAULT_MAX_PIXELS, WORKING_SIZE, compute_hashes_from_image
+from monitor.hashing import (
+    DEFAULT_MAX_PIXELS,
+    WORKING_SIZE,
+    compute_hashes,
+    compute_hashes_from_image,
+)
 from monitor.types import ImageHashes
 
 __all__ = [
@@ -32,9 +37,12 @@ __all__ = [
     "Frame",
     "FrameHashes",
     "FrameLimits",
+    "MediaHashes",
     "hash_frames",
+    "hash_media",
     "is_animation",
     "is_video",
+    "may_have_frames",
     "sample_frames",
 ]
 
@@ -76,6 +84,18 @@ class FrameHashes:
     hashes: ImageHashes
 
 
+@dataclass(frozen=True, slots=True)
+class MediaHashes:
+    """What the scan's hashing pool returns for fetched bytes.
+
+    ``still`` holds the hashes of the image as a still (for a video: of its first sampled
+    frame); ``frames`` those of every sampled frame of an animation or a video, empty for a
+    photo. Every ``sha256`` is that of the whole file."""
+
+    still: ImageHashes
+    frames: tuple[FrameHashes, ...] = ()
+
+
 def is_video(data: bytes) -> bool:
     """Whether the bytes start like a video container we can sample."""
     return any(data[at : at + len(magic)] == magic for at, magic in _VIDEO_MAGIC)
@@ -88,6 +108,21 @@ def is_animation(data: bytes) -> bool:
             return getattr(im, "n_frames", 1) > 1
     except Exception:
         return False
+
+
+def may_have_frames(data: bytes) -> bool:
+    """A cheap look at the first bytes: could this be a video or an animated image?
+
+    True for video containers, every GIF, animated WebP (the VP8X animation flag) and APNG
+    (an ``acTL`` chunk before the first ``IDAT``); never False for one that is."""
+    if is_video(data) or data[:6] in (b"GIF87a", b"GIF89a"):
+        return True
+    if data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X":
+        return len(data) > 20 and bool(data[20] & 0x02)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        idat = data.find(b"IDAT")
+        return data.find(b"acTL", 8, idat if idat >= 0 else len(data)) >= 0
+    return False
 
 
 def _reduced_rgb(frame: Image.Image) -> Image.Image:
@@ -181,15 +216,20 @@ def sample_frames(data: bytes, limits: FrameLimits | None = None) -> list[Frame]
 
     A still image gives its one frame. Raises :class:`NotAnImageError` for anything else.
     """
-    limits = limits or FrameLimits()
+    return list(_frames(data, limits or FrameLimits()))
+
+
+def _frames(data: bytes, limits: FrameLimits) -> Iterator[Frame]:
+    """The frames of :func:`sample_frames`, one at a time (a long video's frames are not all
+    held at once)."""
     if len(data) > limits.max_bytes:
         raise NotAnImageError(f"refused: {len(data)} bytes is more than {limits.max_bytes}")
-    frames = list(
-        _video_frames(data, limits) if is_video(data) else _animation_frames(data, limits)
-    )
-    if not frames:
+    any_frame = False
+    for frame in _video_frames(data, limits) if is_video(data) else _animation_frames(data, limits):
+        any_frame = True
+        yield frame
+    if not any_frame:
         raise NotAnImageError("no frame could be decoded")
-    return frames
 
 
 def hash_frames(data: bytes, limits: FrameLimits | None = None) -> list[FrameHashes]:
@@ -199,7 +239,7 @@ def hash_frames(data: bytes, limits: FrameLimits | None = None) -> list[FrameHas
     """
     sha256 = hashlib.sha256(data).hexdigest()
     out = []
-    for frame in sample_frames(data, limits):
+    for frame in _frames(data, limits or FrameLimits()):
         image = frame.image
         try:
             hashes = compute_hashes_from_image(image, sha256, image.width, image.height)
@@ -207,6 +247,27 @@ def hash_frames(data: bytes, limits: FrameLimits | None = None) -> list[FrameHas
             raise NotAnImageError(f"hashing a frame failed: {_first_line(exc)}") from None
         out.append(FrameHashes(frame.offset, hashes))
     return out
+
+
+def hash_media(data: bytes, limits: FrameLimits | None = None) -> MediaHashes:
+    """The hashes the scan matches: of a photo; of an animation as a still (its first frame,
+    as browsers show it before playing) and of its sampled frames; of a video's sampled frames
+    (the first standing in as the still).
+
+    A top-level function, so it can run in a process pool. Raises :class:`NotAnImageError`
+    for bytes that are neither an image nor a video.
+    """
+    if is_video(data):
+        frames = hash_frames(data, limits)
+        return MediaHashes(frames[0].hashes, tuple(frames))
+    still = compute_hashes(data, max_pixels=(limits or FrameLimits()).max_pixels)
+    if not may_have_frames(data) or not is_animation(data):
+        return MediaHashes(still)
+    try:
+        frames = hash_frames(data, limits)
+    except NotAnImageError:  # the first frame decoded, the rest did not: the still stands
+        return MediaHashes(still)
+    return MediaHashes(still, tuple(frames))
 
 
 def _first_line(exc: BaseException) -> str:

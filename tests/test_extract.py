@@ -51,7 +51,7 @@ def urls(html: bytes | str, page_url: str = PAGE, **kw: object) -> list[str]:
         ),
         ('<link rel="image_src" href="/is.jpg">', ("https://example.org/is.jpg", "image_src")),
         (
-            '<video poster="/poster.jpg"><source src="/v.mp4"></video>',
+            '<video poster="/poster.jpg"></video>',
             ("https://example.org/poster.jpg", "poster"),
         ),
         (
@@ -69,6 +69,27 @@ def urls(html: bytes | str, page_url: str = PAGE, **kw: object) -> list[str]:
 )
 def test_each_kind_of_source(html: str, expected: tuple[str, str]) -> None:
     assert found(f"<html><head></head><body>{html}</body></html>") == [expected]
+
+
+def test_videos_are_candidates_and_audio_is_not() -> None:
+    html = """
+    <head>
+      <meta property="og:video" content="/og.mp4">
+      <meta property="og:video:secure_url" content="https://cdn.example.org/og-secure.mp4">
+    </head>
+    <video poster="/poster.jpg"><source src="/v.webm" type="video/webm"><source src="/v.mp4"></video>
+    <video src="clip.mov"></video>
+    <audio><source src="/voice"><source src="/song.mp3"></audio>
+    <video><source src="/talk.ogg" type="audio/ogg"></video>
+    """
+    assert found(html) == [
+        ("https://example.org/og.mp4", "og:video"),
+        ("https://cdn.example.org/og-secure.mp4", "og:video"),
+        ("https://example.org/poster.jpg", "poster"),
+        ("https://example.org/v.webm", "video"),
+        ("https://example.org/v.mp4", "video"),
+        ("https://example.org/blog/clip.mov", "video"),
+    ]
 
 
 def test_picture_sources_and_srcset_pick_the_largest() -> None:
