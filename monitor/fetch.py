@@ -25,7 +25,8 @@ What the fetcher guarantees:
   dripping bytes cannot hold it forever.
 * Conditional requests: ``fetch_image(url, etag=..., last_modified=...)`` sends
   ``If-None-Match`` / ``If-Modified-Since`` and returns a bodiless resource with status 304
-  when the image has not changed.
+  when the image has not changed. :func:`freshness_lifetime` reads how long a response may be
+  reused without asking at all (``Cache-Control: max-age``, ``Expires``).
 * ``bytes_downloaded`` counts the body bytes received on the wire.
 * Bodies stay in memory; nothing is written to disk. No cookies are kept or sent.
 """
@@ -33,13 +34,17 @@ What the fetcher guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
+import ssl
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
@@ -67,8 +72,10 @@ __all__ = [
     "Resolver",
     "TooLargeError",
     "UndecodableBody",
+    "freshness_lifetime",
     "is_blocked_address",
     "read_bounded",
+    "shared_ssl_context",
     "system_resolver",
 ]
 
@@ -84,9 +91,24 @@ ROBOTS_MAX_BYTES = 500_000
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 UNTYPED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-KEPT_HEADERS = ("content-type", "content-language", "etag", "last-modified")
+KEPT_HEADERS = (
+    "content-type",
+    "content-language",
+    "etag",
+    "last-modified",
+    # for freshness_lifetime()
+    "cache-control",
+    "expires",
+    "date",
+    "age",
+)
 ACCEPT_PAGE = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
 ACCEPT_IMAGE = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.1"
+ACCEPT_VIDEO = "video/mp4,video/webm,video/*;q=0.9,image/gif;q=0.5,*/*;q=0.1"
+# Containers some servers label as applications (mp4, Matroska, Ogg).
+VIDEO_APPLICATION_TYPES = frozenset(
+    {"application/mp4", "application/ogg", "application/x-matroska"}
+)
 ACCEPT_ROBOTS = "text/plain,*/*;q=0.1"
 ACCEPT_ENCODING = "gzip, deflate, br" if brotli is not None else "gzip, deflate"
 SVG_TYPES = frozenset({"image/svg+xml", "image/svg"})
@@ -246,6 +268,13 @@ def blocked_reason(host: str, address: str) -> str:
     )
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """The TLS settings (system CA certificates) every client of the process uses: loading the
+    certificates takes tens of milliseconds, so it is done once, not for every client."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 # --- the fetcher ----------------------------------------------------------------------------
 
 
@@ -350,6 +379,21 @@ class Fetcher:
             conditional=conditional,
         )
 
+    async def fetch_video(self, url: str) -> FetchedResource:
+        """Fetch a video (``<video src>``, ``og:video``) of at most ``max_video_bytes``.
+
+        ``video/*`` (and the mp4/Matroska/Ogg ``application/*`` types), ``image/*`` but SVG
+        (a "video" that is an animated GIF), ``application/octet-stream`` and a missing type
+        are accepted; the hasher decides whether the bytes can be sampled. A larger body is a
+        :class:`TooLargeError`. Never conditional: only a still's hashes are cached.
+        """
+        return await self._fetch(
+            url,
+            accept=ACCEPT_VIDEO,
+            max_bytes=self.config.max_video_bytes,
+            check_type=_video_type_problem,
+        )
+
     async def can_fetch(self, url: str) -> bool:
         """Whether robots.txt lets us fetch ``url`` (always True if robots are not respected)."""
         parsed = _parse_url(url)
@@ -370,7 +414,9 @@ class Fetcher:
             max_connections=self.config.max_concurrency,
             max_keepalive_connections=self.config.max_concurrency,
         )
-        transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        transport = httpx.AsyncHTTPTransport(
+            verify=shared_ssl_context(), limits=limits, trust_env=False
+        )
         if self._is_blocked is None and self._resolver is None:
             return transport
         backend = GuardedNetworkBackend(
@@ -379,7 +425,7 @@ class Fetcher:
         # httpx has no public way to pass an httpcore network backend; its transport sends
         # everything through ``_pool``, so give it a pool built with the guarded backend.
         transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=shared_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -809,6 +855,56 @@ def _too_large(cap: int, decoder: _Decoder, received: int) -> str:
     return f"larger than the {_size(cap)} limit"
 
 
+# --- freshness ------------------------------------------------------------------------------
+
+
+def freshness_lifetime(headers: Mapping[str, str]) -> float:
+    """Seconds from now for which the server says this response stays the same, so a client
+    may reuse it without asking again (RFC 9111 section 4.2, for a private cache): the
+    ``Cache-Control`` ``max-age`` (or ``Expires`` minus ``Date``) less the ``Age`` it already
+    has. 0 when the response must be revalidated (``no-store``, ``no-cache``, an unreadable or
+    past date, a duplicated ``max-age``) or says nothing; the caller caps the result.
+    ``headers`` are looked up by lower-case name (a ``FetchedResource``'s ``headers``)."""
+    directives: dict[str, str | None] = {}
+    duplicated = False
+    for part in headers.get("cache-control", "").split(","):
+        name, _, value = part.strip().partition("=")
+        name = name.strip().lower()
+        if not name:
+            continue
+        duplicated |= name in directives
+        directives[name] = value.strip().strip('"') if value else None
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    if "max-age" in directives:
+        raw = directives["max-age"] or ""
+        if duplicated or not raw.isdigit():
+            return 0.0  # "a cache ... SHOULD consider the response to be stale"
+        lifetime = float(int(raw))
+    elif "expires" in headers:
+        expires = _http_date(headers["expires"])
+        if expires is None:
+            return 0.0  # an invalid date (often "0" or "-1") means already expired
+        date = _http_date(headers.get("date", "")) or datetime.now(UTC)
+        lifetime = (expires - date).total_seconds()
+    else:
+        return 0.0
+    age = headers.get("age", "").strip()
+    if age.isdigit():
+        lifetime -= int(age)
+    return max(lifetime, 0.0)
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
@@ -827,6 +923,13 @@ def _image_type_problem(content_type: str) -> str | None:
     if media.startswith("image/") or media in UNTYPED:
         return None
     return f"not an image ({media})"
+
+
+def _video_type_problem(content_type: str) -> str | None:
+    media = _media_type(content_type)
+    if media.startswith("video/") or media in VIDEO_APPLICATION_TYPES:
+        return None
+    return _image_type_problem(content_type) and f"not a video ({media})"
 
 
 def _origin(url: httpx.URL) -> str:

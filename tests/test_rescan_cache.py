@@ -17,10 +17,11 @@ from sqlalchemy import func, select
 from monitor import store
 from monitor.config import Settings
 from monitor.db import Database
-from monitor.db.models import Base, FetchCacheEntry, Image
+from monitor.db.models import Base, FetchCacheEntry, Image, Sighting, utcnow
 from monitor.demo.photos import photo_bytes
 from monitor.demo.transforms import decode, encode, resize
 from monitor.enrol import enrol_images
+from monitor.fetch import freshness_lifetime
 from monitor.pipeline import hashing_pool, scan_subject
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb, Request, Response
@@ -33,8 +34,16 @@ NAME = "Sam Rescan"
 class Served:
     """An image the test web serves, with validators it honours, and what it changes to."""
 
-    def __init__(self, body: bytes, *, etag: str | None = None, modified: str | None = None):
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        etag: str | None = None,
+        modified: str | None = None,
+        cache_control: str | None = None,
+    ):
         self.body, self.etag, self.modified = body, etag, modified
+        self.cache_control = cache_control
         self.full = 0  # 200 answers sent
         self.not_modified = 0  # 304 answers sent
 
@@ -44,6 +53,8 @@ class Served:
             headers["ETag"] = self.etag
         if self.modified:
             headers["Last-Modified"] = self.modified
+        if self.cache_control:
+            headers["Cache-Control"] = self.cache_control
         unchanged = (self.etag and req.headers.get("if-none-match") == self.etag) or (
             self.modified and req.headers.get("if-modified-since") == self.modified
         )
@@ -209,5 +220,123 @@ def test_migration_matches_the_model_and_upserts_work(database_url: str) -> None
             assert cached is not None and (cached.etag, cached.last_modified) == ('"c"', "then")
             assert cached.hashes == hashes
             assert store.cached_image(s, "v") is None
+    finally:
+        db.dispose()
+
+
+# ---------------------------------------------------------------- freshness (max-age, Expires)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"cache-control": "public, max-age=3600"}, 3600),
+        ({"cache-control": "max-age=3600, immutable", "age": "600"}, 3000),
+        ({"cache-control": "private, max-age=60"}, 60),  # we are a private cache
+        ({"cache-control": "no-cache, max-age=3600"}, 0),
+        ({"cache-control": "no-store"}, 0),
+        ({"cache-control": "max-age=60, max-age=3600"}, 0),  # conflicting: stale
+        ({"cache-control": "max-age=soon"}, 0),
+        (
+            {
+                "expires": "Thu, 01 Jan 2099 01:00:00 GMT",
+                "date": "Thu, 01 Jan 2099 00:00:00 GMT",
+            },
+            3600,
+        ),
+        ({"expires": "0"}, 0),  # an invalid date is already expired
+        ({"expires": "Thu, 01 Jan 2099 01:00:00 GMT", "cache-control": "max-age=5"}, 5),
+        ({"etag": '"x"'}, 0),  # validators alone: ask again every time
+        ({}, 0),
+    ],
+)
+def test_freshness_lifetime_follows_cache_control_and_expires(
+    headers: dict[str, str], seconds: float
+) -> None:
+    assert freshness_lifetime(headers) == seconds
+
+
+def _last_seen(db: Database, url: str) -> object:
+    with db.session() as s:
+        return s.scalar(select(Sighting.last_seen).where(Sighting.image_url == url))
+
+
+def _age_checks(db: Database, by: timedelta) -> None:
+    """Pretend the cache entries were stored ``by`` earlier (as if scans were that far apart)."""
+    with db.session() as s:
+        for entry in s.scalars(select(FetchCacheEntry)):
+            entry.fetched_at -= by
+            if entry.fresh_until is not None:
+                entry.fresh_until -= by
+
+
+def test_fresh_images_are_not_asked_for_but_still_matched_and_seen(
+    web_world: Callable[..., tuple], database_url: str, pool: ProcessPoolExecutor
+) -> None:
+    settings, db, web, images = web_world(database_url, max_cache_age=timedelta(hours=1))
+    images["/copy.jpg"].cache_control = "public, max-age=86400"  # capped to an hour
+    images["/dated.jpg"].cache_control = "no-cache"  # revalidate every time
+    copy_url = web.url("/copy.jpg")
+    try:
+        first = scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        assert first.new_matches == 1 and first.new_sightings == 1
+        seen_before = _last_seen(db, copy_url)
+
+        second = scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        # The copy was not asked for at all; the no-cache image was asked (304).
+        assert images["/copy.jpg"].full == 1 and images["/copy.jpg"].not_modified == 0
+        assert images["/dated.jpg"].not_modified == 1
+        assert (second.images, second.images_fresh, second.images_unchanged) == (3, 1, 2)
+        assert second.images_hashed == 0
+        # Still matched and recorded as seen again, with nothing new to alert.
+        assert second.matches == 1 and second.new_matches == 0 and second.new_sightings == 0
+        assert second.alerts_queued == 0
+        assert _last_seen(db, copy_url) > seen_before
+
+        # Past the cap (an hour, though the server said a day): asked again, conditionally.
+        _age_checks(db, timedelta(hours=1, minutes=1))
+        third = scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        assert images["/copy.jpg"].not_modified == 1 and third.images_fresh == 0
+        assert third.matches == 1 and third.new_sightings == 0
+        # That 304 said "a day" again: fresh for another hour.
+        fourth = scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        assert images["/copy.jpg"].not_modified == 1 and fourth.images_fresh == 1
+    finally:
+        db.dispose()
+
+
+def test_a_zero_max_cache_age_asks_every_time(
+    web_world: Callable[..., tuple], tmp_path: Path, pool: ProcessPoolExecutor
+) -> None:
+    settings, db, web, images = web_world(
+        f"sqlite:///{tmp_path / 'zero.db'}", max_cache_age=timedelta(0)
+    )
+    images["/copy.jpg"].cache_control = "max-age=86400"
+    try:
+        scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        again = scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        assert again.images_fresh == 0 and images["/copy.jpg"].not_modified == 1
+    finally:
+        db.dispose()
+
+
+def test_a_lowered_cap_applies_to_entries_stored_before(
+    web_world: Callable[..., tuple], tmp_path: Path, pool: ProcessPoolExecutor
+) -> None:
+    settings, db, web, images = web_world(
+        f"sqlite:///{tmp_path / 'cap.db'}", max_cache_age=timedelta(days=7)
+    )
+    images["/plain.jpg"].cache_control = "max-age=604800"  # no validators, but fresh a week
+    try:
+        scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        with db.session() as s:  # cached on freshness alone
+            entry = s.scalar(
+                select(FetchCacheEntry).where(FetchCacheEntry.url == web.url("/plain.jpg"))
+            )
+            assert entry is not None and entry.etag is None and entry.fresh_until > utcnow()
+        _age_checks(db, timedelta(hours=2))
+        settings.fetch = settings.fetch.model_copy(update={"max_cache_age": timedelta(hours=1)})
+        again = scan_subject(settings, db, NAME, pool=pool, deliver=False)
+        assert again.images_fresh == 0 and images["/plain.jpg"].full == 2
     finally:
         db.dispose()

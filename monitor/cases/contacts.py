@@ -36,7 +36,7 @@ from lxml import etree
 from monitor.config import Settings
 from monitor.errors import FetchError
 from monitor.extract import charset_from_content_type
-from monitor.fetch import Fetcher
+from monitor.fetch import ACCEPT_ENCODING, Fetcher, UndecodableBody, read_bounded
 
 __all__ = [
     "Contact",
@@ -323,16 +323,25 @@ def _domain_candidates(host: str) -> list[str]:
     return [".".join(labels[i:]) for i in range(len(labels) - 1)]
 
 
+RDAP_MAX_BYTES = 1_000_000
+"""The most (decoded) bytes of an RDAP answer read; real answers are a few KB."""
+
+
 async def _rdap(client: httpx.AsyncClient, url: str) -> Any | None:
+    # Streamed and decoded here, bounded: httpx itself would inflate a gzip or br bomb whole.
     try:
-        response = await client.get(url)
-    except httpx.HTTPError as exc:
+        async with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                return None
+            body, cut = await read_bounded(response, RDAP_MAX_BYTES)
+    except (httpx.HTTPError, UndecodableBody) as exc:
         log.info("RDAP %s failed: %s", url, exc)
         return None
-    if response.status_code != 200:
+    if cut:
+        log.info("RDAP %s: answer not read: %s", url, cut)
         return None
     try:
-        return response.json()
+        return json.loads(body)
     except (json.JSONDecodeError, ValueError):
         return None
 
@@ -346,6 +355,7 @@ async def rdap_contacts(settings: Settings, page_url: str) -> list[Contact]:
     found: list[Contact] = []
     headers = {
         "Accept": "application/rdap+json, application/json",
+        "Accept-Encoding": ACCEPT_ENCODING,  # only what read_bounded decodes
         "User-Agent": settings.fetch.user_agent,
     }
     async with httpx.AsyncClient(
