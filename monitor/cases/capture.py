@@ -5,6 +5,8 @@ Never for a person marked as possibly under 18: their sightings are marked ``ski
 nothing is fetched. A failed capture is recorded (``evidence_status = "failed"`` with the reason)
 and retried by the next re-check, up to :data:`MAX_ATTEMPTS`; it never fails a scan.
 Files live in ``<data_dir>/evidence/case-<id>/`` (owner-only) and are erased with the person.
+For a person who opted in (never a minor), the image fetched for the WARC is also kept,
+encrypted (:mod:`monitor.cases.image_copies`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy import select
 from monitor.cases.core import add_event, evidence_files, sighting_states
 from monitor.config import Settings
 from monitor.db import Database
-from monitor.db.models import Match, Sighting, SightingState, Subject, utcnow
+from monitor.db.models import Image, Match, Sighting, SightingState, Subject, utcnow
 
 __all__ = ["MAX_ATTEMPTS", "CaptureReport", "capture_pending", "evidence_key"]
 
@@ -54,18 +56,38 @@ class _Job:
     sighting_id: int
     page_url: str
     image_url: str
+    keep_copy: bool = False  # the person opted in to encrypted image copies (never a minor)
+    image_sha256: str = ""  # the matched image: only these exact bytes are kept
 
 
 async def _capture_one(
-    settings: Settings, job: _Job, screenshotter: Any, now: datetime
+    settings: Settings,
+    job: _Job,
+    screenshotter: Any,
+    now: datetime,
+    keystore: Any = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Capture one sighting: ``(files written, problems)``."""
+    from monitor.cases.image_copies import CopyOutcome, copy_hook
     from monitor.evidence import evidence_dir, fetch_and_capture_warc
     from monitor.evidence.store import capture_file_name
 
     folder = evidence_dir(settings, evidence_key(job.case_id))
     files: list[dict[str, Any]] = []
     problems: list[str] = []
+    copy = CopyOutcome()
+    hook = None
+    if job.keep_copy and keystore is not None:
+        hook = copy_hook(
+            keystore,
+            folder,
+            case_id=job.case_id,
+            sighting_id=job.sighting_id,
+            image_url=job.image_url,
+            expected_sha256=job.image_sha256,
+            now=now,
+            outcome=copy,
+        )
     try:
         warc = await fetch_and_capture_warc(
             settings.fetch,
@@ -73,6 +95,7 @@ async def _capture_one(
             job.image_url,
             folder / capture_file_name("page", now, f"-s{job.sighting_id}.warc.gz"),
             description=f"case {job.case_id}, sighting {job.sighting_id}",
+            on_image_bytes=hook,
         )
         files.append(
             {
@@ -85,6 +108,12 @@ async def _capture_one(
         )
     except Exception as exc:
         problems.append(f"WARC: {_reason(exc)}")
+    if copy.entry is not None:
+        files.append(copy.entry)
+    if copy.error:
+        problems.append(f"image copy: {copy.error}")
+    elif copy.note:
+        log.info("sighting %d: %s", job.sighting_id, copy.note)
     if screenshotter is not None:
         try:
             shot = await screenshotter.capture(
@@ -121,12 +150,21 @@ def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> l
     people not marked as minors; minors' pending sightings are marked ``skipped`` here."""
     with db.session() as s:
         stmt = (
-            select(Match.id, Sighting.id, Sighting.page_url, Sighting.image_url, Subject.minor)
+            select(
+                Match.id,
+                Sighting.id,
+                Sighting.page_url,
+                Sighting.image_url,
+                Subject.minor,
+                Subject.keep_image_copies,
+                Image.sha256,
+            )
             .join(
                 Sighting,
                 (Sighting.subject_id == Match.subject_id) & (Sighting.image_id == Match.image_id),
             )
             .join(Subject, Subject.id == Match.subject_id)
+            .join(Image, Image.id == Match.image_id)
             .where(Match.status != "dismissed")
             .order_by(Sighting.id)
         )
@@ -137,7 +175,7 @@ def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> l
         rows = s.execute(stmt).all()
         states = sighting_states(s, [r[1] for r in rows])
         jobs: list[_Job] = []
-        for case_id, sighting_id, page_url, image_url, minor in rows:
+        for case_id, sighting_id, page_url, image_url, minor, keep, sha in rows:
             st = states[sighting_id]
             if minor:
                 if st.evidence_status != "skipped":
@@ -149,7 +187,8 @@ def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> l
             if st.evidence_status == "pending" or (
                 st.evidence_status == "failed" and st.evidence_attempts < MAX_ATTEMPTS
             ):
-                jobs.append(_Job(case_id, sighting_id, page_url, image_url))
+                keep_copy = bool(keep) and not minor
+                jobs.append(_Job(case_id, sighting_id, page_url, image_url, keep_copy, sha))
         return jobs
 
 
@@ -178,7 +217,7 @@ async def capture_pending(
     async def one(job: _Job) -> None:
         async with slots:
             at = now or utcnow()
-            files, problems = await _capture_one(settings, job, screenshotter, at)
+            files, problems = await _capture_one(settings, job, screenshotter, at, db.keystore)
         if problem:
             problems.append(problem)
         _record(db, job, files, problems, at)
@@ -264,15 +303,29 @@ def export_bundle(
     out_zip: Path,
     *,
     label: str = "Subject",
+    include_image_copy: bool = False,
 ) -> Any:
     """Write the case's evidence zip (:func:`monitor.evidence.build_bundle`): every capture, a
     printable report with the addresses, dates and hashes, and the case's dated history.
 
+    A kept image copy (:mod:`monitor.cases.image_copies`) is left out unless
+    ``include_image_copy``: then it is decrypted in memory into ``images/`` (the caller asks the
+    person first). Raises :class:`~monitor.cases.image_copies.ImageCopyError` when asked for a
+    copy and the case has none.
+
     For a person marked as possibly under 18 the bundle holds no capture (none was made): only
     the addresses, dates and hashes, for a hotline or the police."""
+    from monitor.cases import image_copies
     from monitor.cases.core import case_sightings, get_case, hotline_lines
-    from monitor.db.models import CaseEvent, Image
-    from monitor.evidence import CaptureInfo, CaseInfo, EvidenceFile, SightingInfo, build_bundle
+    from monitor.db.models import CaseEvent
+    from monitor.evidence import (
+        CaptureInfo,
+        CaseInfo,
+        EvidenceFile,
+        ImageCopy,
+        SightingInfo,
+        build_bundle,
+    )
     from monitor.matching import thresholds_from_config
 
     thresholds = thresholds_from_config(settings.match)
@@ -283,7 +336,9 @@ def export_bundle(
         assert subject is not None and image is not None
         sightings = case_sightings(s, case)
         states = sighting_states(s, [x.id for x in sightings])
-        infos, files = [], []
+        if include_image_copy and subject.minor:
+            raise image_copies.ImageCopyRefused(image_copies.MINOR_REFUSAL)
+        infos, files, copies = [], [], []
         for x in sightings:
             captures = []
             for f in evidence_files(states[x.id]):
@@ -291,6 +346,16 @@ def export_bundle(
                 if not path.is_file():
                     continue
                 when = datetime.fromisoformat(str(f["captured_at"]).replace("Z", "+00:00"))
+                if f.get("kind") == image_copies.KIND:
+                    if not include_image_copy:
+                        continue
+                    data = image_copies.read_copy(db.keystore, f, case.id, x.id)
+                    name = f"case-{case.id}-s{x.id}-{f['image_sha256'][:16]}{_image_ext(data)}"
+                    copies.append(ImageCopy(name, data, f"the image found at {x.image_url}"))
+                    captures.append(
+                        CaptureInfo("image_copy", name, when, f["image_sha256"], f.get("url", ""))
+                    )
+                    continue
                 captures.append(
                     CaptureInfo(f["kind"], path.name, when, f["sha256"], f.get("url", ""))
                 )
@@ -325,6 +390,16 @@ def export_bundle(
                 "image is kept beyond its hashes and addresses. Report the addresses to a "
                 "child-abuse hotline: " + "; ".join(hotline_lines(settings))
             )
+        if include_image_copy and not copies:
+            raise image_copies.ImageCopyError(
+                f"case {case.id} has no kept image copy (keeping copies is off for this person, "
+                "or none was captured yet); nothing was written"
+            )
+        if copies:
+            notes.append(
+                "This bundle holds a copy of the image itself (images/), added at the person's "
+                "explicit request."
+            )
         if history:
             notes.append("History:\n" + "\n".join(history))
         info = CaseInfo(
@@ -333,4 +408,18 @@ def export_bundle(
             sightings=tuple(infos),
             notes="\n\n".join(notes),
         )
-    return build_bundle(info, files, Path(out_zip))
+    return build_bundle(info, files, Path(out_zip), image_copies=copies)
+
+
+def _image_ext(data: bytes) -> str:
+    """A file extension for image bytes (from their format), ``.bin`` when unknown."""
+    import io
+
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(data)) as im:
+            fmt = (im.format or "").lower()
+    except Exception:
+        return ".bin"
+    return {"jpeg": ".jpg", "": ".bin"}.get(fmt, f".{fmt}")

@@ -14,7 +14,9 @@ The zip holds:
   unpacked folder verifies everything.
 
 No image is ever bundled except this tool's blurred screenshots: any other file that looks
-like an image or video is refused.
+like an image or video is refused. The one exception is explicit: ``image_copies`` (a person's
+decrypted copy of the found image, which they asked for, see :mod:`monitor.cases.image_copies`)
+go under ``images/`` and are listed in the manifest like every other file.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "CaptureInfo",
     "CaseInfo",
     "EvidenceFile",
+    "ImageCopy",
     "SightingInfo",
     "build_bundle",
     "render_report",
@@ -137,6 +140,15 @@ class EvidenceFile:
     path: Path
     sha256: str | None = None
     kind: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCopy:
+    """The found image itself, decrypted in memory, put in a bundle only when a person asks."""
+
+    name: str  # file name inside ``images/``
+    data: bytes = field(repr=False)
     description: str = ""
 
 
@@ -266,8 +278,11 @@ def build_bundle(
     out_zip: Path | str,
     *,
     template_dir: Path | None = None,
+    image_copies: Sequence[ImageCopy] = (),
 ) -> BundleInfo:
     """Write the evidence zip ``out_zip`` (owner-only; it must not exist yet).
+
+    ``image_copies``: the found image itself, only when the person explicitly asked for it.
 
     Raises :class:`EvidenceError` when a file cannot be read, has changed since capture, is an
     image other than one of our blurred screenshots, or two files have the same name.
@@ -287,6 +302,19 @@ def build_bundle(
             name, hashlib.sha256(data).hexdigest(), len(data), kind, item.description
         )
         entries.append((entry, data))
+    for copy in image_copies:
+        name = f"images/{Path(copy.name).name}"
+        if name in names:
+            raise EvidenceError(f"two evidence files would both be {name} in the bundle")
+        names.add(name)
+        entry = BundledFile(
+            name,
+            hashlib.sha256(copy.data).hexdigest(),
+            len(copy.data),
+            "image_copy",
+            copy.description,
+        )
+        entries.append((entry, copy.data))
 
     listed = [e for e, _ in entries]
     report = render_report(
@@ -321,7 +349,7 @@ def build_bundle(
             for entry, data in entries:
                 compress = (
                     zipfile.ZIP_STORED
-                    if entry.kind in ("warc", "screenshot")
+                    if entry.kind in ("warc", "screenshot", "image_copy")
                     else (zipfile.ZIP_DEFLATED)
                 )
                 _add(zf, entry.name, data, stamp, compress)

@@ -19,10 +19,10 @@ from typing import Protocol
 
 from monitor.config import FetchConfig
 from monitor.evidence.bundle import CaptureInfo, EvidenceFile
-from monitor.evidence.errors import ScreenshotError
+from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
 from monitor.evidence.screenshot import ScreenshotInfo, Screenshotter
 from monitor.evidence.store import capture_file_name, evidence_dir
-from monitor.evidence.warc import WarcCapture, fetch_and_capture_warc
+from monitor.evidence.warc import ImageBytesHook, WarcCapture, fetch_and_capture_warc
 from monitor.fetch import AddressPredicate, Resolver
 
 __all__ = ["SightingCapture", "capture_sighting"]
@@ -54,17 +54,30 @@ async def capture_sighting(
     screenshot: bool = True,
     resolver: Resolver | None = None,
     is_blocked: AddressPredicate | None = None,
+    on_image_bytes: ImageBytesHook | None = None,
 ) -> SightingCapture:
     """Write ``<data_dir>/evidence/<key>/<time>-page.warc.gz`` and ``<time>-page.png``.
 
     Fetching obeys ``settings.fetch`` (address guard, robots.txt, caps). Without a
     ``screenshotter`` one is started for this call, with the same address rule. Raises
     :class:`~monitor.evidence.EvidenceError` if the page cannot be fetched.
+    ``on_image_bytes``: see :func:`~monitor.evidence.warc.fetch_and_capture_warc` (an opted-in
+    encrypted copy; never for a possible minor).
     """
+    if may_show_minor and on_image_bytes is not None:
+        raise MinorSafetyRefusal(
+            "no copy of an image is ever kept for a person who may be under 18"
+        )
     directory = evidence_dir(settings, key)
     warc_path = directory / capture_file_name("page", suffix=".warc.gz")
     warc = await fetch_and_capture_warc(
-        settings.fetch, page_url, image_url, warc_path, resolver=resolver, is_blocked=is_blocked
+        settings.fetch,
+        page_url,
+        image_url,
+        warc_path,
+        resolver=resolver,
+        is_blocked=is_blocked,
+        on_image_bytes=on_image_bytes,
     )
     captures = [
         CaptureInfo("warc", warc_path.name, warc.warc.created_at, warc.warc.sha256, page_url)

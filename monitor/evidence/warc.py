@@ -43,7 +43,7 @@ import io
 import json
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -70,6 +70,7 @@ from monitor.types import ImageHashes
 __all__ = [
     "WITHHELD_REASON",
     "HttpExchange",
+    "ImageBytesHook",
     "WarcCapture",
     "WarcInfo",
     "WithheldImage",
@@ -80,6 +81,11 @@ __all__ = [
 ]
 
 Headers = tuple[tuple[str, str], ...]
+
+ImageBytesHook = Callable[[bytes, "WithheldImage"], None]
+"""Called (in a worker thread) with the fetched image's bytes and its hashes, before the bytes
+are dropped: the one way to keep them, for a person who opted in (see
+:mod:`monitor.cases.image_copies`). It must not write the bytes anywhere in plain form."""
 
 WITHHELD_REASON = (
     "image payload withheld: the image may be intimate or show a minor, so it is never kept; "
@@ -565,6 +571,7 @@ async def fetch_and_capture_warc(
     resolver: Resolver | None = None,
     is_blocked: AddressPredicate | None = None,
     description: str = "",
+    on_image_bytes: ImageBytesHook | None = None,
 ) -> WarcCapture:
     """Fetch ``page_url`` and ``image_url`` and write both exchanges (and redirects) as a WARC.
 
@@ -574,6 +581,10 @@ async def fetch_and_capture_warc(
     pHash) and only its hashes and headers are written. Raises :class:`EvidenceError` if the
     page cannot be fetched; an image that cannot be fetched is reported in ``image_error``
     (whatever response came back is still recorded).
+
+    ``on_image_bytes``, when given, is called with the image's bytes (held in memory only) and
+    its hashes, so an opted-in encrypted copy needs no second download; an exception it raises
+    propagates and no WARC is written.
     """
     exchanges: list[HttpExchange] = []
     image: HttpExchange | None = None
@@ -596,7 +607,7 @@ async def fetch_and_capture_warc(
         if image_url:
             found = extract_images(page.body, page.final_url, limit=10_000)
             image_on_page = any(c.image_url == image_url for c in found)
-            image, image_error, more = await _fetch_image(fetcher, image_url)
+            image, image_error, more = await _fetch_image(fetcher, image_url, on_image_bytes)
             exchanges += more
 
     warc = await asyncio.to_thread(
@@ -613,9 +624,10 @@ async def fetch_and_capture_warc(
 
 
 async def _fetch_image(
-    fetcher: _RecordingFetcher, image_url: str
+    fetcher: _RecordingFetcher, image_url: str, on_image_bytes: ImageBytesHook | None = None
 ) -> tuple[HttpExchange | None, str | None, list[HttpExchange]]:
-    """Fetch and hash the image; the bytes never leave this function."""
+    """Fetch and hash the image; the bytes never leave this function (except to
+    ``on_image_bytes``, a person's explicit opt-in)."""
     await fetcher.can_fetch(image_url)
     fetcher.take_hops()
     try:
@@ -624,6 +636,8 @@ async def _fetch_image(
         hops = fetcher.take_hops()
         return None, exc.reason, [hop.exchange(truncated=True) for hop in hops]
     withheld = await asyncio.to_thread(WithheldImage.from_bytes, resource.body)
+    if on_image_bytes is not None:
+        await asyncio.to_thread(on_image_bytes, resource.body, withheld)
     status = resource.status
     del resource  # the bytes go out of scope here; nothing else holds them
     hops = fetcher.take_hops()
