@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from monitor import __version__, alerts, cases, store
+from monitor.cases import image_copies
 from monitor.config import Settings, load_settings, parse_duration
 from monitor.db import Database
 from monitor.errors import MonitorError
@@ -96,7 +97,29 @@ def _parser() -> argparse.ArgumentParser:
         help="the person may be under 18: no evidence capture, and cases point to a child-abuse "
         "hotline instead of the site",
     )
+    sa.add_argument(
+        "--keep-image-copies",
+        action="store_true",
+        help="also keep an encrypted copy of each found image in the case's evidence (off by "
+        "default; refused with --minor)",
+    )
     sa.add_argument("--json", action="store_true")
+    sst = ssub.add_parser(
+        "set",
+        help="change a person's settings",
+        description="--no-keep-image-copies deletes the copies already kept. --minor marks the "
+        "person as possibly under 18: no further capture, and every image copy is deleted.",
+    )
+    sst.add_argument("name")
+    sst.add_argument(
+        "--keep-image-copies",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep (or stop keeping and delete) encrypted copies of found images",
+    )
+    sst.add_argument(
+        "--minor", action="store_true", help="the person may be under 18 (cannot be undone here)"
+    )
     sl = ssub.add_parser("list", help="list monitored people")
     sl.add_argument("--json", action="store_true")
     sr = ssub.add_parser("remove", help="erase everything stored about a person")
@@ -167,11 +190,13 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         interval = parse_duration(args.every) if args.every else settings.schedule.default_interval
         if interval < timedelta(minutes=5):
             raise MonitorError("--every must be at least 5m")
+        image_copies.check_may_keep(minor=bool(args.minor), keep=args.keep_image_copies)
         with db.session() as s:
             subject = store.add_subject(
                 s, args.name, aliases=args.alias, email=args.email, interval=interval
             )
             subject.minor = bool(args.minor)
+            subject.keep_image_copies = bool(args.keep_image_copies)
             info = {
                 "name": subject.name,
                 "aliases": [a.alias for a in subject.aliases],
@@ -186,6 +211,8 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
                 f"`enroll {info['name']!r} PHOTO_OR_FOLDER...`"
             )
         return 0
+    if args.subject_command == "set":
+        return _subject_set(args, settings, db)
     if args.subject_command == "list":
         with db.session() as s:
             infos = store.subject_infos(s)
@@ -221,6 +248,30 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         store.erase_subject(s, args.name)
     cases.erase_evidence(settings, case_ids)
     out.print(f"Erased {args.name!r}: references, scans, matches and alerts are gone.")
+    return 0
+
+
+def _subject_set(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    if args.minor and args.keep_image_copies:
+        image_copies.check_may_keep(minor=True, keep=True)
+    if not args.minor and args.keep_image_copies is None:
+        raise MonitorError("nothing to change: give --keep-image-copies, --no-... or --minor")
+    if args.minor:
+        n = image_copies.mark_minor(db, args.name, settings)
+        out.print(
+            f"{args.name!r} is marked as possibly under 18: nothing more is captured"
+            + (f"; {n} image copies were deleted." if n else ".")
+        )
+    if args.keep_image_copies is True:
+        image_copies.set_keep_image_copies(db, args.name, True, settings)
+        out.print(
+            f"Encrypted copies of images found for {args.name!r} will be kept with the evidence "
+            "(key: the reference key file). Bundles include them only with "
+            "`case evidence ID OUT.zip --include-image-copy`."
+        )
+    elif args.keep_image_copies is False:
+        n = image_copies.set_keep_image_copies(db, args.name, False, settings)
+        out.print(f"No image copies are kept for {args.name!r}; {n} were deleted.")
     return 0
 
 
@@ -374,11 +425,20 @@ def cmd_matches(args: argparse.Namespace, settings: Settings) -> int:
             r.status,
             f"{r.algorithm} {r.distance}",
             r.page_url,
-            r.image_url,
+            r.image_url + _at_offset(r.frame_offset, r.reference_offset),
             style=None,
         )
     out.print(t)
     return 0
+
+
+def _at_offset(frame_offset: float | None, reference_offset: float | None) -> str:
+    """`` at 12 s`` for a match in a video or animation (`` (your video at 40 s)`` when it
+    matched a frame of an enrolled video); empty for a photo."""
+    text = f" at {round(frame_offset, 1):g} s" if frame_offset is not None else ""
+    if reference_offset is not None:
+        text += f" (your video at {round(reference_offset, 1):g} s)"
+    return text
 
 
 def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
@@ -493,6 +553,12 @@ def _case_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     ce.add_argument(
         "--label", default="Subject", help="how the report names the person (default: Subject)"
     )
+    ce.add_argument(
+        "--include-image-copy",
+        action="store_true",
+        help="put the kept copy of the image itself into the zip (decrypted; you are asked first)",
+    )
+    ce.add_argument("--yes", action="store_true", help="with --include-image-copy: do not ask")
     cn = csub.add_parser(
         "notice",
         help="draft a removal request for the site (and send it after you confirm)",
@@ -558,8 +624,13 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
         with db.session() as s:
             fn = cases.confirm_case if action == "confirm" else cases.dismiss_case
             case = fn(s, args.id)
-            status = case.status
+            status, subject_id = case.status, case.subject_id
         out.print(f"Case {args.id}: {status}.")
+        if action == "dismiss":  # "not me": a kept copy may show someone else
+            from monitor.cases.image_copies import delete_image_copies
+
+            if n := delete_image_copies(db, subject_id, settings, case_id=args.id):
+                out.print(f"Deleted {n} kept image copy(ies) of this case.")
         if action == "confirm":
             out.print(f"Next: `case show {args.id}`, then `case notice {args.id}`.")
         return 0
@@ -572,7 +643,26 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
             _print_case(detail)
         return 0
     if action == "evidence":
-        info = capture.export_bundle(settings, db, args.id, args.out, label=args.label)
+        if args.include_image_copy and not args.yes:
+            if not sys.stdin.isatty():
+                raise MonitorError(
+                    "refusing to put the image in the bundle without confirmation: add --yes"
+                )
+            answer = input(
+                "The bundle will hold the image itself, unencrypted. Anyone who gets the zip "
+                "can see it. Type 'yes' to include it: "
+            )
+            if answer.strip().lower() != "yes":
+                err.print("Not written.")
+                return 1
+        info = capture.export_bundle(
+            settings,
+            db,
+            args.id,
+            args.out,
+            label=args.label,
+            include_image_copy=args.include_image_copy,
+        )
         out.print(f"Wrote {info.path} ({len(info.files)} files, SHA-256 {info.sha256}).")
         return 0
     if action == "recheck":

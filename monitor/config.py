@@ -91,6 +91,8 @@ class FetchConfig(_Section):
     max_per_host: int = Field(default=4, ge=1)
     max_page_bytes: int = Field(default=5_000_000, ge=1024)
     max_image_bytes: int = Field(default=20_000_000, ge=1024)
+    # Videos found on pages (<video>, og:video) are fetched up to this size, then sampled.
+    max_video_bytes: int = Field(default=50_000_000, ge=1024)
     max_redirects: int = Field(default=5, ge=0)
     max_pages_per_scan: int = Field(default=500, ge=1)
     max_images_per_page: int = Field(default=200, ge=1)
@@ -105,6 +107,10 @@ class FetchConfig(_Section):
     # Ask again for images seen in earlier scans with If-None-Match / If-Modified-Since, and
     # reuse their stored hashes when unchanged (the cache keeps URL, validators and hashes only).
     conditional_requests: bool = True
+    # An image whose server says it stays the same for a while (Cache-Control max-age, Expires)
+    # is not asked for again within that time, up to this long: its stored hashes are reused
+    # without a request. An image swapped at the same URL is seen up to this late. 0: off.
+    max_cache_age: Duration = timedelta(hours=12)
 
 
 class MatchConfig(_Section):

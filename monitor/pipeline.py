@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from functools import partial
 
 import httpx
@@ -34,15 +35,21 @@ from monitor.errors import (
     NotAnImageError,
     SearchBackendError,
 )
-from monitor.extract import charset_from_content_type, extract_images
-from monitor.fetch import ACCEPT_ENCODING, Fetcher, PartialResource
+from monitor.extract import VIDEO_SOURCES, charset_from_content_type, extract_images
+from monitor.fetch import (
+    ACCEPT_ENCODING,
+    Fetcher,
+    PartialResource,
+    freshness_lifetime,
+    shared_ssl_context,
+)
 from monitor.fetch import _size as format_size
-from monitor.hashing import compute_hashes
 from monitor.leases import scan_lease
 from monitor.matching import ReferenceIndex, thresholds_from_config
 from monitor.queries import build_queries
 from monitor.search import SearchBackend, create_backend
-from monitor.types import ImageCandidate, ImageHashes, ResultKind, SearchHit
+from monitor.types import ImageCandidate, ImageHashes, MatchResult, ResultKind, SearchHit
+from monitor.video import FrameHashes, FrameLimits, hash_media, may_have_frames
 
 log = logging.getLogger("monitor.pipeline")
 
@@ -64,6 +71,7 @@ class ScanSummary:
     images: int = 0
     images_hashed: int = 0
     images_unchanged: int = 0  # known from an earlier scan and unchanged (HTTP 304): not fetched
+    images_fresh: int = 0  # known and still fresh (Cache-Control, Expires): not even asked for
     bytes_downloaded: int = 0  # body bytes received from the web (pages, images, robots.txt)
     matches: int = 0  # matched images seen in this scan (new or known)
     new_matches: int = 0
@@ -96,7 +104,7 @@ def hashing_pool(workers: int | None = None) -> ProcessPoolExecutor:
     ``__main__`` with the database, HTTP and CLI libraries), so each costs tens of MB, not 100+.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["monitor.hashing"])
+    ctx.set_forkserver_preload(["monitor.hashing", "monitor.video"])
     return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
 
 
@@ -147,8 +155,17 @@ class _Scan:
         self.image_tasks: dict[str, asyncio.Task[ImageHashes | None]] = {}
         self.seen_pairs: set[tuple[str, str]] = set()
         self.hash_by_sha: dict[str, asyncio.Future[ImageHashes | None]] = {}
+        # Sampled frames of the videos and animations hashed in this scan, by SHA-256.
+        self.frames_by_sha: dict[str, tuple[FrameHashes, ...]] = {}
+        fetch_cfg = settings.fetch
+        self.frame_limits = FrameLimits(
+            max_bytes=max(fetch_cfg.max_video_bytes, fetch_cfg.max_image_bytes)
+        )
         self.matched_images: set[str] = set()
         self.unwritten: list[store.SeenImage] = []
+        # Fetch cache entries looked up a page at a time (see _look_up_cache).
+        self.cache_hits: dict[str, store.CachedImage] = {}
+        self.cache_looked_up: set[str] = set()
         self.in_flight = asyncio.Semaphore(settings.fetch.max_concurrency)
 
     # -- recording
@@ -252,6 +269,7 @@ class _Scan:
         big = len(res.body) > 256_000
         del res
         candidates = await asyncio.to_thread(extract) if big else extract()
+        self._look_up_cache(candidates)
         await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
 
     async def candidate(self, fetcher: Fetcher, cand: ImageCandidate) -> None:
@@ -261,35 +279,64 @@ class _Scan:
         self.seen_pairs.add(key)
         task = self.image_tasks.get(cand.image_url)
         if task is None:
-            task = asyncio.create_task(self.image(fetcher, cand.image_url))
+            video = cand.source in VIDEO_SOURCES
+            task = asyncio.create_task(self.image(fetcher, cand.image_url, video=video))
             self.image_tasks[cand.image_url] = task
             self._tick()
         hashes = await task
         if hashes is None:
             return
-        match = self.index.match(hashes)
+        match, frame_offset, reference_offset = self._match(hashes)
         if match is not None and hashes.sha256 not in self.matched_images:
             self.matched_images.add(hashes.sha256)
             self.summary.matches += 1
-        self.record(store.SeenImage(cand.page_url, cand.image_url, hashes, match))
+        self.record(
+            store.SeenImage(
+                cand.page_url, cand.image_url, hashes, match, frame_offset, reference_offset
+            )
+        )
 
-    async def image(self, fetcher: Fetcher, url: str) -> ImageHashes | None:
+    def _match(self, hashes: ImageHashes) -> tuple[MatchResult | None, float | None, float | None]:
+        """The best match of an image, or of any sampled frame of a video or animation; with
+        the offsets of the frames that matched (found, reference)."""
+        frames = self.frames_by_sha.get(hashes.sha256)
+        if frames:
+            detail = self.index.match_frames(
+                [(0.0, hashes), *((f.offset, f.hashes) for f in frames)]
+            )
+        else:
+            detail = self.index.match_detail(hashes)
+        if detail is None:
+            return None, None, None
+        return detail.result, detail.frame_offset, detail.reference_offset
+
+    async def image(self, fetcher: Fetcher, url: str, *, video: bool = False) -> ImageHashes | None:
+        cached = None if video else self._cached(url)
+        if cached is not None and cached.fresh(utcnow(), self.settings.fetch.max_cache_age):
+            self.summary.images += 1  # the server said it stays so for now: not asked for
+            self.summary.images_unchanged += 1
+            self.summary.images_fresh += 1
+            return cached.hashes
         # A slot is held from download to hash: downloads can outpace hashing, and without this
         # limit fetched bodies would queue up in memory waiting for a worker.
         async with self.in_flight:
-            cached = self._cached(url)
             try:
-                res = await fetcher.fetch_image(
-                    url,
-                    etag=cached.etag if cached else None,
-                    last_modified=cached.last_modified if cached else None,
-                )
+                if video:
+                    res = await fetcher.fetch_video(url)
+                else:
+                    res = await fetcher.fetch_image(
+                        url,
+                        etag=cached.etag if cached else None,
+                        last_modified=cached.last_modified if cached else None,
+                    )
             except FetchError as exc:
-                self.error(url, "image", exc.reason)
+                self.error(url, "video" if video else "image", exc.reason)
                 return None
             self.summary.images += 1
+            fresh_until = self._fresh_until(res.headers)
             if res.status == 304 and cached is not None:  # unchanged: reuse its hashes
                 self.summary.images_unchanged += 1
+                self._revalidated(cached, res.headers, fresh_until)
                 return cached.hashes
             body, etag, modified = (
                 res.body,
@@ -305,26 +352,76 @@ class _Scan:
                 fut.set_result(await self._hash(url, sha, body))
             del body
         hashes = await fut  # the same bytes at another URL are hashed once
-        remember = self.settings.fetch.conditional_requests and (cached or etag or modified)
-        if hashes is not None and remember:
-            self.fetched.append(store.FetchedImage(url, sha, etag, modified))
+        remember = self.settings.fetch.conditional_requests and (
+            cached or etag or modified or fresh_until
+        )
+        # Only a still's hashes are stored: a video or animation is fetched and sampled again.
+        if hashes is not None and remember and sha not in self.frames_by_sha:
+            self.fetched.append(store.FetchedImage(url, sha, etag, modified, fresh_until))
         return hashes
+
+    # -- the fetch cache
+
+    def _look_up_cache(self, candidates: list[ImageCandidate]) -> None:
+        """Look up the cache entries of a page's new image URLs in one query (not one each);
+        :meth:`_cached` takes them from here."""
+        if not self.settings.fetch.conditional_requests:
+            return
+        urls = {
+            c.image_url
+            for c in candidates
+            if c.source not in VIDEO_SOURCES
+            and c.image_url not in self.image_tasks
+            and c.image_url not in self.cache_looked_up
+        }
+        if not urls:
+            return
+        with self.db.engine.connect() as conn:
+            self.cache_hits.update(store.cached_images(conn, urls))
+        self.cache_looked_up |= urls
 
     def _cached(self, url: str) -> store.CachedImage | None:
         """What an earlier scan stored for this image URL (validators and hashes), if any."""
         if not self.settings.fetch.conditional_requests:
             return None
+        if url in self.cache_looked_up:
+            return self.cache_hits.pop(url, None)
         with self.db.engine.connect() as conn:
             return store.cached_image(conn, url)
 
+    def _fresh_until(self, headers: dict[str, str]) -> datetime | None:
+        """Until when a response may be reused without asking: its freshness (Cache-Control,
+        Expires), capped by ``[fetch] max_cache_age``; None when it must be asked for again."""
+        cap = self.settings.fetch.max_cache_age.total_seconds()
+        lifetime = min(freshness_lifetime(headers), cap)
+        return utcnow() + timedelta(seconds=lifetime) if lifetime > 0 else None
+
+    def _revalidated(
+        self, cached: store.CachedImage, headers: dict[str, str], fresh_until: datetime | None
+    ) -> None:
+        """A 304: store the validators and freshness it came with (if they tell anything new),
+        so the next scan can skip the request while it stays fresh."""
+        etag = headers.get("etag") or cached.etag
+        modified = headers.get("last-modified") or cached.last_modified
+        if fresh_until is None and (etag, modified) == (cached.etag, cached.last_modified):
+            return  # nothing new: no write
+        self.fetched.append(
+            store.FetchedImage(cached.url, cached.hashes.sha256, etag, modified, fresh_until)
+        )
+
     async def _hash(self, url: str, sha: str, body: bytes) -> ImageHashes | None:
         try:
-            with self.db.engine.connect() as conn:
-                hashes = store.known_image(conn, sha)
+            hashes = None
+            if not may_have_frames(body):  # only a still's hashes are stored, not frames'
+                with self.db.engine.connect() as conn:
+                    hashes = store.known_image(conn, sha)
             if hashes is None:
                 loop = asyncio.get_running_loop()
-                hashes = await loop.run_in_executor(self.pool, compute_hashes, body)
+                media = await loop.run_in_executor(self.pool, hash_media, body, self.frame_limits)
                 self.summary.images_hashed += 1
+                if media.frames:
+                    self.frames_by_sha[sha] = media.frames
+                hashes = media.still
             return hashes
         except NotAnImageError as exc:
             self.error(url, "hash", str(exc))
@@ -336,7 +433,7 @@ class _Scan:
         fetch_cfg = self.settings.fetch
         search_headers = {"User-Agent": fetch_cfg.user_agent, "Accept-Encoding": ACCEPT_ENCODING}
         async with (
-            httpx.AsyncClient(headers=search_headers) as search_client,
+            httpx.AsyncClient(headers=search_headers, verify=shared_ssl_context()) as search_client,
             self.fetcher_factory(fetch_cfg) as fetcher,
         ):
             hits = await self.search(_backends(self.settings, search_client), name, aliases)
@@ -350,6 +447,7 @@ class _Scan:
                     seen_pages.add(hit.page_url)
                     page_urls.append(hit.page_url)
             page_urls = page_urls[: fetch_cfg.max_pages_per_scan]
+            self._look_up_cache(direct)
             try:
                 await asyncio.gather(
                     *(self.candidate(fetcher, c) for c in direct),

@@ -11,8 +11,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from monitor import alerts
@@ -150,11 +151,16 @@ def erase_subject(session: Session, name: str) -> None:
 
 def reference_records(session: Session, subject_id: int) -> list[ReferenceHashRecord]:
     rows = session.execute(
-        select(ReferenceHash.reference_id, ReferenceHash.algorithm, ReferenceHash.value)
+        select(
+            ReferenceHash.reference_id,
+            ReferenceHash.algorithm,
+            ReferenceHash.value,
+            ReferenceHash.frame_offset,
+        )
         .join(Reference)
         .where(Reference.subject_id == subject_id)
     )
-    return [ReferenceHashRecord(ref_id, alg, value) for ref_id, alg, value in rows]
+    return [ReferenceHashRecord(ref_id, alg, value, offset) for ref_id, alg, value, offset in rows]
 
 
 # ---------------------------------------------------------------- scans
@@ -233,12 +239,17 @@ class RecordOutcome:
 
 @dataclass(frozen=True, slots=True)
 class SeenImage:
-    """One image a scan saw on one page, with its hashes and its match (if any)."""
+    """One image a scan saw on one page, with its hashes and its match (if any).
+
+    For a video or animation, ``frame_offset`` is the time of the frame that matched and
+    ``reference_offset`` that of the enrolled video's frame it matched (else ``None``)."""
 
     page_url: str
     image_url: str
     hashes: ImageHashes
     match: MatchResult | None
+    frame_offset: float | None = None
+    reference_offset: float | None = None
 
 
 def record_image(
@@ -358,6 +369,8 @@ def record_images(
                 first_seen=now,
                 status="new",
                 scan_id=scan_id,
+                frame_offset=item.frame_offset,
+                reference_offset=item.reference_offset,
             )
             session.add(existing)
             matches[image_id] = existing
@@ -365,6 +378,8 @@ def record_images(
         elif existing is not None and match is not None and match.distance < existing.distance:
             existing.distance, existing.algorithm = match.distance, match.algorithm
             existing.reference_id = match.reference_id
+            existing.frame_offset = item.frame_offset
+            existing.reference_offset = item.reference_offset
 
         alerted = False
         if existing is not None and existing.status != "dismissed" and (new_sighting or new_match):
@@ -438,6 +453,8 @@ class MatchRow:
     status: str
     sha256: str
     match_id: int
+    frame_offset: float | None = None  # seconds into a found video/animation; None: a photo
+    reference_offset: float | None = None  # seconds into the enrolled video matched
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -450,6 +467,8 @@ class MatchRow:
             "status": self.status,
             "sha256": self.sha256,
             "match_id": self.match_id,
+            "frame_offset": self.frame_offset,
+            "reference_offset": self.reference_offset,
         }
 
 
@@ -478,6 +497,8 @@ def list_matches(session: Session, subject_name: str | None = None) -> list[Matc
             status=match.status,
             sha256=sha,
             match_id=match.id,
+            frame_offset=match.frame_offset,
+            reference_offset=match.reference_offset,
         )
         for name, sighting, match, sha in session.execute(stmt)
     ]
@@ -509,22 +530,35 @@ def search_failures(session: Session, scan_id: int) -> dict[str, tuple[int, str]
 
 @dataclass(frozen=True, slots=True)
 class CachedImage:
-    """What an image URL held when last fetched: validators to ask with, and its hashes."""
+    """What an image URL held when last fetched: validators to ask with, and its hashes;
+    ``fresh_until``: till then the server said it stays so (None: ask every time);
+    ``checked_at``: when the server last said so."""
 
     url: str
     etag: str | None
     last_modified: str | None
     hashes: ImageHashes
+    fresh_until: datetime | None = None
+    checked_at: datetime | None = None
+
+    def fresh(self, now: datetime, max_age: timedelta) -> bool:
+        """Whether it may be reused at ``now`` without asking: within the server's freshness
+        and at most ``max_age`` since it was last checked (a lowered cap applies at once)."""
+        if self.fresh_until is None or self.checked_at is None or max_age <= timedelta(0):
+            return False
+        return now < self.fresh_until and now < self.checked_at + max_age
 
 
 @dataclass(frozen=True, slots=True)
 class FetchedImage:
-    """An image URL just fetched whole, to remember (with the SHA-256 of what it held)."""
+    """An image URL just fetched whole (or found unchanged), to remember (with the SHA-256 of
+    what it held, and until when the server said it stays so)."""
 
     url: str
     sha256: str
     etag: str | None
     last_modified: str | None
+    fresh_until: datetime | None = None
 
 
 def url_key(url: str) -> str:
@@ -532,21 +566,33 @@ def url_key(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-_CACHED_IMAGE = (
-    select(
-        FetchCacheEntry.url,
-        FetchCacheEntry.etag,
-        FetchCacheEntry.last_modified,
-        Image.sha256,
-        Image.width,
-        Image.height,
-        Image.pdq,
-        Image.pdq_quality,
-        Image.phash,
-    )
-    .join(Image, Image.id == FetchCacheEntry.image_id)
-    .where(FetchCacheEntry.url_sha256 == bindparam("key"))
+_CACHED_COLUMNS = select(
+    FetchCacheEntry.url_sha256,
+    FetchCacheEntry.url,
+    FetchCacheEntry.etag,
+    FetchCacheEntry.last_modified,
+    FetchCacheEntry.fresh_until,
+    FetchCacheEntry.fetched_at,
+    Image.sha256,
+    Image.width,
+    Image.height,
+    Image.pdq,
+    Image.pdq_quality,
+    Image.phash,
+).join(Image, Image.id == FetchCacheEntry.image_id)
+_CACHED_IMAGE = _CACHED_COLUMNS.where(FetchCacheEntry.url_sha256 == bindparam("key"))
+_CACHED_IMAGES = _CACHED_COLUMNS.where(
+    FetchCacheEntry.url_sha256.in_(bindparam("keys", expanding=True))
 )
+CACHE_LOOKUP_CHUNK = 500
+"""URLs looked up per query by :func:`cached_images` (well under SQLite's variable limit)."""
+
+
+def _cached_from(row: Row[Any]) -> CachedImage:
+    hashes = _hashes_from(row.sha256, row.width, row.height, row.pdq, row.pdq_quality, row.phash)
+    return CachedImage(
+        row.url, row.etag, row.last_modified, hashes, row.fresh_until, row.fetched_at
+    )
 
 
 def cached_image(db: Session | Connection, url: str) -> CachedImage | None:
@@ -554,16 +600,28 @@ def cached_image(db: Session | Connection, url: str) -> CachedImage | None:
     row = db.execute(_CACHED_IMAGE, {"key": url_key(url)}).first()
     if row is None or row.url != url:
         return None
-    hashes = _hashes_from(row.sha256, row.width, row.height, row.pdq, row.pdq_quality, row.phash)
-    return CachedImage(row.url, row.etag, row.last_modified, hashes)
+    return _cached_from(row)
+
+
+def cached_images(db: Session | Connection, urls: Iterable[str]) -> dict[str, CachedImage]:
+    """:func:`cached_image` for many URLs in one query (a few for very many): by URL, only
+    those with an entry."""
+    keys = {url_key(u): u for u in urls}
+    found: dict[str, CachedImage] = {}
+    chunks = list(keys)
+    for i in range(0, len(chunks), CACHE_LOOKUP_CHUNK):
+        for row in db.execute(_CACHED_IMAGES, {"keys": chunks[i : i + CACHE_LOOKUP_CHUNK]}):
+            if keys.get(row.url_sha256) == row.url:
+                found[row.url] = _cached_from(row)
+    return found
 
 
 def remember_fetches(session: Session, fetched: Sequence[FetchedImage]) -> list[FetchedImage]:
     """Store (or replace) the cache entries of image URLs fetched whole.
 
     An entry needs its image row (written by :func:`record_images`); those whose image is not
-    stored yet are returned, to try again later. URLs without validators are forgotten: with
-    nothing to ask with, the next scan downloads them anyway.
+    stored yet are returned, to try again later. URLs with neither validators nor freshness
+    are forgotten: with nothing to ask with, the next scan downloads them anyway.
     """
     if not fetched:
         return []
@@ -578,11 +636,12 @@ def remember_fetches(session: Session, fetched: Sequence[FetchedImage]) -> list[
             "etag": (f.etag or None) and f.etag[:500],
             "last_modified": (f.last_modified or None) and f.last_modified[:100],
             "fetched_at": utcnow(),
+            "fresh_until": f.fresh_until,
         }
         for f in latest.values()
-        if f.sha256 in ids and (f.etag or f.last_modified)
+        if f.sha256 in ids and _cacheable(f)
     ]
-    stale = [url_key(f.url) for f in latest.values() if not (f.etag or f.last_modified)]
+    stale = [url_key(f.url) for f in latest.values() if not _cacheable(f)]
     if stale:
         session.execute(delete(FetchCacheEntry).where(FetchCacheEntry.url_sha256.in_(stale)))
     if rows:
@@ -608,10 +667,15 @@ def remember_fetches(session: Session, fetched: Sequence[FetchedImage]) -> list[
                 "etag": stmt.excluded.etag,
                 "last_modified": stmt.excluded.last_modified,
                 "fetched_at": stmt.excluded.fetched_at,
+                "fresh_until": stmt.excluded.fresh_until,
             },
         )
         session.execute(stmt, rows)
     return waiting
+
+
+def _cacheable(f: FetchedImage) -> bool:
+    return bool(f.etag or f.last_modified or f.fresh_until)
 
 
 def forget_fetch(session: Session, url: str) -> None:

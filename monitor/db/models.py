@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -82,6 +83,9 @@ class Subject(Base):
     # Possibly under 18: no evidence capture, nothing of an image beyond hashes and URL, and
     # cases point to a child-abuse hotline instead of the site (monitor/cases).
     minor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Opt-in: keep an encrypted copy of each found image in the case's evidence folder
+    # (monitor/cases/image_copies.py). Off by default; never on for a possible minor.
+    keep_image_copies: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     aliases: Mapped[list[Alias]] = relationship(
         back_populates="subject",
@@ -119,7 +123,7 @@ class Reference(Base):
     subject_id: Mapped[int] = mapped_column(
         ForeignKey("subjects.id", ondelete="CASCADE"), index=True
     )
-    origin: Mapped[str] = mapped_column(String(20))  # "photo" or "import"
+    origin: Mapped[str] = mapped_column(String(20))  # "photo", "video" or "import"
     # SHA-256 of the photo's bytes, so enrolling the same photo twice is a no-op.
     # Encrypted at rest with the reference key (monitor/secrets.py); reads give the hex digest.
     content_sha256: Mapped[str | None] = mapped_column(EncryptedText(REFERENCE_SHA256))
@@ -146,6 +150,8 @@ class ReferenceHash(Base):
     # Lowercase hex, encrypted at rest with the reference key (monitor/secrets.py).
     value: Mapped[str] = mapped_column(EncryptedText(REFERENCE_HASH))
     quality: Mapped[int | None] = mapped_column(Integer)
+    # For an enrolled video: seconds from its start of the frame hashed (None for a photo).
+    frame_offset: Mapped[float | None] = mapped_column(Float)
 
     reference: Mapped[Reference] = relationship(back_populates="hashes")
 
@@ -262,6 +268,10 @@ class Match(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # confirmed or dismissed
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last re-check
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # every place gone
+    # A video or animation: seconds into it of the frame that matched (None for a photo), and
+    # into the enrolled video of the reference frame it matched (None for a reference photo).
+    frame_offset: Mapped[float | None] = mapped_column(Float)
+    reference_offset: Mapped[float | None] = mapped_column(Float)
 
     image: Mapped[Image] = relationship()
     subject: Mapped[Subject] = relationship()
@@ -413,3 +423,6 @@ class FetchCacheEntry(Base):
     etag: Mapped[str | None] = mapped_column(String(500))
     last_modified: Mapped[str | None] = mapped_column(String(100))
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Until then the server said the image will not change (Cache-Control max-age / Expires,
+    # capped by [fetch] max_cache_age): reused without a request. NULL: ask again (0006).
+    fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
