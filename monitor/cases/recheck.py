@@ -34,11 +34,12 @@ from monitor.db.models import Image, Match, Scan, Sighting, SightingState, Subje
 from monitor.errors import FetchError, MonitorError, NotAnImageError
 from monitor.extract import charset_from_content_type, extract_images
 from monitor.fetch import BadStatusError, Fetcher
-from monitor.hashing import compute_hashes, hamming
+from monitor.hashing import hamming
 from monitor.leases import ScanInProgress, scan_lease
 from monitor.matching import thresholds_from_config
 from monitor.store import image_hashes
 from monitor.types import ImageHashes
+from monitor.video import hash_media
 
 __all__ = [
     "CheckResult",
@@ -103,7 +104,9 @@ async def _image_state(
     fetcher: Fetcher, url: str, known: ImageHashes, thresholds: dict[str, int]
 ) -> CheckResult:
     try:
-        res = await fetcher.fetch_image(url)
+        # fetch_video also takes images: a case may be a video or an animation, whose matching
+        # frame need not be the first one.
+        res = await fetcher.fetch_video(url)
     except BadStatusError as exc:
         if exc.status in GONE_STATUSES:
             return CheckResult("gone", f"the image answers HTTP {exc.status}")
@@ -113,12 +116,13 @@ async def _image_state(
     body = res.body
     del res
     try:
-        found = await asyncio.to_thread(compute_hashes, body)
+        media = await asyncio.to_thread(hash_media, body)
     except NotAnImageError as exc:
         return CheckResult("changed", f"the address no longer holds an image ({exc})")
     finally:
         del body
-    if _same_image(found, known, thresholds):
+    candidates = [media.still, *(f.hashes for f in media.frames)]
+    if any(_same_image(found, known, thresholds) for found in candidates):
         return CheckResult("online", "the image is still there")
     return CheckResult("changed", "the image at this address no longer matches")
 
