@@ -16,63 +16,20 @@ and the bytes downloaded by each.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
-import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # Only what the hashing workers need at the top (they re-import this file as __mp_main__).
-from benchmarks.scan_throughput import base_photos, image_bytes  # noqa: E402
-
-NAME = "Bench Rescan"
-
+from benchmarks.scan_throughput import NAME, start_world  # noqa: E402
 
 CACHE_CONTROL = "public, max-age=2592000"
 
 
-def serve(conn, n_images: int, n_pages: int, cache_control: bool) -> None:  # a child process
-    from monitor.testing.searxng import FakeSearxng
-    from monitor.testing.web import LoopbackWeb, Response
-
-    bases = base_photos()
-    web = LoopbackWeb().start()
-    per_page = n_images // n_pages
-    fake = FakeSearxng(results_per_page=n_pages)
-    results = []
-    for p in range(n_pages):
-        imgs = "".join(f'<img src="/img/{p * per_page + k}.jpg" alt="">' for k in range(per_page))
-        web.add(f"/page/{p}.html", f"<html><body><h1>{p}</h1>{imgs}</body></html>")
-        results.append({"url": web.url(f"/page/{p}.html"), "title": f"page {p}", "engine": "bench"})
-    fake.add_results(f'"{NAME}"', "general", results)
-    fake.install(web)
-    web.add("/robots.txt", "User-agent: *\nAllow: /\n", "text/plain")
-
-    def image(req):
-        i = int(req.path.rsplit("/", 1)[1].split(".")[0])
-        headers = {"ETag": f'"img-{i}-v1"'}
-        if cache_control:
-            headers["Cache-Control"] = CACHE_CONTROL
-        if req.headers.get("if-none-match") == headers["ETag"]:
-            return Response(304, b"", "image/jpeg", headers)
-        return Response(200, image_bytes(bases, i), "image/jpeg", headers)
-
-    for i in range(n_images):
-        web.route(f"/img/{i}.jpg", image)
-    conn.send(web.base_url)
-    conn.recv()  # wait until told to stop
-    web.stop()
-
-
 def main() -> int:
-    from monitor import store
-    from monitor.config import Settings
-    from monitor.db import Database
-    from monitor.enrol import enrol_images
     from monitor.pipeline import hashing_pool, scan_subject
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,28 +42,13 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(
-        target=serve, args=(child, args.images, args.pages, not args.no_cache_control), daemon=True
+    parent, server, settings, db, _ = start_world(
+        args.images,
+        args.pages,
+        "bench-rescan-",
+        etag=True,
+        cache_control="" if args.no_cache_control else CACHE_CONTROL,
     )
-    server.start()
-    base_url = parent.recv()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-rescan-"))
-    settings = Settings(
-        data_dir=tmp,
-        search={"backends": [{"kind": "searxng", "url": base_url}], "max_queries_per_scan": 2},
-        fetch={"allow_private_networks": True, "max_pages_per_scan": args.pages + 10},
-        mail={"outbox_dir": str(tmp / "outbox")},
-        cases={"capture_evidence": False},
-    )
-    db = Database(settings.database_url)
-    bases = base_photos()
-    with db.session() as s:
-        subject = store.add_subject(s, NAME, interval=timedelta(days=1))
-        report = enrol_images(s, subject, [("ref", bases[0])])
-        assert report.enrolled == 1, report
-    del bases
     with hashing_pool() as pool:
         list(pool.map(int, range(4)))  # start the workers before timing
         t0 = time.perf_counter()

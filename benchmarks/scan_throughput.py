@@ -68,15 +68,17 @@ def image_bytes(bases: list[bytes], i: int) -> bytes:
     return bases[i % len(bases)] + f"bench-{i}".encode()
 
 
-def serve(conn, n_images: int, n_pages: int) -> None:  # runs in a child process
+def serve(
+    conn, n_images: int, n_pages: int, etag: bool = False, cache_control: str = ""
+) -> None:  # runs in a child process
+    """The loopback web; images get an ETag (answered with 304) and a Cache-Control if asked."""
     from monitor.testing.searxng import FakeSearxng
     from monitor.testing.web import LoopbackWeb, Response
 
     bases = base_photos()
     web = LoopbackWeb().start()
     per_page = n_images // n_pages
-    fake = FakeSearxng()
-    fake.results_per_page = n_pages
+    fake = FakeSearxng(results_per_page=n_pages)
     results = []
     for p in range(n_pages):
         imgs = "".join(f'<img src="/img/{p * per_page + k}.jpg" alt="">' for k in range(per_page))
@@ -88,13 +90,53 @@ def serve(conn, n_images: int, n_pages: int) -> None:  # runs in a child process
 
     def image(req):
         i = int(req.path.rsplit("/", 1)[1].split(".")[0])
-        return Response(200, image_bytes(bases, i), "image/jpeg")
+        headers = {"ETag": f'"img-{i}-v1"'} if etag else {}
+        if cache_control:
+            headers["Cache-Control"] = cache_control
+        if etag and req.headers.get("if-none-match") == headers["ETag"]:
+            return Response(304, b"", "image/jpeg", headers)
+        return Response(200, image_bytes(bases, i), "image/jpeg", headers)
 
     for i in range(n_images):
         web.route(f"/img/{i}.jpg", image)
     conn.send(web.base_url)
     conn.recv()  # wait until told to stop
     web.stop()
+
+
+def start_world(n_images: int, n_pages: int, prefix: str, **serve_options):  # noqa: ANN201
+    """Start the loopback web in a child process and a database with the subject enrolled.
+
+    Returns (pipe to stop the web, the web's process, settings, database, number of distinct
+    base photos). Base 0 is the reference and reappears every that many images."""
+    from monitor import store
+    from monitor.config import Settings
+    from monitor.db import Database
+    from monitor.enrol import enrol_images
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(
+        target=serve, args=(child, n_images, n_pages), kwargs=serve_options, daemon=True
+    )
+    server.start()
+    base_url = parent.recv()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    settings = Settings(
+        data_dir=tmp,
+        search={"backends": [{"kind": "searxng", "url": base_url}], "max_queries_per_scan": 2},
+        fetch={"allow_private_networks": True, "max_pages_per_scan": n_pages + 10},
+        mail={"outbox_dir": str(tmp / "outbox")},
+        # Evidence capture (a browser per scan) is timed by its own tests, not here.
+        cases={"capture_evidence": False},
+    )
+    db = Database(settings.database_url)
+    bases = base_photos()
+    with db.session() as s:
+        subject = store.add_subject(s, NAME, interval=timedelta(days=1))
+        report = enrol_images(s, subject, [("ref", bases[0])])
+        assert report.enrolled == 1, report
+    return parent, server, settings, db, len(bases)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -171,10 +213,6 @@ def peak_rss(pids: list[int]) -> int:
 
 
 def main() -> int:
-    from monitor import store
-    from monitor.config import Settings
-    from monitor.db import Database
-    from monitor.enrol import enrol_images
     from monitor.pipeline import hashing_pool, scan_subject
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -183,30 +221,8 @@ def main() -> int:
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the scan to FILE")
     args = ap.parse_args()
 
-    parent, child = multiprocessing.get_context("spawn").Pipe()
-    server = multiprocessing.get_context("spawn").Process(
-        target=serve, args=(child, args.images, args.pages), daemon=True
-    )
-    server.start()
-    base_url = parent.recv()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-scan-"))
-    settings = Settings(
-        data_dir=tmp,
-        search={"backends": [{"kind": "searxng", "url": base_url}], "max_queries_per_scan": 2},
-        fetch={"allow_private_networks": True, "max_pages_per_scan": args.pages + 10},
-        mail={"outbox_dir": str(tmp / "outbox")},
-        # Evidence capture (a browser per scan) is timed by its own tests, not here.
-        cases={"capture_evidence": False},
-    )
-    db = Database(settings.database_url)
-    bases = base_photos()
-    with db.session() as s:
-        subject = store.add_subject(s, NAME, interval=timedelta(days=1))
-        # Base 0 reappears every len(bases) images, so the scan records real matches too.
-        report = enrol_images(s, subject, [("ref", bases[0])])
-        assert report.enrolled == 1, report
-    expected_matches = len(range(0, args.images, len(bases)))
-    del bases
+    parent, server, settings, db, n_bases = start_world(args.images, args.pages, "bench-scan-")
+    expected_matches = len(range(0, args.images, n_bases))
     with hashing_pool() as pool:
         list(pool.map(int, range(4)))  # start the workers before timing
         scanner = [os.getpid(), *(p.pid for p in pool._processes.values())]  # type: ignore[attr-defined]
