@@ -34,6 +34,7 @@ from monitor.db.models import (
 from monitor.errors import MonitorError, SubjectNotFound
 from monitor.matching import ReferenceHashRecord
 from monitor.types import HashValue, ImageHashes, MatchResult, SearchHit
+from monitor.types import iso_utc as _iso
 
 
 class SubjectExists(MonitorError):
@@ -502,10 +503,6 @@ def list_matches(session: Session, subject_name: str | None = None) -> list[Matc
         )
         for name, sighting, match, sha in session.execute(stmt)
     ]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 # ---------------------------------------------------------------- monitoring health

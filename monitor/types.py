@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 class ResultKind(enum.StrEnum):
@@ -97,3 +98,8 @@ class MatchResult:
     algorithm: str
     distance: int
     threshold: int
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """A UTC datetime as ISO 8601 with a ``Z`` (what ``--json`` output uses), or None."""
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None

@@ -25,6 +25,7 @@ from monitor.cases.core import add_event, evidence_files, sighting_states
 from monitor.config import Settings
 from monitor.db import Database
 from monitor.db.models import Image, Match, Sighting, SightingState, Subject, utcnow
+from monitor.types import iso_utc as _iso
 
 __all__ = ["MAX_ATTEMPTS", "CaptureReport", "capture_pending", "evidence_key"]
 
@@ -133,10 +134,6 @@ async def _capture_one(
         except Exception as exc:
             problems.append(f"screenshot: {_reason(exc)}")
     return files, problems
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def _reason(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from monitor.db.models import (
     utcnow,
 )
 from monitor.errors import MonitorError
+from monitor.types import iso_utc as _iso
 
 __all__ = [
     "OPEN_STATES",
@@ -80,10 +81,6 @@ class CaseNotFound(MonitorError):
 
 class CaseStateError(MonitorError):
     """The action does not fit the case's state (e.g. a notice for a dismissed case)."""
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def get_case(session: Session, case_id: int) -> Match:
