@@ -2,9 +2,10 @@
 
 A :class:`ReferenceIndex` holds one subject's reference hashes per algorithm, packed into
 ``uint64`` words stored column by column, and finds the nearest reference of a found image by
-Hamming distance with numpy (XOR, then a population count) -- a brute-force scan: a million
-PDQ hashes take a few milliseconds per query (``benchmarks/match_speed.py``), and a person
-enrols tens to hundreds of photos, each with a few dozen variants.
+Hamming distance with numpy (XOR, then a population count) -- an exact brute-force scan that
+drops a row once its first two words are already beyond the threshold: a million PDQ hashes
+take about 2 ms per query on one core (``benchmarks/match_speed.py``), and a person enrols
+tens to hundreds of photos, each with a few dozen variants.
 
 Variants. A stored hash named ``pdq.mirror`` or ``pdq.crop20tl`` is a variant of a reference
 (:func:`monitor.hashing.reference_variants`); a found image's ``pdq.region`` is the hash of its
@@ -114,11 +115,24 @@ def _pack(value: str, bits: int) -> np.ndarray:
     return np.frombuffer(bytes.fromhex(value.rjust(width, "0")), dtype=">u8").astype(np.uint64)
 
 
+# Words of a hash scanned over every row before rows are pruned (see :meth:`_Table.within`);
+# at most 3 (their distance is summed in bytes).
+_HEAD_WORDS = 2
+
+
+def _count_into(words: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Set bits of each ``uint64`` in ``words`` into ``out`` (``uint8``)."""
+    if _NATIVE:
+        return np.bitwise_count(words, out=out)
+    return np.sum(_BYTE_POPCOUNT[words.view(np.uint8)].reshape(-1, 8), axis=1, out=out)
+
+
 class _Table:
     """All reference hashes of one base algorithm, originals and variants.
 
     Words are stored column by column (one contiguous ``uint64`` array per 64 bits), so a query
-    is a few passes of XOR and population count over contiguous memory.
+    is a few passes of XOR and population count over contiguous memory. The scratch buffers
+    are reused by every query: a table is not for concurrent use by several threads.
     """
 
     def __init__(
@@ -133,15 +147,20 @@ class _Table:
         self.bits = bits
         self.offsets = offsets if offsets is not None else [None] * len(ids)
         self.ids = np.asarray(ids, dtype=np.int64)
-        words = np.stack([_pack(v, bits) for v in values])
+        width = -(-bits // 64) * 16  # hex digits in whole words (left-padded, as in _pack)
+        raw = bytes.fromhex("".join(v.rjust(width, "0") for v in values))
+        words = np.frombuffer(raw, dtype=">u8").reshape(len(values), -1).astype(np.uint64)
         self.columns = [np.ascontiguousarray(words[:, i]) for i in range(words.shape[1])]
         self.thresholds = np.asarray(thresholds, dtype=np.int32)
         self.uniform = (
             int(self.thresholds[0]) if (self.thresholds == self.thresholds[0]).all() else None
         )
+        self.max_threshold = int(self.thresholds.max())
         self.tags = tags
         self.variant = np.asarray([VARIANT_SEPARATOR in t for t in tags], dtype=bool)
         self._scratch = np.empty(len(ids), dtype=np.uint64)
+        self._count = np.empty(len(ids), dtype=np.uint8)
+        self._head = np.empty(len(ids), dtype=np.uint8)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -151,27 +170,57 @@ class _Table:
 
         Memory-bound: per 64-bit column one XOR pass and one population count into a byte
         array; up to three columns (192 bits) are summed in bytes, the rest in ``uint16``."""
-        query = _pack(value.lower(), self.bits)
-        tmp, count = self._scratch, np.empty(len(self.ids), dtype=np.uint8)
+        return self._distances(_pack(value.lower(), self.bits))
+
+    def _distances(self, query: np.ndarray) -> np.ndarray:
+        tmp, count = self._scratch, self._count
         acc8 = np.zeros(len(self.ids), dtype=np.uint8)
         acc: np.ndarray | None = None
         for k, (column, word) in enumerate(zip(self.columns, query, strict=True)):
             np.bitwise_xor(column, word, out=tmp)
-            if _NATIVE:
-                np.bitwise_count(tmp, out=count)
-            else:
-                count[:] = _BYTE_POPCOUNT[tmp.view(np.uint8)].reshape(-1, 8).sum(axis=1)
+            np.add(acc8, _count_into(tmp, count), out=acc8)
             if k % 3 == 2 or k == len(self.columns) - 1:
-                acc8 += count
                 if acc is None:
                     acc = acc8.astype(np.uint16)
                 else:
                     acc += acc8
                 acc8[:] = 0
-            else:
-                acc8 += count
         assert acc is not None
         return acc
+
+    def within(self, value: str, bound: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows within ``bound`` of ``value`` (ascending) and their distances (``uint16``).
+
+        Exact, and faster than :meth:`distances` when few rows are near: the first
+        ``_HEAD_WORDS`` words are scanned over every row, and a row whose distance on them
+        already exceeds ``bound`` is dropped (a distance only grows with more words); the
+        remaining words are read for the rows left, pruning again after each word. Random
+        PDQ hashes differ in about 64 of their first 128 bits, so at a threshold of 52 about
+        2% of the rows are left after the first pass and none after the third word."""
+        query = _pack(value.lower(), self.bits)
+        head = min(_HEAD_WORDS, 3, len(self.columns))
+        if bound >= 64 * head:  # pruning cannot pay
+            full = self._distances(query)
+            rows = np.flatnonzero(full <= bound)
+            return rows, full[rows]
+        tmp, count, acc = self._scratch, self._count, self._head
+        np.bitwise_xor(self.columns[0], query[0], out=tmp)
+        _count_into(tmp, acc)
+        for k in range(1, head):
+            np.bitwise_xor(self.columns[k], query[k], out=tmp)
+            np.add(acc, _count_into(tmp, count), out=acc)
+        rows = np.flatnonzero(acc <= bound)
+        dist = acc[rows].astype(np.uint16)
+        for k in range(head, len(self.columns)):
+            if rows.size == 0:
+                break
+            words = self.columns[k][rows]
+            np.bitwise_xor(words, query[k], out=words)
+            dist += _count_into(words, np.empty(rows.size, dtype=np.uint8))
+            keep = dist <= bound
+            if not keep.all():
+                rows, dist = rows[keep], dist[keep]
+        return rows, dist
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,17 +344,27 @@ class ReferenceIndex:
         return found
 
     @staticmethod
-    def _limits(table: _Table, found_name: str, query_threshold: int) -> int | np.ndarray:
-        """The threshold of each row for one hash of a found image: a variant's own threshold
-        (a reference variant's, or the found image's region's); the smaller where both are
-        variants; the base algorithm's where neither is."""
+    def _limits(
+        table: _Table, found_name: str, query_threshold: int, rows: np.ndarray
+    ) -> int | np.ndarray:
+        """The threshold of each of ``rows`` for one hash of a found image: a variant's own
+        threshold (a reference variant's, or the found image's region's); the smaller where
+        both are variants; the base algorithm's where neither is."""
         if VARIANT_SEPARATOR not in found_name:  # the whole found image: the rows' thresholds
-            return table.uniform if table.uniform is not None else table.thresholds
+            return table.uniform if table.uniform is not None else table.thresholds[rows]
         if not table.variant.any():
             return query_threshold
         return np.where(
-            table.variant, np.minimum(table.thresholds, query_threshold), query_threshold
-        )
+            table.variant[rows], np.minimum(table.thresholds[rows], query_threshold),
+            query_threshold,
+        )  # fmt: skip
+
+    @staticmethod
+    def _bound(table: _Table, found_name: str, query_threshold: int) -> int:
+        """The largest of :meth:`_limits` over all rows (or more): no row beyond it matches."""
+        if VARIANT_SEPARATOR not in found_name:
+            return table.max_threshold
+        return query_threshold
 
     def match_detail(self, hashes: ImageHashes) -> MatchDetail | None:
         """Like :meth:`match`, with the names of the two hashes that matched."""
@@ -314,22 +373,23 @@ class ReferenceIndex:
             return None  # a flat or blank image: its hashes say nothing about content
         best: tuple[float, int, int, MatchDetail] | None = None
         for found_name, value, table, query_threshold in self._queries(hashes):
-            distances = table.distances(value)
-            limit = self._limits(table, found_name, query_threshold)
-            hits = np.flatnonzero(distances <= limit)
-            if hits.size == 0:
+            rows, distances = table.within(value, self._bound(table, found_name, query_threshold))
+            limit = self._limits(table, found_name, query_threshold, rows)
+            ok = distances <= limit
+            if not ok.any():
                 continue
-            limits = limit[hits] if isinstance(limit, np.ndarray) else np.full(hits.size, limit)
-            d = distances[hits].astype(np.float64)
+            hits = rows[ok]
+            limits = limit[ok] if isinstance(limit, np.ndarray) else np.full(hits.size, limit)
+            d = distances[ok].astype(np.float64)
             ratio = np.divide(d, limits, out=np.zeros_like(d), where=limits > 0)
-            i = int(hits[np.lexsort((hits, d, ratio))[0]])
+            j = int(np.lexsort((hits, d, ratio))[0])  # then the first row: originals, lowest id
+            i, distance, threshold = int(hits[j]), int(d[j]), int(limits[j])
             base = base_algorithm(found_name)
-            threshold = int(limit[i] if isinstance(limit, np.ndarray) else limit)
-            result = MatchResult(int(table.ids[i]), base, int(distances[i]), threshold)
+            result = MatchResult(int(table.ids[i]), base, distance, threshold)
             key = (
-                float(distances[i]) / threshold if threshold else 0.0,
+                float(distance) / threshold if threshold else 0.0,
                 self._rank[base],
-                int(distances[i]),
+                distance,
                 MatchDetail(result, found_name, table.tags[i], table.offsets[i]),
             )
             if best is None or key[:3] < best[:3]:

@@ -164,6 +164,191 @@ def test_popcount_lookup_table_agrees_with_numpy() -> None:
         assert matching._popcount_rows_native(words).tolist() == expected
 
 
+# ------------------------------------------- the pruned scan against brute force
+
+
+def _pair_limit(found: str, found_threshold: int, reference: str, reference_threshold: int) -> int:
+    """The documented threshold of a pair: its variant side's (a found content box's, a
+    reference variant's), the smaller where both are variants, the base's where neither is
+    (then the reference's threshold is the base's)."""
+    if "." not in found:
+        return reference_threshold
+    if "." in reference:
+        return min(reference_threshold, found_threshold)
+    return found_threshold
+
+
+def _brute_detail(
+    records: list[ReferenceHashRecord],
+    thresholds: dict[str, int],
+    hashes: ImageHashes,
+    min_quality: int,
+) -> tuple[matching.MatchDetail | None, dict[str, tuple[int, int]], int]:
+    """What match_detail and nearest promise, pair by pair in plain Python: a pair is judged
+    by its variant side's threshold (the smaller where both are variants, the base's where
+    neither is); the smallest distance/threshold ratio wins, then the smaller distance, then
+    originals before variants, then the lowest reference id, then the order given; across a
+    found image's hashes the first wins ties unless PDQ comes later. Also returns how many
+    found hashes had a tie for their best pair (so the test knows ties were exercised)."""
+    rank = {alg.name: i for i, alg in enumerate(matching.algorithms())}
+    pdq = hashes.get("pdq")
+    low = pdq is not None and pdq.quality is not None and pdq.quality < min_quality
+    best, nearest, ties = None, {}, 0
+    for hv in hashes.hashes:
+        base = matching.base_algorithm(hv.algorithm)
+        qt = matching.threshold_for(hv.algorithm, thresholds)
+        if qt is None or qt < 0:
+            continue
+        if "." in hv.algorithm and hv.quality is not None and hv.quality < min_quality:
+            continue
+        rows = []
+        for rec in records:
+            rt = matching.threshold_for(rec.algorithm, thresholds)
+            if matching.base_algorithm(rec.algorithm) == base and rt is not None and rt >= 0:
+                rows.append((rec, rt))
+        rows.sort(key=lambda r: (r[0].algorithm != base, r[0].reference_id))  # stable
+        if not rows:
+            continue
+        q = int(hv.value, 16)
+        dist = [(q ^ int(rec.value, 16)).bit_count() for rec, _ in rows]
+        near = min(range(len(rows)), key=lambda i: (dist[i], i))
+        if base not in nearest or dist[near] < nearest[base][1]:
+            nearest[base] = (rows[near][0].reference_id, dist[near])
+        hits = []
+        for i, ((rec, rt), d) in enumerate(zip(rows, dist, strict=True)):
+            limit = _pair_limit(hv.algorithm, qt, rec.algorithm, rt)
+            if d <= limit:
+                hits.append(((d / limit if limit else 0.0, d), i, limit))
+        if not hits or low:
+            continue
+        (ratio, d), i, limit = min(hits)
+        ties += sum(1 for key, _, _ in hits if key == (ratio, d)) > 1
+        rec = rows[i][0]
+        result = MatchResult(rec.reference_id, base, d, limit)
+        detail = matching.MatchDetail(result, hv.algorithm, rec.algorithm, rec.offset)
+        key = (ratio, rank[base], d)
+        if best is None or key < best[0]:
+            best = (key, detail)
+    return (best[1] if best else None), nearest, ties
+
+
+def _random_world(seed: int) -> tuple[list[ReferenceHashRecord], list[ImageHashes]]:
+    """References near a few base hashes (originals, variants, exact duplicates under other
+    ids, frames with offsets) among many unrelated ones, and found images near the bases."""
+    gen = np.random.default_rng(seed)
+
+    def rand(bits: int) -> int:
+        return int.from_bytes(gen.integers(0, 256, bits // 8, dtype=np.uint8).tobytes())
+
+    def near(value: int, bits: int, n: int) -> str:
+        for b in gen.choice(bits, n, replace=False):
+            value ^= 1 << int(b)
+        return format(value, f"0{bits // 4}x")
+
+    bases = [(rand(256), rand(64)) for _ in range(5)]
+    tags = ["pdq", "pdq", "pdq.mirror", "pdq.crop20tl", "pdq.rot90"]
+    records = []
+    for ref_id in range(1, 60):
+        pdq, phash = bases[int(gen.integers(len(bases)))]
+        tag = tags[int(gen.integers(len(tags)))]
+        offset = float(ref_id) if ref_id % 7 == 0 else None
+        records.append(ReferenceHashRecord(ref_id, tag, near(pdq, 256, int(gen.integers(70))),
+                                           offset))  # fmt: skip
+        records.append(ReferenceHashRecord(ref_id, "phash", near(phash, 64, int(gen.integers(16)))))
+    for rec in records[:30:3]:  # the same hash again under another id and kind: ties
+        records.append(ReferenceHashRecord(rec.reference_id + 100, rec.algorithm, rec.value))
+        if rec.algorithm.startswith("pdq"):
+            records.append(ReferenceHashRecord(rec.reference_id + 200, "pdq.mirror", rec.value))
+    records += [ReferenceHashRecord(1000 + i, "pdq", near(rand(256), 256, 0)) for i in range(1500)]
+    gen.shuffle(records)
+    found = []
+    for _ in range(80):
+        pdq, phash = bases[int(gen.integers(len(bases)))]
+        hashes = [
+            HashValue("pdq", near(pdq, 256, int(gen.integers(80))), int(gen.integers(30, 100)))
+        ]
+        if gen.random() < 0.6:
+            region = near(pdq, 256, int(gen.integers(80)))
+            hashes.append(HashValue("pdq.region", region, int(gen.integers(0, 100))))
+        if gen.random() < 0.5:
+            hashes.append(HashValue("phash", near(phash, 64, int(gen.integers(20)))))
+        gen.shuffle(hashes)
+        found.append(ImageHashes("0" * 64, 10, 10, tuple(hashes)))
+    return records, found
+
+
+def _at_the_thresholds(
+    records: list[ReferenceHashRecord], thresholds: dict[str, int]
+) -> list[ImageHashes]:
+    """Found images (whole, or a content box) exactly at, one inside and one beyond the
+    threshold of a pair with one of the references."""
+    out = []
+    for rec in [r for r in records if r.algorithm.startswith("pdq")][:40:4]:
+        rt = matching.threshold_for(rec.algorithm, thresholds)
+        for found_name in ("pdq", "pdq.region"):
+            qt = matching.threshold_for(found_name, thresholds)
+            limit = _pair_limit(found_name, qt, rec.algorithm, rt)
+            for n in (limit - 1, limit, limit + 1):
+                if not 0 <= n <= 256:
+                    continue
+                value = flip(rec.value, n)
+                hashes = [HashValue(found_name, value, 90)]
+                if found_name != "pdq":  # a whole image far from everything, and its box
+                    hashes.insert(0, HashValue("pdq", flip(rec.value, 200), 90))
+                out.append(ImageHashes("0" * 64, 10, 10, tuple(hashes)))
+    return out
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bitwise_count", "lookup-table"])
+@pytest.mark.parametrize(
+    "thresholds",
+    [
+        {"pdq": 31, "phash": 10},
+        {"pdq": 52, "pdq.*": 52, "pdq.region": 52, "phash": 10},
+        {"pdq": 45, "pdq.*": 38, "pdq.mirror": 60, "pdq.region": 50, "phash": 6},
+        {"pdq": 40, "pdq.*": -1, "pdq.region": -1, "phash": 12},
+        {"pdq": 130, "pdq.region": 140, "phash": 40},  # beyond what pruning can use
+    ],
+)
+def test_pruned_scan_agrees_with_brute_force(
+    thresholds: dict[str, int], native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if native and not hasattr(np, "bitwise_count"):
+        pytest.skip("numpy < 2 has no bitwise_count")
+    monkeypatch.setattr(matching, "_NATIVE", native)
+    records, found = _random_world(seed=len(thresholds) * 7 + thresholds["pdq"])
+    found += _at_the_thresholds(records, thresholds)
+    index = ReferenceIndex(records, thresholds, min_quality=50)
+    matched = ties = 0
+    expected_details = []
+    for hashes in found:
+        expected, nearest, tied = _brute_detail(records, thresholds, hashes, min_quality=50)
+        expected_details.append(expected)
+        assert index.match_detail(hashes) == expected, hashes
+        assert index.nearest(hashes) == nearest
+        matched += expected is not None
+        ties += tied
+    assert matched >= 10 and matched < len(found)  # both outcomes were exercised
+    if thresholds["pdq"] < 100:
+        assert ties >= 3  # and ties between rows were broken by the documented order
+
+    frames = [(float(i), hashes) for i, hashes in enumerate(found[:12])]
+    scored = [
+        ((d.result.distance / d.result.threshold if d.result.threshold else 0.0,
+          d.result.algorithm != "pdq", d.result.distance), i, d)
+        for i, d in enumerate(expected_details[:12]) if d is not None
+    ]  # fmt: skip
+    best = min(scored, key=lambda s: (s[0], s[1])) if scored else None
+    got = index.match_frames(frames)
+    if best is None:
+        assert got is None
+    else:
+        assert got is not None and got.frame_offset == float(best[1])
+        assert (got.result, got.found, got.reference) == (
+            best[2].result, best[2].found, best[2].reference,
+        )  # fmt: skip
+
+
 # ---------------------------------------------------------------- real photos
 
 
