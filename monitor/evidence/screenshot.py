@@ -11,10 +11,21 @@ How it is taken:
   user-data-dir (deleted when the browser closes), and every capture runs in a fresh
   off-the-record browser context: no cookies, no logins, and the HTTP cache is kept in memory,
   so the browser writes no image to disk.
-* Unless ``allow_private_networks``, every request the page makes is checked first: a host
-  that resolves to a private, loopback, link-local or reserved address is refused, as in
-  :mod:`monitor.fetch`. (Chromium resolves again when it connects; a host that changes its
-  answer in between is not caught. The fetcher's guard has no such gap.)
+* Unless ``allow_private_networks``, the browser reaches the network only through a
+  :class:`~monitor.evidence.proxy.GuardProxy` on loopback (``--proxy-server``, loopback not
+  bypassed, Chromium's own name resolution switched off with ``--host-resolver-rules``, WebRTC
+  kept off UDP). The proxy resolves each host once, refuses private, loopback, link-local and
+  reserved addresses and connects to the very address it checked, with the fetcher's
+  :class:`~monitor.fetch.GuardedNetworkBackend`: the check applies to the address connected
+  to, for the page, every image, script and frame, every redirect hop and WebSockets, so a
+  name that answers a public address to the check and a private one afterwards (DNS rebinding)
+  reaches nothing. HTTPS is tunnelled (Chromium checks the certificate against the name).
+  Requests other than GET and HEAD are aborted: a screenshot only reads.
+
+  Why a proxy: fulfilling each request from Python (``route.fulfill``) was tried and rejected,
+  because Chromium follows a fulfilled redirect without asking the route again (the next hop
+  would go out unchecked, or, with name resolution off, fail), and ``--host-resolver-rules``
+  alone is fixed at launch while the hosts a page uses are not known in advance.
 * After the ``load`` event (and a short wait for the network to go quiet), every image is
   blurred with a CSS ``filter: blur()`` stronger for larger images: ``img``, ``picture``,
   ``video``, ``canvas``, ``svg image``, ``iframe``/``embed``/``object``, ``input type=image``
@@ -41,7 +52,7 @@ import hashlib
 import io
 import ipaddress
 import os
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +64,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 import monitor
 from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
+from monitor.evidence.proxy import GuardProxy
 from monitor.evidence.store import write_new_file
 from monitor.fetch import AddressPredicate, Resolver, is_blocked_address, system_resolver
 
@@ -166,6 +178,21 @@ def chromium_path() -> str | None:
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def guard_args(proxy_port: int) -> list[str]:
+    """Chromium flags that send every connection through the guard proxy on ``proxy_port``:
+    loopback included (``<-loopback>``), names never resolved by Chromium itself (only the
+    proxy's address is), WebRTC never on UDP outside the proxy."""
+    return [
+        f"--proxy-server=http://127.0.0.1:{proxy_port}",
+        "--proxy-bypass-list=<-loopback>",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class ScreenshotInfo:
     """A screenshot written: where, of what, when (UTC), its size, SHA-256, which browser."""
@@ -192,8 +219,10 @@ class Screenshotter:
 
     ``timeout`` bounds starting the browser and each whole capture (load, blur, shot), in
     seconds. ``allow_private_networks`` lets pages on private or loopback addresses load (tests
-    and the demo). ``resolver``/``is_blocked`` replace the system resolver and the address rule
-    as in :class:`monitor.fetch.Fetcher`.
+    and the demo); the browser then connects by itself, with no proxy. ``resolver``/
+    ``is_blocked`` replace the system resolver and the address rule as in
+    :class:`monitor.fetch.Fetcher`; the guard proxy uses them for every connection.
+    ``max_connection_bytes`` bounds what one connection may bring from a server.
     """
 
     def __init__(
@@ -206,6 +235,7 @@ class Screenshotter:
         executable_path: str | None = None,
         resolver: Resolver | None = None,
         is_blocked: AddressPredicate | None = None,
+        max_connection_bytes: int = 50_000_000,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -217,6 +247,8 @@ class Screenshotter:
             is_blocked = is_blocked_address
         self._is_blocked = is_blocked
         self._resolver = resolver or system_resolver
+        self.max_connection_bytes = max_connection_bytes
+        self._proxy: GuardProxy | None = None
         self._playwright: Any = None
         self._browser: Any = None
         self.browser_version = ""
@@ -249,10 +281,20 @@ class Screenshotter:
             raise ScreenshotError("Playwright is not installed: pip install playwright") from None
         try:
             async with asyncio.timeout(self.timeout):
+                args = list(CHROMIUM_ARGS)
+                if self._is_blocked is not None:
+                    self._proxy = GuardProxy(
+                        self._is_blocked,
+                        self._resolver,
+                        connect_timeout=min(self.timeout, 20.0),
+                        idle_timeout=self.timeout,
+                        max_bytes=self.max_connection_bytes,
+                    )
+                    args += guard_args(await self._proxy.start())
                 self._playwright = await async_playwright().start()
                 self._browser = await self._playwright.chromium.launch(
                     executable_path=executable,
-                    args=list(CHROMIUM_ARGS),
+                    args=args,
                     timeout=self.timeout * 1000,
                 )
         except TimeoutError:
@@ -271,12 +313,15 @@ class Screenshotter:
         """Close the browser and Playwright."""
         browser, self._browser = self._browser, None
         pw, self._playwright = self._playwright, None
+        proxy, self._proxy = self._proxy, None
         if browser is not None:
             with contextlib.suppress(Exception):  # already gone
                 await browser.close()
         if pw is not None:
             with contextlib.suppress(Exception):
                 await pw.stop()
+        if proxy is not None:
+            await proxy.close()
 
     async def capture(
         self,
@@ -305,6 +350,7 @@ class Screenshotter:
         await self._check_host(url, parts.hostname, parts.port or _default_port(parts.scheme))
         if self._browser is None:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
+        started = time.monotonic()
 
         context = await self._browser.new_context(
             viewport={"width": self.viewport[0], "height": self.viewport[1]},
@@ -313,14 +359,18 @@ class Screenshotter:
         )
         try:
             async with asyncio.timeout(timeout):
-                png, final_url, blurred, captured_at = await self._shoot(context, url, timeout)
+                png, final_url, blurred, captured_at = await self._shoot(
+                    context, url, timeout, started
+                )
         except TimeoutError:
             raise ScreenshotError(
                 f"{url}: gave up after {timeout:g} s (the page did not finish loading)"
             ) from None
-        except ScreenshotError:
-            raise
+        except ScreenshotError as exc:
+            raise self._refused(url, started) or exc from None
         except Exception as exc:
+            if refused := self._refused(url, started):
+                raise refused from exc
             if type(exc).__name__ == "TimeoutError":  # Playwright's own
                 raise ScreenshotError(
                     f"{url}: gave up after {timeout:g} s ({_first_line(exc)})"
@@ -365,15 +415,19 @@ class Screenshotter:
     # --- internals --------------------------------------------------------------------------
 
     async def _shoot(
-        self, context: Any, url: str, timeout: float
+        self, context: Any, url: str, timeout: float, started: float
     ) -> tuple[bytes, str, int, datetime]:
-        if self._is_blocked is not None:
-            await context.route("**/*", self._guard())
+        if self._proxy is not None:
+            await context.route("**/*", _only_reads)
         await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
         page = await context.new_page()
         page.set_default_timeout(timeout * 1000)
         response = await page.goto(url, wait_until="load")
         if response is not None and response.status >= 400:
+            # a redirect to a refused address is answered 403 by the guard proxy
+            refused = self._refused(url, started, hop=response.url)
+            if refused is not None:
+                raise refused
             raise ScreenshotError(f"{url}: the server answered HTTP {response.status}")
         settle = min(5.0, timeout / 4)
         # give late images a moment; a page that never goes quiet is shot anyway
@@ -394,24 +448,15 @@ class Screenshotter:
         captured_at = datetime.now(UTC)
         return png, page.url, blurred, captured_at
 
-    def _guard(self) -> Callable[[Any], Any]:
-        cache: dict[tuple[str, int], str | None] = {}
-
-        async def handle(route: Any) -> None:
-            request_url = route.request.url
-            parts = urlsplit(request_url)
-            if parts.scheme not in ("http", "https", "ws", "wss"):
-                await route.continue_()
-                return
-            key = (parts.hostname or "", parts.port or _default_port(parts.scheme))
-            if key not in cache:
-                cache[key] = await self._refusal(*key)
-            if cache[key] is None:
-                await route.continue_()
-            else:
-                await route.abort("addressunreachable")
-
-        return handle
+    def _refused(self, url: str, since: float, *, hop: str = "") -> ScreenshotError | None:
+        """The error for a capture of ``url`` whose page (or redirect ``hop``) the guard proxy
+        refused to connect to since ``since``, if it did."""
+        if self._proxy is None:
+            return None
+        parts = urlsplit(hop or url)
+        port = parts.port or _default_port(parts.scheme)
+        reason = self._proxy.refusal_since(parts.hostname or "", port, since)
+        return ScreenshotError(f"{url}: {reason}") if reason is not None else None
 
     async def _refusal(self, host: str, port: int) -> str | None:
         """Why ``host`` may not be loaded, or None if it may."""
@@ -438,6 +483,8 @@ class Screenshotter:
         return None
 
     async def _check_host(self, url: str, host: str, port: int) -> None:
+        """Refuse a page on a refused address before starting anything (a clear, early error;
+        the guard proxy would refuse every connection to it anyway)."""
         if self._is_blocked is None:
             return
         reason = await self._refusal(host, port)
@@ -538,6 +585,14 @@ def _js_string(text: str) -> str:
     import json
 
     return json.dumps(text)
+
+
+async def _only_reads(route: Any) -> None:
+    """Route handler: GET and HEAD go on (through the guard proxy); anything else is aborted."""
+    if route.request.method.upper() in READ_METHODS:
+        await route.continue_()
+    else:
+        await route.abort("blockedbyclient")
 
 
 def _default_port(scheme: str) -> int:
