@@ -13,15 +13,19 @@ header before any pixel is decoded, and turns every decoding failure into
 
 Decoding is shaped for hashing, not for display. PDQ looks at a 64x64 and pHash at a 32x32
 summary of the picture, so large images are decoded at reduced scale (JPEG draft mode: the
-decoder skips detail, up to 1/8 scale) or box-reduced right after decoding, to a short side of
-at least :data:`WORKING_SIZE` pixels. Enrolment and scans decode the same way, so a reference and
-its copy are always hashed alike.
+decoder skips detail, up to 1/8 scale; of a progressive JPEG at 1/8 scale only the DC scans are
+decoded) or box-reduced right after decoding, to a short side of at least :data:`WORKING_SIZE`
+pixels. The hash algorithms are then given one copy box-reduced to :data:`PDQ_INPUT` pixels.
+Enrolment and scans decode the same way, so a reference and its copy are always hashed alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
+import re
+import struct
 import warnings
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
@@ -58,6 +62,8 @@ __all__ = [
     "compute_hashes_from_image",
     "compute_reference_hashes",
     "content_box",
+    "content_boxes",
+    "letterbox_box",
     "reference_variants",
     "decode_image",
     "get_algorithm",
@@ -97,7 +103,8 @@ class HashAlgorithm(Protocol):
     default_threshold: int  # Hamming distance at or below which two hashes match
 
     def compute(self, image: Image.Image) -> HashValue:
-        """Hash an RGB image as returned by :func:`decode_image`."""
+        """Hash an RGB image: one returned by :func:`decode_image`, box-reduced to at most
+        :data:`PDQ_INPUT` pixels on its long side (see :func:`compute_hashes_from_image`)."""
         ...
 
 
@@ -124,17 +131,23 @@ class PDQ:
 
 PDQ_INPUT = 256
 """PDQ is given the picture box-reduced to at most this many pixels on its long side: it keeps
-only a 64x64 summary, and its filter costs time per input pixel (8 ms for 640x427, 1 ms here)."""
+only a 64x64 summary, and its filter costs time per input pixel (8 ms for 640x427, 1 ms here).
+The other algorithms (pHash's 32x32 summary) are given the same reduced copy."""
 
 
-def _pdq_pixels(image: Image.Image) -> np.ndarray:
+def _hash_input(image: Image.Image) -> Image.Image:
+    """``image`` as RGB, box-reduced to at most :data:`PDQ_INPUT` pixels on its long side."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     w, h = rgb.size
     if max(w, h) > PDQ_INPUT:
         scale = PDQ_INPUT / max(w, h)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         rgb = rgb.resize(size, Image.Resampling.BOX)
-    return np.asarray(rgb)
+    return rgb
+
+
+def _pdq_pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(_hash_input(image))
 
 
 class PHash:
@@ -297,6 +310,142 @@ def _flatten(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+# ---------------------------------------------------------------- progressive JPEGs at 1/8
+
+_SEGMENT_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+"""The marker that ends a scan's entropy-coded data (not a stuffed 0xFF00 nor a restart)."""
+
+_EOB_TABLE_ID = 0
+_EOB_DHT = (
+    b"\xff\xc4"
+    + struct.pack(">HB", 2 + 1 + 16 + 15, 0x10 | _EOB_TABLE_ID)
+    + bytes([0, 0, 0, 15] + [0] * 12)  # 15 codes of 4 bits...
+    + bytes(r << 4 for r in range(15))  # ...for EOB0 to EOB14: runs of 2**r to 2**(r+1)-1 blocks
+)
+"""An AC Huffman table that codes only end-of-band runs; symbol EOBr has the 4-bit code r."""
+
+_NO_RESTARTS = b"\xff\xdd\x00\x04\x00\x00"  # DRI 0: the scans that follow have no restarts
+
+
+def _empty_ac_scan(component: int, blocks: int) -> bytes:
+    """A progressive scan setting AC coefficients 1-63 of ``blocks`` blocks of a component to 0:
+    end-of-band runs of at most 32,767 blocks, coded with :data:`_EOB_DHT`."""
+    acc, nbits = 0, 0
+    while blocks > 0:
+        run = min(blocks, 32767)
+        r = run.bit_length() - 1
+        acc = (acc << (4 + r)) | (r << r) | (run - (1 << r))
+        nbits += 4 + r
+        blocks -= run
+    pad = -nbits % 8
+    coded = ((acc << pad) | ((1 << pad) - 1)).to_bytes((nbits + pad) // 8, "big")
+    header = struct.pack(">BBHBBBBBB", 0xFF, 0xDA, 8, 1, component, _EOB_TABLE_ID, 1, 63, 0)
+    return header + coded.replace(b"\xff", b"\xff\x00")
+
+
+def _progressive_dc_only(data: bytes) -> bytes | None:
+    """The same progressive JPEG without the AC coefficients that a 1/8-scale decode ignores,
+    or ``None`` if not one.
+
+    At 1/8 scale a JPEG decoder outputs each 8x8 block of a full-resolution component (luma,
+    and every component unless chroma is subsampled both ways) as its DC coefficient (the
+    block's mean) alone, but it still entropy-decodes every scan of a progressive file into a
+    whole-image buffer of coefficients. So of those components only the DC scans (the first,
+    coarse, one and its refinements) are kept, and what replaces their AC scans is one tiny scan
+    per component stating that all AC coefficients are zero. Without it, the decoder would see
+    them as missing and smooth the blocks (libjpeg's interblock smoothing, which changes the
+    picture). Chroma subsampled both ways (4:2:0) is decoded at 1/4 scale and upsampled by its
+    inverse DCT, which reads some AC coefficients: such components keep all their scans.
+    Decoded at 1/8 scale, the result is pixel-identical to the whole file decoded at 1/8 scale.
+
+    ``None`` for anything but a complete (EOI-terminated) Huffman-coded progressive JPEG whose
+    DC scans give every component its full precision: those are decoded as they are.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    out = [data[:2]]
+    n, pos = len(data), 2
+    components: list[tuple[int, int, int]] = []  # (id, horizontal, vertical sampling)
+    keep_ac: set[int] = set()  # ids of the components whose AC coefficients count at 1/8
+    width = height = h_max = v_max = 0
+    dc_low_bit: dict[int, int] = {}  # component id -> lowest DC bit decoded so far
+    while True:
+        if pos + 2 > n or data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if pos + 4 > n:
+            return None
+        end = pos + 2 + struct.unpack_from(">H", data, pos + 2)[0]
+        if end < pos + 4 or end > n:
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            if marker != 0xC2 or components:  # progressive Huffman only, one frame
+                return None
+            if end < pos + 10:
+                return None
+            height, width, count = struct.unpack_from(">HHB", data, pos + 5)
+            if end != pos + 10 + 3 * count or not count or not width or not height:
+                return None
+            for i in range(count):
+                cid, sampling = data[pos + 10 + 3 * i], data[pos + 11 + 3 * i]
+                if not (1 <= sampling >> 4 <= 4 and 1 <= sampling & 15 <= 4):
+                    return None
+                components.append((cid, sampling >> 4, sampling & 15))
+            h_max = max(h for _, h, _ in components)
+            v_max = max(v for _, _, v in components)
+            # libjpeg scales the IDCT of a component subsampled by two both ways up to 2x2
+            keep_ac = {c for c, h, v in components if h_max % (2 * h) == v_max % (2 * v) == 0}
+        elif marker == 0xDA:  # start of scan, then its entropy-coded data up to a marker
+            if not components:
+                return None
+            ns = data[pos + 4]
+            if not 1 <= ns <= 4 or end != pos + 8 + 2 * ns:
+                return None
+            ss, se, approx = data[pos + 5 + 2 * ns : pos + 8 + 2 * ns]
+            found = _SEGMENT_END.search(data, end)
+            if found is None:
+                return None
+            if ss == 0:  # a DC scan (first pass or refinement)
+                if se != 0:
+                    return None
+                out.append(data[pos : found.start()])
+                for i in range(ns):
+                    dc_low_bit[data[pos + 5 + 2 * i]] = approx & 15
+            elif ns == 1 and data[pos + 5] in keep_ac:  # an AC scan the decoder uses
+                out.append(data[pos : found.start()])
+            pos = found.start()
+            continue
+        if not (marker == 0xE2 and data[pos + 4 : pos + 8] == b"MPF\x00"):  # MPO index: drop
+            out.append(data[pos:end])
+        pos = end
+    if not components or any(dc_low_bit.get(cid) != 0 for cid, _, _ in components):
+        return None
+    out += [_NO_RESTARTS, _EOB_DHT]
+    for cid, h, v in components:
+        if cid in keep_ac:
+            continue
+        comp_w, comp_h = -(-width * h // h_max), -(-height * v // v_max)
+        out.append(_empty_ac_scan(cid, -(-comp_w // 8) * -(-comp_h // 8)))
+    out.append(b"\xff\xd9")
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------- decoding (continued)
+
+
+def _jpeg_scale(width: int, height: int) -> int:
+    """The JPEG decoder's reduction (8, 4, 2 or 1): the short side stays >= WORKING_SIZE."""
+    for scale in (8, 4, 2):
+        if min(width, height) >= scale * WORKING_SIZE:
+            return scale
+    return 1
+
+
 def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int]:
     """The RGB image for hashing, and the full width and height as shown (EXIF-oriented)."""
     if not data:
@@ -307,8 +456,13 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int]:
         im = _open(data, max_pixels)
         width, height = im.size
         try:
-            if im.format in ("JPEG", "MPO") and min(width, height) >= 2 * WORKING_SIZE:
-                im.draft("RGB", (WORKING_SIZE, WORKING_SIZE))
+            scale = _jpeg_scale(width, height) if im.format in ("JPEG", "MPO") else 1
+            if scale == 8 and im.info.get("progressive"):
+                dc_only = _progressive_dc_only(data)
+                if dc_only is not None:
+                    im = Image.open(io.BytesIO(dc_only), formats=("JPEG",))
+            if scale > 1:
+                im.draft("RGB", (width // scale, height // scale))  # exactly 1/scale
             im.load()  # the first frame of an animation
             im, swapped = _apply_orientation(im)
             im = _normalise_mode(im)
@@ -347,12 +501,21 @@ VARIANT_SEPARATOR = "."
 """Joins an algorithm and a variant tag: ``pdq.mirror`` is the PDQ hash of the mirrored picture."""
 
 REGION = "region"
-"""Variant tag of the hash of an image's content box (see :func:`content_box`)."""
+"""Variant tag of the hash of a found image's content box: ``pdq.region``, and ``pdq.region.2``
+for a second candidate (see :func:`content_boxes`)."""
 
-_BOX_SIDE = 160  # the content box is looked for on a thumbnail this long
+_BOX_SIDE = 160  # content boxes are looked for on a thumbnail this long
 _BG_TOLERANCE = 24  # a pixel this close (per channel) to the background colour is background
 _MIN_BOX_AREA = 0.08  # a content box smaller than this share of the image is not a photo
 _MAX_BOX_AREA = 0.93  # one larger than this is the whole image: nothing to cut away
+_BAR_TOLERANCE = 12  # a plain bar: its pixels this close (per channel) to its colour...
+_BAR_SHARE = 0.98  # ...on this share of each of its lines
+_BLUR_CURVE = 1.5  # a blurred bar: mean |second difference| (grey levels on the thumbnail)...
+_BLUR_JUMP = 12.0  # ...and mean |difference| between neighbouring lines at most these
+_BLUR_EDGE = (4.0, 10.0)  # the jump from blurred bars to the picture: at least on both sides,
+# and on one of them
+
+Box = tuple[int, int, int, int]
 
 
 def base_algorithm(name: str) -> str:
@@ -372,17 +535,20 @@ def _longest_run(flags: np.ndarray, gap: int) -> tuple[int, int]:
     return int(starts[best]), int(ends[best])
 
 
-def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
-    """The box ``(left, top, right, bottom)`` of the photo inside a larger, plainer canvas.
+def _colour(pixels: np.ndarray) -> np.ndarray:
+    """The median colour of ``pixels`` (n x RGB, ``int16``), as ``int16``."""
+    return np.rint(np.median(pixels, axis=0)).astype(np.int16)
 
-    Finds what a re-poster wraps around a photo: uniform borders (padding, letterboxing) and
-    the plain page of a screenshot of a social media post (a photo between lines of text).
-    The background is the colour of most of the image's outer frame; the box is the largest
-    block of rows, then of columns, that are mostly not background, refined twice (lines of
-    text are thin and separated by background, so the photo wins). ``None`` when the image has
-    no uniform surround, or when what is left is too small to be a photo or is the whole image.
-    Works on a thumbnail of at most 160 pixels, so it costs well under a millisecond.
-    """
+
+def _differ(pixels: np.ndarray, colour: np.ndarray, tolerance: int) -> np.ndarray:
+    """Which of ``pixels`` (``int16`` RGB in the last axis) differ from ``colour`` by more than
+    ``tolerance`` in a channel (channel by channel: numpy's ``max`` over a 3-long axis is slow)."""
+    d = np.abs(pixels - colour)
+    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]) > tolerance
+
+
+def _thumbnail(image: Image.Image) -> np.ndarray:
+    """``image`` box-reduced to at most :data:`_BOX_SIDE` pixels, as ``int16`` RGB."""
     w, h = image.size
     scale = min(1.0, _BOX_SIDE / max(w, h))
     small = image
@@ -390,15 +556,75 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
         small = image.resize(
             (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX
         )
-    a = np.asarray(small.convert("RGB"), dtype=np.int16)
-    sh, sw = a.shape[:2]
-    if sh < 16 or sw < 16:
+    return np.asarray(small.convert("RGB"), dtype=np.int16)
+
+
+def _fits(box: Box, size: tuple[int, int]) -> Box | None:
+    """``box`` if it can be a photo inside an image of ``size``: 16 pixels or more each way,
+    and neither too small a share of the image nor nearly all of it."""
+    x0, y0, x1, y1 = box
+    if x1 - x0 < 16 or y1 - y0 < 16:
         return None
+    area = (x1 - x0) * (y1 - y0) / (size[0] * size[1])
+    return box if _MIN_BOX_AREA <= area <= _MAX_BOX_AREA else None
+
+
+# Edges of a box found on the thumbnail are placed exactly on the full-size image: within
+# reach (1.5 thumbnail pixels) of where the thumbnail puts them. PDQ needs that precision:
+# a 1% shift changes about 30 of its 256 bits, and a thumbnail pixel is 1-2% of a photo.
+
+
+def _lines(image: Image.Image, box: Box, edge: str, reach: int) -> tuple[np.ndarray, int, int]:
+    """The full-size lines of pixels within ``reach`` of one edge of ``box`` (``"top"``,
+    ``"bottom"``, ``"left"``, ``"right"``), outermost first (lines x length x RGB, ``int16``),
+    each taken between the box's other two edges (away from its corners); and the position of
+    the first line and the step (+1 or -1) to the next."""
+    w, h = image.size
+    x0, y0, x1, y1 = box
+    across = edge in ("top", "bottom")  # the lines are rows
+    start, end, size, other = (x0, x1, w, h) if across else (y0, y1, h, w)
+    a, b = max(0, min(start + reach, end - 1)), min(size, max(end - reach, start + 1))
+    at = {"top": y0, "bottom": y1 - 1, "left": x0, "right": x1 - 1}[edge]
+    lo, hi = max(0, at - reach), min(other - 1, at + reach)
+    if b <= a or hi < lo:
+        lines = np.zeros((0, 0, 3), dtype=np.int16)
+    elif across:
+        lines = np.asarray(image.crop((a, lo, b, hi + 1)).convert("RGB"), dtype=np.int16)
+    else:
+        crop = image.crop((lo, a, hi + 1, b)).convert("RGB")
+        lines = np.asarray(crop, dtype=np.int16).transpose(1, 0, 2)
+    if edge in ("top", "left"):
+        return lines, lo, 1
+    return lines[::-1], hi, -1
+
+
+def _refine(
+    image: Image.Image, box: Box, colours: dict[str, np.ndarray], reach: int, share: float
+) -> Box:
+    """``box`` with each edge named in ``colours`` moved to the outermost line (within reach)
+    on which more than ``share`` of the pixels differ from that edge's background colour; an
+    edge with no such line in reach stays."""
+    out = dict(zip(("left", "top", "right", "bottom"), box, strict=True))
+    for edge, colour in colours.items():
+        lines, first, step = _lines(image, box, edge, reach)
+        if lines.size == 0:
+            continue
+        differs = _differ(lines, colour, _BG_TOLERANCE)
+        hits = np.flatnonzero(differs.mean(axis=1) > share)
+        if hits.size:
+            line = first + step * int(hits[0])
+            out[edge] = line if step > 0 else line + 1  # right and bottom are exclusive
+    return out["left"], out["top"], out["right"], out["bottom"]
+
+
+def _surround_box(image: Image.Image, a: np.ndarray) -> Box | None:
+    """:func:`content_box` on the thumbnail ``a`` of ``image``."""
+    sh, sw = a.shape[:2]
     frame = np.concatenate((a[0], a[-1], a[1:-1, 0], a[1:-1, -1]))
-    bg = np.median(frame, axis=0)
-    if (np.abs(frame - bg).max(axis=1) <= _BG_TOLERANCE).mean() < 0.6:
+    bg = _colour(frame)
+    if 1 - _differ(frame, bg, _BG_TOLERANCE).mean() < 0.6:
         return None  # no uniform surround: the picture fills the image
-    busy = np.abs(a - bg).max(axis=2) > _BG_TOLERANCE
+    busy = _differ(a, bg, _BG_TOLERANCE)
     gap_r, gap_c = max(1, sh // 50), max(1, sw // 50)
     c0, c1 = 0, sw
     r0, r1 = _longest_run(busy.mean(axis=1) > 0.25, gap_r)
@@ -412,22 +638,183 @@ def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     area = (r1 - r0) * (c1 - c0) / (sh * sw)
     if r1 - r0 < 8 or not _MIN_BOX_AREA <= area <= _MAX_BOX_AREA:
         return None
-    # back to full size, one thumbnail pixel inwards (the thumbnail blends the edges)
+    w, h = image.size
     fx, fy = w / sw, h / sh
-    box = (
-        round((c0 + 1) * fx),
-        round((r0 + 1) * fy),
-        round((c1 - 1) * fx),
-        round((r1 - 1) * fy),
-    )
+    coarse = (round(c0 * fx), round(r0 * fy), round(c1 * fx), round(r1 * fy))
+    edges = {edge: bg for edge in ("left", "top", "right", "bottom")}
+    box = _refine(image, coarse, edges, math.ceil(1.5 * max(fx, fy)), 0.5)
     return box if box[2] - box[0] >= 16 and box[3] - box[1] >= 16 else None
+
+
+def content_box(image: Image.Image) -> Box | None:
+    """The box ``(left, top, right, bottom)`` of the photo inside a larger, plainer canvas.
+
+    Finds what a re-poster wraps around a photo: uniform borders (padding, letterboxing) and
+    the plain page of a screenshot of a social media post (a photo between lines of text).
+    The background is the colour of most of the image's outer frame; the box is the largest
+    block of rows, then of columns, that are mostly not background, refined twice (lines of
+    text are thin and separated by background, so the photo wins), found on a thumbnail of at
+    most 160 pixels and then placed exactly on the image itself. ``None`` when the image has
+    no uniform surround, or when what is left is too small to be a photo or is the whole image.
+    Costs well under a millisecond. See also :func:`letterbox_box`.
+    """
+    a = _thumbnail(image)
+    return None if min(a.shape[:2]) < 16 else _surround_box(image, a)
+
+
+def _plain_run(lines: np.ndarray) -> tuple[int, np.ndarray]:
+    """How many of ``lines`` (outermost first) are a plain bar of the first one's colour, and
+    that colour."""
+    colour = _colour(lines[0])
+    if 1 - _differ(lines[0], colour, _BAR_TOLERANCE).mean() < _BAR_SHARE:
+        return 0, colour  # most images: no bar at all
+    plain = 1 - _differ(lines, colour, _BAR_TOLERANCE).mean(axis=1) >= _BAR_SHARE
+    return (len(plain) if plain.all() else int(np.argmin(plain))), colour
+
+
+def _blurred_run(grey: np.ndarray) -> tuple[int, float]:
+    """How many of the lines of ``grey`` (outermost first) are a blurred bar -- smooth along
+    (small second differences) and joining smoothly (small first and second differences
+    between lines) -- at most half of them; and the jump from the last of them to the picture
+    (the larger of the next two line differences)."""
+    n, i = len(grey) // 2, 0
+    if np.abs(np.diff(grey[0], n=2)).mean() > _BLUR_CURVE:
+        return 0, 0.0  # most images: no bar at all
+    grey = grey[: n + 2]
+    curve = np.abs(np.diff(grey, n=2, axis=1)).mean(axis=1)
+    jump = np.abs(np.diff(grey, axis=0)).mean(axis=1)
+    bend = np.abs(np.diff(grey, n=2, axis=0)).mean(axis=1)  # bend[i] is centred on line i + 1
+    while (
+        i < n
+        and curve[i] <= _BLUR_CURVE
+        and (i == 0 or jump[i - 1] <= _BLUR_JUMP)
+        and (i < 2 or bend[i - 2] <= _BLUR_CURVE)
+    ):
+        i += 1
+    return i, (float(jump[i - 1 : i + 1].max()) if i else 0.0)
+
+
+def _step(image: Image.Image, box: Box, edge: str, reach: int) -> int | None:
+    """Where, within reach of one edge of ``box``, the full-size image jumps most from one
+    line to the next: the position of the edge (exclusive for right and bottom)."""
+    lines, first, step = _lines(image, box, edge, reach)
+    if len(lines) < 2:
+        return None
+    jump = np.abs(np.diff(lines, axis=0)).mean(axis=(1, 2))
+    line = first + step * (int(np.argmax(jump)) + 1)  # the first line of the picture
+    return line if step > 0 else line + 1
+
+
+def _letterbox(image: Image.Image, a: np.ndarray) -> Box | None:
+    """:func:`letterbox_box` on the thumbnail ``a`` of ``image``."""
+    sh, sw = a.shape[:2]
+    w, h = image.size
+    fx, fy = w / sw, h / sh
+    reach = math.ceil(1.5 * max(fx, fy))
+    cols = a.transpose(1, 0, 2)
+    top, c_top = _plain_run(a[: sh // 2])
+    bottom, c_bottom = _plain_run(a[::-1][: sh // 2])
+    left, c_left = _plain_run(cols[: sw // 2])
+    right, c_right = _plain_run(cols[::-1][: sw // 2])
+    rows = top > 0 and bottom > 0 and np.abs(c_top - c_bottom).max() <= _BAR_TOLERANCE
+    sides = left > 0 and right > 0 and np.abs(c_left - c_right).max() <= _BAR_TOLERANCE
+    if rows or sides:  # plain bars: the picture may be as dark as they are at one edge...
+        coarse = (
+            round(left * fx) if sides else 0,
+            round(top * fy) if rows else 0,
+            round((sw - right) * fx) if sides else w,
+            round((sh - bottom) * fy) if rows else h,
+        )
+        edges = {}
+        if sides:
+            edges.update(left=c_left, right=c_right)
+        if rows:
+            edges.update(top=c_top, bottom=c_bottom)
+        x0, y0, x1, y1 = _refine(image, coarse, edges, reach, 0.02)
+        if rows:  # ...so the thinner bar of a pair sets both
+            y0 = min(y0, h - y1)
+            y1 = h - y0
+        if sides:
+            x0 = min(x0, w - x1)
+            x1 = w - x0
+        return _fits((x0, y0, x1, y1), image.size)
+    grey = (a[..., 0] + a[..., 1] + a[..., 2]).astype(np.float32) / 3
+    for axis, lines, f in ((0, grey, fy), (1, grey.T, fx)):
+        first, jump_first = _blurred_run(lines)
+        last, jump_last = _blurred_run(lines[::-1])
+        if (
+            min(first, last) < 2
+            or abs(first - last) > 2  # centred
+            or min(jump_first, jump_last) < _BLUR_EDGE[0]
+            or max(jump_first, jump_last) < _BLUR_EDGE[1]
+        ):
+            continue
+        n = len(lines)
+        if axis == 0:
+            coarse = (0, round(first * f), w, round((n - last) * f))
+            y0, y1 = _step(image, coarse, "top", reach), _step(image, coarse, "bottom", reach)
+            box = None if y0 is None or y1 is None else (0, y0, w, y1)
+        else:
+            coarse = (round(first * f), 0, round((n - last) * f), h)
+            x0, x1 = _step(image, coarse, "left", reach), _step(image, coarse, "right", reach)
+            box = None if x0 is None or x1 is None else (x0, 0, x1, h)
+        if box is not None and (box := _fits(box, image.size)) is not None:
+            return box
+    return None
+
+
+def letterbox_box(image: Image.Image) -> Box | None:
+    """The box ``(left, top, right, bottom)`` of the photo between bars on opposite sides.
+
+    Letterboxing and padding: the photo centred on a wider or taller canvas, between plain
+    bars (of one colour, top and bottom or left and right or both) or blurred ones (the photo
+    enlarged and blurred behind itself, as phone apps fit a landscape photo into a portrait
+    story). Plain bars are lines of one colour from the image's edge inwards; as a photo's edge
+    can be as dark as a black bar, the thinner bar of a pair sets both. Blurred bars are smooth
+    lines (small second differences) that end, on both sides about as far in, with a jump to
+    the photo. Found on a thumbnail of at most 160 pixels, then placed exactly on the image.
+    ``None`` when there are no such bars, or when what they leave is too small to be a photo
+    or is nearly the whole image.
+    """
+    a = _thumbnail(image)
+    return None if min(a.shape[:2]) < 16 else _letterbox(image, a)
+
+
+def content_boxes(image: Image.Image) -> list[Box]:
+    """Where the photo may be inside a found image: :func:`letterbox_box`, then
+    :func:`content_box` when it differs (by more than half a percent of the long side). Each is
+    hashed (``pdq.region``, then ``pdq.region.2``): of a photo as dark as its bars the content
+    box can miss, and of a screenshot with even margins the letterbox box is the whole page."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    a = _thumbnail(image)
+    if min(a.shape[:2]) < 16:
+        return []
+    out: list[Box] = []
+    tolerance = max(2, round(0.005 * max(image.size)))
+    for box in (_letterbox(image, a), _surround_box(image, a)):
+        if box is None:
+            continue
+        if all(max(abs(p - q) for p, q in zip(box, b, strict=True)) > tolerance for b in out):
+            out.append(box)
+    return out
 
 
 # ---------------------------------------------------------------- reference variants
 
-_DIHEDRAL_TAGS = ("", "rot90", "rot180", "rot270", "flipv", "mirror", "transpose", "transverse")
-"""Tags of the eight hashes of :func:`pdqhash.compute_dihedral`, in its order (rot90 is a
-quarter turn counter-clockwise, as ``Image.Transpose.ROTATE_90``)."""
+_DIHEDRAL = {
+    "rot90": Image.Transpose.ROTATE_90,
+    "rot180": Image.Transpose.ROTATE_180,
+    "rot270": Image.Transpose.ROTATE_270,
+    "flipv": Image.Transpose.FLIP_TOP_BOTTOM,
+    "mirror": Image.Transpose.FLIP_LEFT_RIGHT,
+    "transpose": Image.Transpose.TRANSPOSE,
+    "transverse": Image.Transpose.TRANSVERSE,
+}
+"""Tags of the seven other dihedral transforms (rot90 is a quarter turn counter-clockwise).
+Each is hashed from the transformed pixels: PDQ's own dihedral hashes (made from the DCT of the
+upright picture) differ from the hash of the turned picture by up to 74 bits on near-symmetric
+photos (a landscape reflected in water)."""
 
 CROP_SIZES = (0.95, 0.9, 0.85, 0.8)
 """Reference crop variants keep these shares of the width and height (5 to 20% cut away)...
@@ -463,8 +850,26 @@ def _crop_windows() -> list[tuple[str, float, tuple[float, float]]]:
 
 CROP_WINDOWS = _crop_windows()
 
-ROTATIONS = (-6.0, -3.0, 3.0, 6.0)
-"""Reference variants turned by these degrees (the canvas grows; corners filled black)."""
+ROTATIONS = (-10.0, -8.0, -6.0, -4.0, -2.0, 2.0, 4.0, 6.0, 8.0, 10.0)
+"""Reference variants turned by these degrees, three ways each: on a canvas grown to keep the
+corners, filled black (``pdq.rot+4``) or white (``pdq.rot+4w``: also a transparent turn, as
+decoding puts transparency on white), and cropped to the largest upright rectangle of the
+photo's shape inside the turned photo (``pdq.rot+4c``, as a phone's "straighten" does). PDQ
+needs them close: a turn 1 degree off one changes up to about 45 bits, 2 degrees up to about
+65 (measured on the corpus), so every turn up to 11 degrees is within a degree of one."""
+
+ROTATION_FILLS = {"": (0, 0, 0), "w": WHITE}
+"""Tag suffix and corner colour of the turned variants on a grown canvas."""
+
+
+def _straightened(turned: Image.Image, size: tuple[int, int], degrees: float) -> Image.Image:
+    """The largest rectangle of the photo's shape (``size``) inside ``turned`` (the photo turned
+    by ``degrees`` on a grown canvas): what a "straighten" tool keeps."""
+    w, h = size
+    c, s = math.cos(math.radians(abs(degrees))), math.sin(math.radians(abs(degrees)))
+    k = min(w / (w * c + h * s), h / (w * s + h * c))
+    cx, cy, kw, kh = turned.width / 2, turned.height / 2, k * w / 2, k * h / 2
+    return turned.crop((round(cx - kw), round(cy - kh), round(cx + kw), round(cy + kh)))
 
 
 def _pdq(image: Image.Image) -> tuple[str, int]:
@@ -485,22 +890,27 @@ def reference_variants(image: Image.Image) -> list[HashValue]:
     Made once at enrolment, from the pixels (which are then dropped), so they cost nothing per
     found image: the seven other dihedral transforms (mirror, quarter turns...), crops of 5 to 20%
     on a grid of windows (:data:`CROP_WINDOWS`) and of 30% centred and towards each corner, and
-    small rotations. Algorithm names are ``pdq.<tag>`` (``pdq.mirror``, ``pdq.crop20-03``,
-    ``pdq.crop30tl``, ``pdq.rot-3``...).
+    turns of 2 to 10 degrees with black or white corners or straightened (:data:`ROTATIONS`):
+    206 hashes. Algorithm names are ``pdq.<tag>`` (``pdq.mirror``, ``pdq.crop20-03``,
+    ``pdq.crop30tl``, ``pdq.rot-4``, ``pdq.rot+6w``, ``pdq.rot+2c``...).
     """
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     out: list[HashValue] = []
-    vectors, quality = pdqhash.compute_dihedral(_pdq_pixels(rgb))
-    for tag, vector in zip(_DIHEDRAL_TAGS, vectors, strict=True):
-        if tag:
-            out.append(HashValue(f"pdq.{tag}", _bits_to_hex(vector), int(quality)))
+    for tag, transpose in _DIHEDRAL.items():
+        value, q = _pdq(rgb.transpose(transpose))
+        out.append(HashValue(f"pdq.{tag}", value, q))
     for tag, size, anchor in CROP_WINDOWS:
         value, q = _pdq(_crop(rgb, 1 - size, anchor))
         out.append(HashValue(f"pdq.{tag}", value, q))
     for degrees in ROTATIONS:
-        turned = rgb.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=True)
-        value, q = _pdq(turned)
-        out.append(HashValue(f"pdq.rot{degrees:+g}", value, q))
+        for suffix, fill in ROTATION_FILLS.items():
+            turned = rgb.rotate(
+                degrees, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=fill
+            )
+            value, q = _pdq(turned)
+            out.append(HashValue(f"pdq.rot{degrees:+g}{suffix}", value, q))
+        value, q = _pdq(_straightened(turned, rgb.size, degrees))
+        out.append(HashValue(f"pdq.rot{degrees:+g}c", value, q))
     return out
 
 
@@ -508,19 +918,23 @@ def reference_variants(image: Image.Image) -> list[HashValue]:
 
 
 def _all_hashes(image: Image.Image) -> Iterator[HashValue]:
+    small = _hash_input(image)  # reduced once, for every algorithm
     for alg in algorithms():
-        yield alg.compute(image)
-    box = content_box(image)
-    if box is not None:
+        yield alg.compute(small)
+    for i, box in enumerate(content_boxes(image)):
         value, quality = _pdq(image.crop(box))
-        yield HashValue(f"pdq{VARIANT_SEPARATOR}{REGION}", value, quality)
+        name = f"pdq{VARIANT_SEPARATOR}{REGION}" + (f"{VARIANT_SEPARATOR}{i + 1}" if i else "")
+        yield HashValue(name, value, quality)
 
 
 def compute_hashes_from_image(
     image: Image.Image, sha256: str, width: int, height: int
 ) -> ImageHashes:
-    """Every registered hash of an image already decoded by :func:`decode_image`, plus the PDQ
-    hash of its content box (``pdq.region``) when it has one (see :func:`content_box`)."""
+    """Every registered hash of an image already decoded by :func:`decode_image` (each given a
+    copy box-reduced to :data:`PDQ_INPUT` pixels on its long side), plus the PDQ hashes of the
+    boxes where its photo may be when it is padded, letterboxed or in a screenshot
+    (``pdq.region``, and ``pdq.region.2`` for a second, different box; see
+    :func:`content_boxes`)."""
     return ImageHashes(sha256=sha256, width=width, height=height, hashes=tuple(_all_hashes(image)))
 
 

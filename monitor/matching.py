@@ -72,11 +72,17 @@ def thresholds_from_config(cfg: MatchConfig) -> dict[str, int]:
 
 def threshold_for(name: str, thresholds: Mapping[str, int]) -> int | None:
     """The threshold of hashes named ``name`` (``pdq``, ``pdq.mirror``, ``pdq.region``...):
-    ``thresholds[name]``, else for a variant ``thresholds["<base>.*"]``, else
+    ``thresholds[name]``, else that of the nearest named parent (``pdq.region`` for
+    ``pdq.region.2``), else for a variant ``thresholds["<base>.*"]``, else
     ``thresholds[<base>]``, else the base algorithm's registered default, else ``None``."""
     if name in thresholds:
         return int(thresholds[name])
     base = base_algorithm(name)
+    parent = name.rpartition(VARIANT_SEPARATOR)[0]
+    while parent.count(VARIANT_SEPARATOR):  # pdq.region.2 -> pdq.region (not the base)
+        if parent in thresholds:
+            return int(thresholds[parent])
+        parent = parent.rpartition(VARIANT_SEPARATOR)[0]
     if base != name and f"{base}{VARIANT_SEPARATOR}*" in thresholds:
         return int(thresholds[f"{base}{VARIANT_SEPARATOR}*"])
     if base in thresholds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing
 import pickle
@@ -104,14 +105,17 @@ def test_heic_decodes_when_pillow_heif_can_encode() -> None:
 def test_hex_layout_matches_threatexchange_and_imagehash() -> None:
     im = synthetic_photo(3)
     hashes = compute_hashes(encode(im, "PNG"))
-    bits, quality = pdqhash.compute(hashing._pdq_pixels(im))  # PDQ's input: <= 256 px
+    small = hashing._hash_input(im)  # what the algorithms are given: <= 256 px
+    assert max(small.size) == hashing.PDQ_INPUT == 256
+    bits, quality = pdqhash.compute(np.asarray(small))
     expected = format(int("".join(str(int(b)) for b in bits), 2), "064x")  # MSB first
     pdq = hashes.get("pdq")
     assert pdq == HashValue("pdq", expected, int(quality))
     assert len(pdq.value) == 64 and pdq.bits == 256 and pdq.quality > 50
     phash = hashes.get("phash")
-    assert phash == HashValue("phash", str(imagehash.phash(im)))
+    assert phash == HashValue("phash", str(imagehash.phash(small)))
     assert len(phash.value) == 16
+    assert hamming(phash.value, str(imagehash.phash(im))) <= 2  # as of the unreduced picture
 
 
 def test_sha256_is_of_the_bytes() -> None:
@@ -294,6 +298,102 @@ def test_multi_picture_jpeg_uses_the_main_picture_at_reduced_scale() -> None:
     assert Image.open(io.BytesIO(data)).format == "MPO"  # as many cameras and phones write
     assert decode_image(data).size == (512, 384)  # 1/4 scale: 1/8 would go below 256
     assert pdq_distance(data, main) <= 8
+
+
+def _eighth(data: bytes) -> np.ndarray:
+    """The JPEG decoded at 1/8 scale by Pillow (libjpeg-turbo), as RGB pixels."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (im.width // 8, im.height // 8))
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "params"),
+    [
+        ("RGB", {"subsampling": 2}),  # 4:2:0, as cameras and most sites
+        ("RGB", {"subsampling": 0}),  # 4:4:4
+        ("RGB", {"subsampling": 1}),  # 4:2:2
+        ("RGB", {"subsampling": 2, "restart_marker_blocks": 3}),
+        ("L", {}),
+        ("CMYK", {}),
+    ],
+    ids=["420", "444", "422", "restarts", "grey", "cmyk"],
+)
+def test_progressive_jpeg_dc_scans_alone_decode_like_the_whole_file(
+    mode: str, params: dict
+) -> None:
+    picture = synthetic_photo(15, (389, 261)).convert(mode)  # sizes not multiples of 8 or 16
+    data = encode(picture, "JPEG", quality=92, progressive=True, **params)
+    dc_only = hashing._progressive_dc_only(data)
+    assert dc_only is not None and len(dc_only) < len(data) // 2
+    # at 1/8 scale only the DC coefficients count: pixel for pixel what the whole file gives
+    # (were the AC scans just dropped, the decoder would smooth the blocks: up to 40 levels off)
+    assert np.array_equal(_eighth(dc_only), _eighth(data))
+
+
+def test_only_complete_progressive_jpegs_are_cut_down() -> None:
+    picture = synthetic_photo(16, (200, 120))
+    progressive = encode(picture, "JPEG", quality=90, progressive=True)
+    assert hashing._progressive_dc_only(progressive) is not None
+    assert hashing._progressive_dc_only(encode(picture, "JPEG", quality=90)) is None  # baseline
+    assert hashing._progressive_dc_only(encode(picture, "PNG")) is None
+    for cut in (len(progressive) - 2, len(progressive) // 2, 300, 3):  # no EOI: left to Pillow
+        assert hashing._progressive_dc_only(progressive[:cut]) is None
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # corrupt headers and scans: cut down or not, never an exception
+        damaged = bytearray(progressive)
+        for at in rng.integers(2, 700, 3):
+            damaged[at] = int(rng.integers(0, 256))
+        result = hashing._progressive_dc_only(bytes(damaged))
+        assert result is None or result.startswith(b"\xff\xd8")
+
+
+@functools.cache
+def _large_photo() -> Image.Image:
+    return synthetic_photo(17, (576, 512)).resize((2304, 2048), Image.Resampling.BICUBIC)
+
+
+def test_large_progressive_jpeg_is_hashed_from_its_dc_scans(monkeypatch) -> None:
+    big = _large_photo()
+    data = encode(big, "JPEG", quality=90, progressive=True)
+    results: list[bytes | None] = []
+    original = hashing._progressive_dc_only
+
+    def spy(body: bytes) -> bytes | None:
+        results.append(original(body))
+        return results[-1]
+
+    monkeypatch.setattr(hashing, "_progressive_dc_only", spy)
+    im = decode_image(data)
+    assert len(results) == 1 and results[0] is not None  # the DC-only path was taken
+    assert im.size == (288, 256)
+    assert np.array_equal(np.asarray(im), _eighth(data))  # as decoding the whole file
+    hashes = compute_hashes(data)
+    assert (hashes.width, hashes.height) == (2304, 2048)
+    assert hamming(hashes.get("pdq").value, pdq_of(big)) <= 12
+
+    results.clear()
+    decode_image(encode(big, "JPEG", quality=90))  # baseline JPEG: nothing to cut away
+    decode_image(encode(big.resize((1200, 1000)), "JPEG", progressive=True))  # 1/4 scale
+    assert results == []
+
+    # truncated: refused like any truncated JPEG, not decoded from the DC scans it still has
+    for cut in (len(data) - 2, len(data) * 2 // 3):
+        with pytest.raises(NotAnImageError, match="not a decodable image"):
+            compute_hashes(data[:cut])
+
+
+def test_large_progressive_jpeg_keeps_its_exif_orientation() -> None:
+    upright = _large_photo()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    data = encode(stored, "JPEG", quality=90, progressive=True, exif=exif.tobytes())
+    assert hashing._progressive_dc_only(data) is not None
+    assert decode_image(data).size == (288, 256)
+    hashes = compute_hashes(data)
+    assert (hashes.width, hashes.height) == (2304, 2048)
+    assert hamming(hashes.get("pdq").value, pdq_of(upright)) <= 12
 
 
 # ---------------------------------------------------------------- hamming and registry

@@ -15,6 +15,7 @@ from monitor.config import MatchConfig
 from monitor.demo import transforms as tf
 from monitor.hashing import (
     CROP_WINDOWS,
+    ROTATIONS,
     compute_hashes,
     compute_reference_hashes,
     content_box,
@@ -136,7 +137,7 @@ def test_content_box_finds_the_photo_and_leaves_full_frame_photos_alone(corpus) 
 def test_reference_variants_cover_dihedral_crops_and_rotations(corpus) -> None:
     images, _ = corpus
     names = [hv.algorithm for hv in reference_variants(images[0])]
-    assert len(names) == len(set(names)) == 7 + len(CROP_WINDOWS) + 4
-    for name in ("pdq.mirror", "pdq.rot90", "pdq.rot180", "pdq.rot270", "pdq.crop30c", "pdq.rot+3"):
+    assert len(names) == len(set(names)) == 7 + len(CROP_WINDOWS) + 3 * len(ROTATIONS)
+    for name in ("pdq.mirror", "pdq.rot90", "pdq.rot180", "pdq.crop30c", "pdq.rot+4", "pdq.rot-8w"):
         assert name in names
     assert all(len(n) <= 20 for n in names)  # fits reference_hashes.algorithm
