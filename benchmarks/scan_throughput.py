@@ -69,9 +69,16 @@ def image_bytes(bases: list[bytes], i: int) -> bytes:
 
 
 def serve(
-    conn, n_images: int, n_pages: int, etag: bool = False, cache_control: str = ""
+    conn,
+    n_images: int,
+    n_pages: int,
+    etag: bool = False,
+    cache_control: str = "",
+    page_kb: int = 0,
 ) -> None:  # runs in a child process
-    """The loopback web; images get an ETag (answered with 304) and a Cache-Control if asked."""
+    """The loopback web; pages and images get an ETag (answered with 304) and a Cache-Control
+    if asked, and ``page_kb`` KB of text (as real pages have). Sent "requests" on the pipe, it answers with the requests for pages and images
+    so far, by status; sent "stop", it stops."""
     from monitor.testing.searxng import FakeSearxng
     from monitor.testing.web import LoopbackWeb, Response
 
@@ -80,9 +87,29 @@ def serve(
     per_page = n_images // n_pages
     fake = FakeSearxng(results_per_page=n_pages)
     results = []
-    for p in range(n_pages):
+    answered: dict[str, int] = {}  # "page 200", "image 304"... -> requests so far
+    lock = threading.Lock()
+
+    def count(kind: str, resp):
+        with lock:
+            key = f"{kind} {resp.status}"
+            answered[key] = answered.get(key, 0) + 1
+        return resp
+
+    page_headers = {"Cache-Control": cache_control} if cache_control else {}
+    text = f"<p>{'Some text of the page. ' * 44}</p>\n" * page_kb  # about 1 KB a paragraph
+
+    def page(req):
+        p = int(req.path.rsplit("/", 1)[1].split(".")[0])
+        headers = {**page_headers, "ETag": f'"page-{p}-v1"'} if etag else page_headers
+        if etag and req.headers.get("if-none-match") == headers["ETag"]:
+            return count("page", Response(304, b"", "text/html; charset=utf-8", headers))
         imgs = "".join(f'<img src="/img/{p * per_page + k}.jpg" alt="">' for k in range(per_page))
-        web.add(f"/page/{p}.html", f"<html><body><h1>{p}</h1>{imgs}</body></html>")
+        body = f"<html><body><h1>{p}</h1>{imgs}{text}</body></html>".encode()
+        return count("page", Response(200, body, "text/html; charset=utf-8", headers))
+
+    for p in range(n_pages):
+        web.route(f"/page/{p}.html", page)
         results.append({"url": web.url(f"/page/{p}.html"), "title": f"page {p}", "engine": "bench"})
     fake.add_results(f'"{NAME}"', "general", results)
     fake.install(web)
@@ -94,13 +121,15 @@ def serve(
         if cache_control:
             headers["Cache-Control"] = cache_control
         if etag and req.headers.get("if-none-match") == headers["ETag"]:
-            return Response(304, b"", "image/jpeg", headers)
-        return Response(200, image_bytes(bases, i), "image/jpeg", headers)
+            return count("image", Response(304, b"", "image/jpeg", headers))
+        return count("image", Response(200, image_bytes(bases, i), "image/jpeg", headers))
 
     for i in range(n_images):
         web.route(f"/img/{i}.jpg", image)
     conn.send(web.base_url)
-    conn.recv()  # wait until told to stop
+    while conn.recv() != "stop":  # "requests": how many so far
+        with lock:
+            conn.send(dict(answered))
     web.stop()
 
 

@@ -14,7 +14,14 @@ What the fetcher guarantees:
   The check is made on the address actually connected to: the connection pool's network
   backend resolves the host, drops refused addresses and connects to a checked IP (TLS still
   verifies the host name). Redirects are followed here, hop by hop, each hop checked again.
-* ``robots.txt`` is read once per origin and obeyed (:class:`~monitor.errors.RobotsDisallowed`).
+* ``robots.txt`` is read once per origin and obeyed (:class:`~monitor.errors.RobotsDisallowed`),
+  as RFC 9309 says: a 4xx answer (but 429) means there are no rules; a 5xx answer or a 429, a
+  network error or a timeout means the site is treated as disallowing everything for the rest
+  of this fetcher's life (every URL of the origin fails with a RobotsDisallowed that says
+  why), and the next fetcher (scan) asks again. A redirect chain
+  that cannot be followed (a loop, too many hops, a refused address) counts as unavailable
+  (RFC 9309 section 2.3.1.2), i.e. no rules. Lines the parser cannot read are ignored; should
+  the parser itself fail, everything is disallowed (we cannot tell what the file forbids).
 * At most ``max_concurrency`` requests at once, and ``max_per_host`` to one host; requests to
   one host start at least ``min_host_interval`` seconds apart, or further apart when its
   robots.txt asks for a ``Crawl-delay`` (obeyed up to ``max_crawl_delay``).
@@ -23,9 +30,9 @@ What the fetcher guarantees:
   bomb cannot blow up in memory; the compressed size is capped too.
 * Every fetch has an overall ``deadline`` (redirects and the whole body included), so a server
   dripping bytes cannot hold it forever.
-* Conditional requests: ``fetch_image(url, etag=..., last_modified=...)`` sends
-  ``If-None-Match`` / ``If-Modified-Since`` and returns a bodiless resource with status 304
-  when the image has not changed. :func:`freshness_lifetime` reads how long a response may be
+* Conditional requests: ``fetch_image(url, etag=..., last_modified=...)`` (and
+  ``fetch_page``) sends ``If-None-Match`` / ``If-Modified-Since`` and returns a bodiless
+  resource with status 304 when the image (page) has not changed. :func:`freshness_lifetime` reads how long a response may be
   reused without asking at all (``Cache-Control: max-age``, ``Expires``).
 * ``bytes_downloaded`` counts the body bytes received on the wire.
 * Bodies stay in memory; nothing is written to disk. No cookies are kept or sent.
@@ -69,6 +76,7 @@ __all__ = [
     "Fetcher",
     "GuardedNetworkBackend",
     "PartialResource",
+    "RedirectError",
     "Resolver",
     "TooLargeError",
     "UndecodableBody",
@@ -126,6 +134,10 @@ class BadStatusError(FetchError):
 
 class TooLargeError(FetchError):
     """The body is larger than the configured cap."""
+
+
+class RedirectError(FetchError):
+    """A redirect that is not followed: a loop, too many hops, a bad or non-http Location."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +321,7 @@ class Fetcher:
         self._all = asyncio.Semaphore(config.max_concurrency)
         self._per_host: dict[str, asyncio.Semaphore] = {}
         self._next_start: dict[str, float] = {}
-        self._robots: dict[str, asyncio.Task[Protego | None]] = {}
+        self._robots: dict[str, asyncio.Task[_Robots]] = {}
 
     async def __aenter__(self) -> Self:
         self._client = httpx.AsyncClient(
@@ -342,11 +354,20 @@ class Fetcher:
             client, self._client = self._client, None
             await client.aclose()
 
-    async def fetch_page(self, url: str, *, partial: bool = False) -> FetchedResource:
+    async def fetch_page(
+        self,
+        url: str,
+        *,
+        partial: bool = False,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> FetchedResource:
         """Fetch an HTML (or XHTML) page of at most ``max_page_bytes``.
 
         A larger page is a :class:`TooLargeError`; with ``partial`` its first ``max_page_bytes``
-        come back instead, as a :class:`PartialResource`.
+        come back instead, as a :class:`PartialResource`. With ``etag`` / ``last_modified``
+        (from an earlier fetch) the request is conditional, as in :meth:`fetch_image`: an
+        unchanged page comes back with status 304 and no body.
         """
         return await self._fetch(
             url,
@@ -354,6 +375,7 @@ class Fetcher:
             max_bytes=self.config.max_page_bytes,
             check_type=_page_type_problem,
             truncate=partial,
+            conditional=_conditional(etag, last_modified),
         )
 
     async def fetch_image(
@@ -366,6 +388,32 @@ class Fetcher:
         is not. With ``etag`` / ``last_modified`` (from an earlier fetch) the request is
         conditional: an unchanged image comes back with status 304 and no body.
         """
+        return await self._fetch(
+            url,
+            accept=ACCEPT_IMAGE,
+            max_bytes=self.config.max_image_bytes,
+            check_type=_image_type_problem,
+            conditional=_conditional(etag, last_modified),
+        )
+
+    async def fetch_video(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        partial: bool = False,
+    ) -> FetchedResource:
+        """Fetch a video (``<video src>``, ``og:video``) of at most ``max_video_bytes``.
+
+        ``video/*`` (and the mp4/Matroska/Ogg ``application/*`` types), ``image/*`` but SVG
+        (a "video" that is an animated GIF), ``application/octet-stream`` and a missing type
+        are accepted; the hasher decides whether the bytes can be sampled. A larger body is a
+        :class:`TooLargeError`; with ``partial`` its first ``max_video_bytes`` come back
+        instead, as a :class:`PartialResource` (the start of a long video can be sampled).
+        With ``etag`` / ``last_modified`` the request is conditional, as for
+        :meth:`fetch_image` (an unchanged video: status 304 and no body).
+        """
         conditional: dict[str, str] = {}
         if etag:
             conditional["If-None-Match"] = etag
@@ -373,31 +421,19 @@ class Fetcher:
             conditional["If-Modified-Since"] = last_modified
         return await self._fetch(
             url,
-            accept=ACCEPT_IMAGE,
-            max_bytes=self.config.max_image_bytes,
-            check_type=_image_type_problem,
-            conditional=conditional,
-        )
-
-    async def fetch_video(self, url: str) -> FetchedResource:
-        """Fetch a video (``<video src>``, ``og:video``) of at most ``max_video_bytes``.
-
-        ``video/*`` (and the mp4/Matroska/Ogg ``application/*`` types), ``image/*`` but SVG
-        (a "video" that is an animated GIF), ``application/octet-stream`` and a missing type
-        are accepted; the hasher decides whether the bytes can be sampled. A larger body is a
-        :class:`TooLargeError`. Never conditional: only a still's hashes are cached.
-        """
-        return await self._fetch(
-            url,
             accept=ACCEPT_VIDEO,
             max_bytes=self.config.max_video_bytes,
             check_type=_video_type_problem,
+            truncate=partial,
+            conditional=conditional,
         )
 
     async def can_fetch(self, url: str) -> bool:
         """Whether robots.txt lets us fetch ``url`` (always True if robots are not respected)."""
         parsed = _parse_url(url)
         rules = await self._robots_for(parsed) if self.config.respect_robots else None
+        if isinstance(rules, _RobotsUnreadable):
+            return False
         return rules is None or rules.can_fetch(str(parsed), self.config.user_agent)
 
     async def crawl_delay(self, url: str) -> float | None:
@@ -405,7 +441,9 @@ class Fetcher:
         if not self.config.respect_robots:
             return None
         rules = await self._robots_for(_parse_url(url))
-        return rules.crawl_delay(self.config.user_agent) if rules is not None else None
+        if rules is None or isinstance(rules, _RobotsUnreadable):
+            return None
+        return rules.crawl_delay(self.config.user_agent)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -467,10 +505,10 @@ class Fetcher:
             if budget <= 0:
                 raise FetchError(url, f"gave up after {self.deadline:g} s: the server is too slow")
             if str(result) in seen:
-                raise FetchError(url, f"redirect loop (back to {result})")
+                raise RedirectError(url, f"redirect loop (back to {result})")
             seen.add(str(result))
             current = result
-        raise FetchError(url, f"too many redirects (more than {self.config.max_redirects})")
+        raise RedirectError(url, f"too many redirects (more than {self.config.max_redirects})")
 
     async def _exchange(
         self,
@@ -501,7 +539,7 @@ class Fetcher:
                 asked, f"gave up after {self.deadline:g} s: the server is too slow"
             ) from None
         except _RedirectRefused as exc:
-            raise FetchError(asked, exc.reason) from None
+            raise RedirectError(asked, exc.reason) from None
         except BlockedAddressError as exc:
             if exc.url == asked:
                 raise
@@ -620,8 +658,14 @@ class Fetcher:
         rules = await self._robots_for(url)
         if rules is None:
             return None
+        where = f" (redirected to {url})" if redirected else ""
+        if isinstance(rules, _RobotsUnreadable):
+            raise RobotsDisallowed(
+                asked,
+                f"robots.txt of {_origin(url)} {rules.reason}; RFC 9309: treated as disallowing "
+                f"everything until it can be read{where}",
+            )
         if not rules.can_fetch(str(url), self.config.user_agent):
-            where = f" (redirected to {url})" if redirected else ""
             raise RobotsDisallowed(asked, f"robots.txt of {_origin(url)} disallows it{where}")
         try:
             delay = rules.crawl_delay(self.config.user_agent)
@@ -629,9 +673,10 @@ class Fetcher:
             return None
         return float(delay) if delay is not None and delay > 0 else None
 
-    async def _robots_for(self, url: httpx.URL) -> Protego | None:
-        """The origin's parsed robots.txt (None: everything allowed); fetched once per origin,
-        concurrent first requests wait for the same fetch."""
+    async def _robots_for(self, url: httpx.URL) -> _Robots:
+        """The origin's robots.txt: its parsed rules, None (no rules: everything allowed) or
+        :class:`_RobotsUnreadable` (everything disallowed). Fetched once per origin for the
+        fetcher's life; concurrent first requests wait for the same fetch."""
         key = _origin(url)
         task = self._robots.get(key)
         if task is None:
@@ -640,7 +685,21 @@ class Fetcher:
             self._robots[key] = task
         return await asyncio.shield(task)
 
-    async def _load_robots(self, robots_url: str) -> Protego | None:
+    async def _load_robots(self, robots_url: str) -> _Robots:
+        """Fetch and parse one robots.txt, deciding as RFC 9309 section 2.3.1 says.
+
+        * 2xx: the rules (the first ``ROBOTS_MAX_BYTES`` of the file; lines that are not rules,
+          as in an HTML page served as robots.txt, are ignored).
+        * 4xx ("unavailable"): no rules, everything allowed. Not 429 (Too Many Requests): the
+          site asks us to slow down, so it is treated like a 5xx, as Google does.
+        * A redirect that cannot be followed (loop, more than ``max_redirects`` hops, a bad
+          Location, a refused address): unavailable too (section 2.3.1.2), everything allowed.
+          A host that is itself refused is refused again when the page is asked for.
+        * 5xx, any other status, a network error, a timeout, a body that does not decode
+          ("unreachable", section 2.3.1.4): everything disallowed.
+        * The parser failing (it ignores what it cannot read, so this is a bug on our side, not
+          a rule of the site): everything disallowed, as we cannot tell what is forbidden.
+        """
         try:
             res = await self._fetch(
                 robots_url,
@@ -651,26 +710,49 @@ class Fetcher:
                 truncate=True,
             )
         except BadStatusError as exc:
-            if exc.status >= 500:
-                log.info(
-                    "%s: HTTP %d; fetching from the site as if it allowed everything",
-                    robots_url,
-                    exc.status,
-                )
-            return None  # 4xx: there are no rules
-        except FetchError as exc:
-            log.info(
-                "%s: %s; fetching from the site as if it allowed everything", robots_url, exc.reason
-            )
+            if 400 <= exc.status < 500 and exc.status != 429:
+                return None  # "unavailable": there are no rules
+            log.info("%s: HTTP %d; disallowing the whole site", robots_url, exc.status)
+            return _RobotsUnreadable(f"answered HTTP {exc.status}")
+        except (RedirectError, BlockedAddressError) as exc:
+            log.info("%s: %s; treated as having no rules", robots_url, exc.reason)
             return None
+        except FetchError as exc:
+            log.info("%s: %s; disallowing the whole site", robots_url, exc.reason)
+            return _RobotsUnreadable(f"could not be read ({exc.reason})")
         try:
             return Protego.parse(res.body.decode("utf-8", errors="replace"))
-        except Exception:  # a robots.txt Protego cannot read has no rules we can obey
-            log.info("%s could not be parsed; allowing everything", robots_url, exc_info=True)
-            return None
+        except Exception as exc:
+            log.warning(
+                "%s could not be parsed; disallowing the whole site", robots_url, exc_info=True
+            )
+            return _RobotsUnreadable(
+                f"could not be parsed ({type(exc).__name__}: {str(exc)[:200]})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _RobotsUnreadable:
+    """An origin whose robots.txt could not be read: everything on it is disallowed."""
+
+    reason: str
+    """What happened, readable after "robots.txt of <origin> ": "answered HTTP 503"."""
+
+
+_Robots = Protego | _RobotsUnreadable | None
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _conditional(etag: str | None, last_modified: str | None) -> dict[str, str]:
+    """The headers of a conditional request with these validators (none: unconditional)."""
+    headers: dict[str, str] = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    return headers
 
 
 def _parse_url(url: str) -> httpx.URL:

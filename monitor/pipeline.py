@@ -68,6 +68,8 @@ class ScanSummary:
     queries: int = 0
     hits: int = 0
     pages: int = 0
+    pages_unchanged: int = 0  # known from an earlier scan and unchanged (HTTP 304): not fetched
+    pages_fresh: int = 0  # known and still fresh (Cache-Control, Expires): not even asked for
     images: int = 0
     images_hashed: int = 0
     images_unchanged: int = 0  # known from an earlier scan and unchanged (HTTP 304): not fetched
@@ -155,8 +157,13 @@ class _Scan:
         self.image_tasks: dict[str, asyncio.Task[ImageHashes | None]] = {}
         self.seen_pairs: set[tuple[str, str]] = set()
         self.hash_by_sha: dict[str, asyncio.Future[ImageHashes | None]] = {}
-        # Sampled frames of the videos and animations hashed in this scan, by SHA-256.
+        # Sampled frames of the videos and animations hashed (or known) in this scan, by
+        # SHA-256; those sampled in this scan are stored with their image (unwritten_frames).
         self.frames_by_sha: dict[str, tuple[FrameHashes, ...]] = {}
+        self.unwritten_frames: dict[str, tuple[FrameHashes, ...]] = {}
+        # Stored frames of the images of fetch cache hits, looked up a page at a time.
+        self.cached_frames: dict[str, tuple[FrameHashes, ...]] = {}
+        self.frames_looked_up: set[str] = set()
         fetch_cfg = settings.fetch
         self.frame_limits = FrameLimits(
             max_bytes=max(fetch_cfg.max_video_bytes, fetch_cfg.max_image_bytes)
@@ -166,6 +173,10 @@ class _Scan:
         # Fetch cache entries looked up a page at a time (see _look_up_cache).
         self.cache_hits: dict[str, store.CachedImage] = {}
         self.cache_looked_up: set[str] = set()
+        # The page cache: entries of this scan's page URLs (looked up at once, see run()), and
+        # pages fetched or revalidated, written a batch at a time.
+        self.page_hits: dict[str, store.CachedPage] = {}
+        self.fetched_pages: list[store.FetchedPage] = []
         self.in_flight = asyncio.Semaphore(settings.fetch.max_concurrency)
 
     # -- recording
@@ -189,6 +200,8 @@ class _Scan:
             subject = s.get(Subject, self.subject_id)
             assert subject is not None
             outcomes = store.record_images(s, subject, self.scan_id, batch)
+            if self.unwritten_frames:  # before the cache entries that lead to them
+                self.unwritten_frames = store.remember_frames(s, self.unwritten_frames)
             if self.fetched:
                 fetched, self.fetched = self.fetched, []
                 self.fetched = store.remember_fetches(s, fetched) + self.fetched
@@ -246,22 +259,49 @@ class _Scan:
         return hits
 
     async def page(self, fetcher: Fetcher, url: str) -> None:
+        fetch_cfg = self.settings.fetch
+        limit = fetch_cfg.max_images_per_page
+        cached = self.page_hits.pop(url, None)
+        if cached is not None and cached.fresh(utcnow(), fetch_cfg.max_cache_age):
+            self.summary.pages += 1  # the server said it stays so for now: not asked for
+            self.summary.pages_unchanged += 1
+            self.summary.pages_fresh += 1
+            await self._page_candidates(fetcher, cached.image_candidates(limit=limit))
+            return
         try:
-            res = await fetcher.fetch_page(url, partial=True)
+            res = await fetcher.fetch_page(
+                url,
+                partial=True,
+                etag=cached.etag if cached else None,
+                last_modified=cached.last_modified if cached else None,
+            )
         except FetchError as exc:
             self.error(url, "page", exc.reason)
             return
         self.summary.pages += 1
+        fresh_until = self._fresh_until(res.headers)
+        if res.status == 304 and cached is not None:  # unchanged: reuse what was found on it
+            self.summary.pages_unchanged += 1
+            self._page_revalidated(cached, res.final_url, res.headers, fresh_until)
+            await self._page_candidates(fetcher, cached.image_candidates(res.final_url, limit))
+            return
+        final_url, etag, modified = (
+            res.final_url,
+            res.headers.get("etag"),
+            res.headers.get("last-modified"),
+        )
         if isinstance(res, PartialResource):  # padded past the cap: still look at the start
             size = format_size(res.limit)
             self.error(
                 url, "page", f"larger than the {size} limit; only its first {size} were read"
             )
+            # Only its start was read: not cached (and an entry stored before is dropped).
+            etag = modified = fresh_until = None
         extract = partial(
             extract_images,
             res.body,
             res.final_url,
-            limit=self.settings.fetch.max_images_per_page,
+            limit=limit,
             encoding=charset_from_content_type(res.content_type),
         )
         # A big page takes lxml a while: parse it off the event loop, so downloads and their
@@ -269,6 +309,15 @@ class _Scan:
         big = len(res.body) > 256_000
         del res
         candidates = await asyncio.to_thread(extract) if big else extract()
+        if len(candidates) >= limit:  # maybe cut at the limit: the list is not stored, so a
+            etag = modified = fresh_until = None  # stored one is complete whatever the limit
+        if fetch_cfg.conditional_requests and (cached or etag or modified or fresh_until):
+            self._remember_page(
+                store.FetchedPage.of(url, final_url, etag, modified, fresh_until, candidates)
+            )
+        await self._page_candidates(fetcher, candidates)
+
+    async def _page_candidates(self, fetcher: Fetcher, candidates: list[ImageCandidate]) -> None:
         self._look_up_cache(candidates)
         await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
 
@@ -311,18 +360,23 @@ class _Scan:
         return detail.result, detail.frame_offset, detail.reference_offset
 
     async def image(self, fetcher: Fetcher, url: str, *, video: bool = False) -> ImageHashes | None:
-        cached = None if video else self._cached(url)
+        cached = self._cached(url)
         if cached is not None and cached.fresh(utcnow(), self.settings.fetch.max_cache_age):
             self.summary.images += 1  # the server said it stays so for now: not asked for
             self.summary.images_unchanged += 1
             self.summary.images_fresh += 1
-            return cached.hashes
+            return self._reuse(cached)
         # A slot is held from download to hash: downloads can outpace hashing, and without this
         # limit fetched bodies would queue up in memory waiting for a worker.
         async with self.in_flight:
             try:
-                if video:
-                    res = await fetcher.fetch_video(url)
+                if video:  # a long video: its start, up to max_video_bytes, is sampled
+                    res = await fetcher.fetch_video(
+                        url,
+                        etag=cached.etag if cached else None,
+                        last_modified=cached.last_modified if cached else None,
+                        partial=True,
+                    )
                 else:
                     res = await fetcher.fetch_image(
                         url,
@@ -337,7 +391,11 @@ class _Scan:
             if res.status == 304 and cached is not None:  # unchanged: reuse its hashes
                 self.summary.images_unchanged += 1
                 self._revalidated(cached, res.headers, fresh_until)
-                return cached.hashes
+                return self._reuse(cached)
+            if isinstance(res, PartialResource):
+                size = format_size(res.limit)
+                reason = f"larger than the {size} limit; only its first {size} were sampled"
+                self.error(url, "video", reason)
             body, etag, modified = (
                 res.body,
                 res.headers.get("etag"),
@@ -355,8 +413,8 @@ class _Scan:
         remember = self.settings.fetch.conditional_requests and (
             cached or etag or modified or fresh_until
         )
-        # Only a still's hashes are stored: a video or animation is fetched and sampled again.
-        if hashes is not None and remember and sha not in self.frames_by_sha:
+        # With a video's or an animation's frames (stored with its image, see _hash).
+        if hashes is not None and remember:
             self.fetched.append(store.FetchedImage(url, sha, etag, modified, fresh_until))
         return hashes
 
@@ -370,14 +428,18 @@ class _Scan:
         urls = {
             c.image_url
             for c in candidates
-            if c.source not in VIDEO_SOURCES
-            and c.image_url not in self.image_tasks
-            and c.image_url not in self.cache_looked_up
+            if c.image_url not in self.image_tasks and c.image_url not in self.cache_looked_up
         }
         if not urls:
             return
         with self.db.engine.connect() as conn:
-            self.cache_hits.update(store.cached_images(conn, urls))
+            hits = store.cached_images(conn, urls)
+            # ...and the stored frames of those that are videos or animations (one query more).
+            shas = {c.hashes.sha256 for c in hits.values()} - self.frames_looked_up
+            if shas:
+                self.cached_frames.update(store.known_frames(conn, shas))
+                self.frames_looked_up |= shas
+        self.cache_hits.update(hits)
         self.cache_looked_up |= urls
 
     def _cached(self, url: str) -> store.CachedImage | None:
@@ -388,6 +450,20 @@ class _Scan:
             return self.cache_hits.pop(url, None)
         with self.db.engine.connect() as conn:
             return store.cached_image(conn, url)
+
+    def _reuse(self, cached: store.CachedImage) -> ImageHashes:
+        """The hashes of an image URL found unchanged; for a video or an animation its stored
+        frames are matched too (no download, no decoding)."""
+        sha = cached.hashes.sha256
+        if sha not in self.frames_by_sha:
+            if sha in self.frames_looked_up:
+                frames = self.cached_frames.get(sha)
+            else:
+                with self.db.engine.connect() as conn:
+                    frames = store.known_frames(conn, [sha]).get(sha)
+            if frames:
+                self.frames_by_sha[sha] = frames
+        return cached.hashes
 
     def _fresh_until(self, headers: dict[str, str]) -> datetime | None:
         """Until when a response may be reused without asking: its freshness (Cache-Control,
@@ -409,18 +485,67 @@ class _Scan:
             store.FetchedImage(cached.url, cached.hashes.sha256, etag, modified, fresh_until)
         )
 
+    # -- the page cache
+
+    def _look_up_pages(self, urls: list[str]) -> None:
+        """Look up the cache entries of the scan's page URLs in one query (a few for many)."""
+        if not self.settings.fetch.conditional_requests or not urls:
+            return
+        with self.db.engine.connect() as conn:
+            self.page_hits = store.cached_pages(conn, urls)
+
+    def _page_revalidated(
+        self,
+        cached: store.CachedPage,
+        final_url: str,
+        headers: dict[str, str],
+        fresh_until: datetime | None,
+    ) -> None:
+        """A 304 for a page: store the validators, freshness and redirect it came with (if
+        they tell anything new), so the next scan can skip the request while it stays fresh."""
+        etag = headers.get("etag") or cached.etag
+        modified = headers.get("last-modified") or cached.last_modified
+        same = (etag, modified, final_url) == (cached.etag, cached.last_modified, cached.final_url)
+        if fresh_until is None and same:
+            return  # nothing new: no write
+        self._remember_page(
+            store.FetchedPage(cached.url, final_url, etag, modified, fresh_until, cached.candidates)
+        )
+
+    def _remember_page(self, fetched: store.FetchedPage) -> None:
+        self.fetched_pages.append(fetched)
+        if len(self.fetched_pages) >= WRITE_BATCH:
+            self._write_pages()
+
+    def _write_pages(self) -> None:
+        """Write the page cache entries of the pages fetched so far. One lost in a crash only
+        means the page is downloaded whole again by the next scan."""
+        if not self.fetched_pages:
+            return
+        batch, self.fetched_pages = self.fetched_pages, []
+        with self.db.session() as s:
+            store.remember_pages(s, batch)
+
     async def _hash(self, url: str, sha: str, body: bytes) -> ImageHashes | None:
         try:
-            hashes = None
-            if not may_have_frames(body):  # only a still's hashes are stored, not frames'
-                with self.db.engine.connect() as conn:
-                    hashes = store.known_image(conn, sha)
+            media_bytes = may_have_frames(body)  # a video, or maybe an animation
+            with self.db.engine.connect() as conn:
+                hashes = store.known_image(conn, sha)
+                if hashes is not None and media_bytes:
+                    # Known by its bytes only with its sampled frames (else sampled again).
+                    frames = store.known_frames(conn, [sha]).get(sha)
+                    if frames is None:
+                        hashes = None
+                    elif frames:
+                        self.frames_by_sha[sha] = frames
             if hashes is None:
                 loop = asyncio.get_running_loop()
                 media = await loop.run_in_executor(self.pool, hash_media, body, self.frame_limits)
                 self.summary.images_hashed += 1
                 if media.frames:
                     self.frames_by_sha[sha] = media.frames
+                if media_bytes:  # stored with the image (() for a still), see flush()
+                    self.unwritten_frames[sha] = media.frames
                 hashes = media.still
             return hashes
         except NotAnImageError as exc:
@@ -448,6 +573,7 @@ class _Scan:
                     page_urls.append(hit.page_url)
             page_urls = page_urls[: fetch_cfg.max_pages_per_scan]
             self._look_up_cache(direct)
+            self._look_up_pages(page_urls)
             try:
                 await asyncio.gather(
                     *(self.candidate(fetcher, c) for c in direct),
@@ -456,6 +582,7 @@ class _Scan:
             finally:
                 self.summary.bytes_downloaded = fetcher.bytes_downloaded
         self.flush()
+        self._write_pages()
 
 
 def _recover_interrupted(db: Database, settings: Settings, subject_id: int) -> None:

@@ -8,6 +8,7 @@ and the alert's outbox row in one transaction: a match, once seen, is never with
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,8 @@ from monitor.db.models import (
     Hit,
     Image,
     Match,
+    MediaFrames,
+    PageCacheEntry,
     Reference,
     ReferenceHash,
     Scan,
@@ -33,8 +36,9 @@ from monitor.db.models import (
 )
 from monitor.errors import MonitorError, SubjectNotFound
 from monitor.matching import ReferenceHashRecord
-from monitor.types import HashValue, ImageHashes, MatchResult, SearchHit
+from monitor.types import HashValue, ImageCandidate, ImageHashes, MatchResult, SearchHit
 from monitor.types import iso_utc as _iso
+from monitor.video import FrameHashes
 
 
 class SubjectExists(MonitorError):
@@ -148,6 +152,7 @@ def erase_subject(session: Session, name: str) -> None:
         )
     )
     forget_orphan_fetch_cache(session)  # image URLs only this subject's scans had seen
+    forget_orphan_page_cache(session)  # and page URLs
 
 
 def reference_records(session: Session, subject_id: int) -> list[ReferenceHashRecord]:
@@ -684,5 +689,280 @@ def forget_orphan_fetch_cache(session: Session) -> int:
     """Drop cache entries of URLs no sighting holds any more (after an erasure)."""
     result = session.execute(
         delete(FetchCacheEntry).where(~exists().where(Sighting.image_url == FetchCacheEntry.url))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ---------------------------------------------------------------- sampled frames of media
+
+
+def _frames_json(frames: Sequence[FrameHashes]) -> str:
+    return json.dumps(
+        [
+            {
+                "offset": f.offset,
+                "width": f.hashes.width,
+                "height": f.hashes.height,
+                "hashes": [[h.algorithm, h.value, h.quality] for h in f.hashes.hashes],
+            }
+            for f in frames
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _frames_from(sha256: str, text: str) -> tuple[FrameHashes, ...] | None:
+    try:
+        return tuple(
+            FrameHashes(
+                float(f["offset"]),
+                ImageHashes(
+                    sha256,
+                    int(f["width"]),
+                    int(f["height"]),
+                    tuple(
+                        HashValue(str(alg), str(value), None if q is None else int(q))
+                        for alg, value, q in f["hashes"]
+                    ),
+                ),
+            )
+            for f in json.loads(text)
+        )
+    except (ValueError, TypeError, KeyError):  # unreadable: as if not stored (sampled again)
+        return None
+
+
+_KNOWN_FRAMES = (
+    select(Image.sha256, MediaFrames.frames)
+    .join(MediaFrames, MediaFrames.image_id == Image.id)
+    .where(Image.sha256.in_(bindparam("shas", expanding=True)))
+)
+
+
+def known_frames(
+    db: Session | Connection, shas: Iterable[str]
+) -> dict[str, tuple[FrameHashes, ...]]:
+    """The stored sampled frames of videos and animations, by the SHA-256 of their bytes: only
+    those stored (``()`` for bytes that could have had frames but were a still). With the image
+    row (:func:`known_image`, :func:`cached_images`) they stand for the whole media, so an
+    unchanged video is matched again without being downloaded or decoded."""
+    wanted = list(dict.fromkeys(shas))
+    found: dict[str, tuple[FrameHashes, ...]] = {}
+    for i in range(0, len(wanted), CACHE_LOOKUP_CHUNK):
+        for sha, text in db.execute(_KNOWN_FRAMES, {"shas": wanted[i : i + CACHE_LOOKUP_CHUNK]}):
+            frames = _frames_from(sha, text)
+            if frames is not None:
+                found[sha] = frames
+    return found
+
+
+def remember_frames(
+    session: Session, frames: dict[str, tuple[FrameHashes, ...]]
+) -> dict[str, tuple[FrameHashes, ...]]:
+    """Store (or replace) the sampled frames of media, by the SHA-256 of their bytes. A row
+    needs its image row (written by :func:`record_images`): those whose image is not stored
+    yet are returned, to try again later. Erased with the image (``ON DELETE CASCADE``)."""
+    if not frames:
+        return {}
+    ids = _image_ids(session, set(frames))
+    now = utcnow()
+    rows = [
+        {"image_id": ids[sha], "frames": _frames_json(f), "sampled_at": now}
+        for sha, f in frames.items()
+        if sha in ids
+    ]
+    if rows:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+            keys = [r["image_id"] for r in rows]
+            session.execute(delete(MediaFrames).where(MediaFrames.image_id.in_(keys)))
+            session.execute(insert(MediaFrames), rows)
+            return {sha: f for sha, f in frames.items() if sha not in ids}
+        stmt = upsert(MediaFrames)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[MediaFrames.image_id],
+            set_={"frames": stmt.excluded.frames, "sampled_at": stmt.excluded.sampled_at},
+        )
+        session.execute(stmt, rows)
+    return {sha: f for sha, f in frames.items() if sha not in ids}
+
+
+# ---------------------------------------------------------------- page cache
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPage:
+    """What a page URL held when last fetched: validators to ask with, where it redirected to,
+    and the image and video URLs found on it as ``(source, image URL)`` pairs;
+    ``fresh_until``: till then the server said it stays so (None: ask every time);
+    ``checked_at``: when the server last said so."""
+
+    url: str
+    final_url: str
+    etag: str | None
+    last_modified: str | None
+    candidates: tuple[tuple[str, str], ...]
+    fresh_until: datetime | None = None
+    checked_at: datetime | None = None
+
+    def fresh(self, now: datetime, max_age: timedelta) -> bool:
+        """Whether it may be reused at ``now`` without asking: within the server's freshness
+        and at most ``max_age`` since it was last checked (a lowered cap applies at once)."""
+        if self.fresh_until is None or self.checked_at is None or max_age <= timedelta(0):
+            return False
+        return now < self.fresh_until and now < self.checked_at + max_age
+
+    def image_candidates(
+        self, page_url: str | None = None, limit: int | None = None
+    ) -> list[ImageCandidate]:
+        """The stored candidates, found on ``page_url`` (by default where it redirected to
+        last time), at most ``limit`` of them."""
+        where = page_url or self.final_url
+        pairs = self.candidates if limit is None else self.candidates[: max(limit, 0)]
+        return [ImageCandidate(image_url, where, source) for source, image_url in pairs]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPage:
+    """A page URL just fetched whole (or found unchanged), to remember: where it redirected
+    to, its validators, until when the server said it stays so, and its candidates."""
+
+    url: str
+    final_url: str
+    etag: str | None
+    last_modified: str | None
+    fresh_until: datetime | None
+    candidates: tuple[tuple[str, str], ...]
+
+    @staticmethod
+    def of(
+        url: str,
+        final_url: str,
+        etag: str | None,
+        last_modified: str | None,
+        fresh_until: datetime | None,
+        candidates: Iterable[ImageCandidate],
+    ) -> FetchedPage:
+        pairs = tuple((c.source, c.image_url) for c in candidates)
+        return FetchedPage(url, final_url, etag, last_modified, fresh_until, pairs)
+
+
+PAGE_CANDIDATES_MAX_CHARS = 200_000
+"""A page whose candidate list (as JSON) is longer is not cached: it is fetched whole again."""
+
+_PAGE_COLUMNS = select(
+    PageCacheEntry.url_sha256,
+    PageCacheEntry.url,
+    PageCacheEntry.final_url,
+    PageCacheEntry.etag,
+    PageCacheEntry.last_modified,
+    PageCacheEntry.fresh_until,
+    PageCacheEntry.fetched_at,
+    PageCacheEntry.candidates,
+).where(PageCacheEntry.url_sha256.in_(bindparam("keys", expanding=True)))
+
+
+def _page_from(row: Row[Any]) -> CachedPage | None:
+    try:
+        pairs = tuple((str(src), str(u)) for src, u in json.loads(row.candidates or "[]"))
+    except (ValueError, TypeError):  # unreadable: as if not cached
+        return None
+    return CachedPage(
+        row.url,
+        row.final_url or row.url,
+        row.etag,
+        row.last_modified,
+        pairs,
+        row.fresh_until,
+        row.fetched_at,
+    )
+
+
+def cached_pages(db: Session | Connection, urls: Iterable[str]) -> dict[str, CachedPage]:
+    """The stored validators and candidates of these page URLs, by URL (only those with an
+    entry), in one query (a few for very many)."""
+    keys = {url_key(u): u for u in urls}
+    found: dict[str, CachedPage] = {}
+    chunks = list(keys)
+    for i in range(0, len(chunks), CACHE_LOOKUP_CHUNK):
+        for row in db.execute(_PAGE_COLUMNS, {"keys": chunks[i : i + CACHE_LOOKUP_CHUNK]}):
+            if keys.get(row.url_sha256) == row.url and (page := _page_from(row)) is not None:
+                found[row.url] = page
+    return found
+
+
+def remember_pages(session: Session, fetched: Sequence[FetchedPage]) -> None:
+    """Store (or replace) the cache entries of page URLs fetched whole or found unchanged.
+
+    Pages with neither validators nor freshness are forgotten (with nothing to ask with, the
+    next scan downloads them anyway), and so are those with a huge candidate list."""
+    if not fetched:
+        return
+    latest = {f.url: f for f in fetched}  # the last fetch of a URL wins
+    now = utcnow()
+    rows, stale = [], []
+    for f in latest.values():
+        listed = json.dumps([list(p) for p in f.candidates], separators=(",", ":"))
+        if (
+            not (f.etag or f.last_modified or f.fresh_until)
+            or len(listed) > PAGE_CANDIDATES_MAX_CHARS
+        ):
+            stale.append(url_key(f.url))
+            continue
+        rows.append(
+            {
+                "url_sha256": url_key(f.url),
+                "url": f.url,
+                "final_url": f.final_url if f.final_url != f.url else None,
+                "etag": (f.etag or None) and f.etag[:500],
+                "last_modified": (f.last_modified or None) and f.last_modified[:100],
+                "fetched_at": now,
+                "fresh_until": f.fresh_until,
+                "candidates": listed,
+            }
+        )
+    if stale:
+        session.execute(delete(PageCacheEntry).where(PageCacheEntry.url_sha256.in_(stale)))
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+        keys = [r["url_sha256"] for r in rows]
+        session.execute(delete(PageCacheEntry).where(PageCacheEntry.url_sha256.in_(keys)))
+        session.execute(insert(PageCacheEntry), rows)
+        return
+    stmt = upsert(PageCacheEntry)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[PageCacheEntry.url_sha256],
+        set_={
+            column: getattr(stmt.excluded, column)
+            for column in (
+                "url",
+                "final_url",
+                "etag",
+                "last_modified",
+                "fetched_at",
+                "fresh_until",
+                "candidates",
+            )
+        },
+    )
+    session.execute(stmt, rows)
+
+
+def forget_orphan_page_cache(session: Session) -> int:
+    """Drop cache entries of page URLs no sighting holds any more (after an erasure): a page
+    found only by an erased person's scans is forgotten with them, as their image URLs are."""
+    found_on = func.coalesce(PageCacheEntry.final_url, PageCacheEntry.url)
+    result = session.execute(
+        delete(PageCacheEntry).where(~exists().where(Sighting.page_url == found_on))
     )
     return int(getattr(result, "rowcount", 0) or 0)

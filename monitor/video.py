@@ -1,9 +1,11 @@
 """Frames of videos and animations, sampled in memory and hashed like photos.
 
 A leaked photo is often posted as a clip or an animated GIF/WebP/APNG, and intimate videos are
-enrolled and found as videos. This module turns such bytes into a bounded list of frames (about
-one a second for videos, a handful spread over an animation), each with its time offset, and
-hashes each frame with the registered image hashes (:mod:`monitor.hashing`).
+enrolled and found as videos. This module turns such bytes into a bounded list of frames, each
+with its time offset, and hashes each frame with the registered image hashes
+(:mod:`monitor.hashing`): about one a second of a short video; for a video longer than
+``max_frames`` seconds, ``max_frames`` frames spread evenly over its whole duration (found by
+seeking, so the end of a long video is looked at too); a handful spread over an animation.
 
 Everything happens in memory: the container is read from a ``BytesIO``, never from a file, and
 only hashes leave this module. Decoding is bounded in bytes, frames, pixels per frame and
@@ -20,6 +22,7 @@ import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageSequence
 
@@ -62,8 +65,8 @@ _VIDEO_MAGIC = (
 class FrameLimits:
     """Bounds on the work one video or animation may cause."""
 
-    every_seconds: float = 1.0  # one frame per this many seconds of video
-    max_frames: int = 60
+    every_seconds: float = 1.0  # one frame per this many seconds of a short video
+    max_frames: int = 60  # a longer video: this many, spread evenly over all of it
     max_animation_frames: int = 8  # frames spread evenly over an animated image
     max_bytes: int = 200_000_000
     max_pixels: int = DEFAULT_MAX_PIXELS  # per frame, checked before decoding
@@ -172,47 +175,171 @@ def _animation_frames(data: bytes, limits: FrameLimits) -> Iterator[Frame]:
 
 
 def _video_frames(data: bytes, limits: FrameLimits) -> Iterator[Frame]:
+    """About one frame every ``every_seconds`` of a short video; for a longer one (more than
+    ``max_frames`` such frames), ``max_frames`` frames spread evenly over its whole duration,
+    each found by seeking (see :func:`_seek_frames`)."""
     try:
         import av
     except ImportError:  # pragma: no cover - av is a dependency
         raise NotAnImageError("video support needs the 'av' package") from None
+    deadline = time.monotonic() + limits.max_decode_seconds
+    window = limits.every_seconds * limits.max_frames
+    with _open_video(av, data, limits) as container:
+        stream = container.streams.video[0]
+        span = _declared_seconds(container, stream)
+        if span is not None and span <= window:
+            yield from _decode_every(container, stream, limits, deadline)
+            return
+        # Long, or of unknown length: how much of it the bytes really hold (a declared
+        # duration can be wrong, and a video cut at the byte cap holds only its start).
+        span = _demuxed_seconds(container, stream, deadline)
+    with _open_video(av, data, limits) as container:  # from the start again
+        stream = container.streams.video[0]
+        if span is None or span <= window:
+            yield from _decode_every(container, stream, limits, deadline)
+        else:
+            yield from _seek_frames(container, stream, span, limits, deadline)
+
+
+def _open_video(av: Any, data: bytes, limits: FrameLimits) -> Any:
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except Exception as exc:
         raise NotAnImageError(f"not a decodable video: {_first_line(exc)}") from None
-    with container:
-        if not container.streams.video:
-            raise NotAnImageError("not a decodable video: it has no video stream")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
-        if width * height > limits.max_pixels:
-            raise NotAnImageError(f"refused, could be a decompression bomb: {width}x{height}")
-        stream.thread_type = "AUTO"
-        deadline = time.monotonic() + limits.max_decode_seconds
-        next_at, taken = 0.0, 0
+    if not container.streams.video:
+        container.close()
+        raise NotAnImageError("not a decodable video: it has no video stream")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+    if width * height > limits.max_pixels:
+        container.close()
+        raise NotAnImageError(f"refused, could be a decompression bomb: {width}x{height}")
+    stream.thread_type = "AUTO"
+    return container
+
+
+def _start(stream: Any) -> float:
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def _declared_seconds(container: Any, stream: Any) -> float | None:
+    """The duration the container declares (of the stream, else of the file), if any."""
+    if stream.duration and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _demuxed_seconds(container: Any, stream: Any, deadline: float) -> float | None:
+    """Seconds of video the bytes hold, from the time stamps of its packets (read, not
+    decoded: fast). None when no packet has one."""
+    end = None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.time_base is not None:
+                at = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                end = at if end is None else max(end, at)
+            if time.monotonic() > deadline:
+                break
+    except Exception:  # a cut or damaged tail: what was read so far counts
+        pass
+    return None if end is None else max(end - _start(stream), 0.0)
+
+
+def _frame_time(frame: Any) -> float:
+    if frame.pts is None or frame.time_base is None:
+        return float(frame.time or 0.0)
+    return float(frame.pts * frame.time_base)
+
+
+def _decode_every(
+    container: Any, stream: Any, limits: FrameLimits, deadline: float
+) -> Iterator[Frame]:
+    """Decode from the start, keeping a frame every ``every_seconds``."""
+    next_at, taken = 0.0, 0
+    try:
+        for frame in container.decode(stream):
+            if time.monotonic() > deadline:
+                break
+            at = _frame_time(frame)
+            if at + 1e-6 < next_at:
+                continue
+            yield Frame(round(at, 3), _reduced_rgb(frame.to_image()))
+            taken += 1
+            if taken >= limits.max_frames:
+                break
+            next_at = at + limits.every_seconds
+    except Exception as exc:
+        if taken == 0:
+            raise NotAnImageError(f"not a decodable video: {_first_line(exc)}") from None
+        # A truncated or corrupt tail: keep the frames decoded so far.
+
+
+SEEK_GAP = 5.0
+"""Sampling a long video, a time at most this many seconds (or one keyframe interval, if that
+is longer) past the frame decoded last is decoded on to, not sought: a seek lands on the
+keyframe before the time, which may be one already decoded past."""
+
+
+def _seek_frames(
+    container: Any, stream: Any, span: float, limits: FrameLimits, deadline: float
+) -> Iterator[Frame]:
+    """``max_frames`` frames at ``i * span / max_frames`` seconds: seek to the keyframe at or
+    before each time (or decode on, when it is near, see :data:`SEEK_GAP`) and take the first
+    frame within half a step of it (a keyframe when one is that close). Stops at the end of
+    what can be decoded."""
+    step = span / limits.max_frames
+    start = _start(stream)
+    last: float | None = None  # the offset of the frame taken last
+    frames: Iterator[Any] | None = None  # the decoder's frames since the last seek
+    at: float | None = None  # the time of the frame decoded last
+    key_at: float | None = None  # the time of the keyframe decoded last since the last seek
+    key_gap = 0.0  # the longest interval seen between two keyframes decoded in a row
+    for i in range(limits.max_frames):
+        if time.monotonic() > deadline:
+            break
+        target = start + i * step
+        floor = target - step / 2
+        if last is not None:
+            floor = max(floor, last + 1e-3)
+        got = None
         try:
-            for frame in container.decode(stream):
+            if frames is None or at is None or target - at > max(SEEK_GAP, key_gap):
+                if i:
+                    container.seek(
+                        int(target / stream.time_base),
+                        stream=stream,
+                        backward=True,
+                        any_frame=False,
+                    )
+                frames, key_at = container.decode(stream), None
+            for frame in frames:
+                at = _frame_time(frame)
+                if frame.key_frame:
+                    if key_at is not None:
+                        key_gap = max(key_gap, at - key_at)
+                    key_at = at
+                if at >= floor:
+                    got = Frame(round(at, 3), _reduced_rgb(frame.to_image()))
+                    break
                 if time.monotonic() > deadline:
                     break
-                if frame.pts is None or frame.time_base is None:
-                    at = float(frame.time or 0.0)
-                else:
-                    at = float(frame.pts * frame.time_base)
-                if at + 1e-6 < next_at:
-                    continue
-                yield Frame(round(at, 3), _reduced_rgb(frame.to_image()))
-                taken += 1
-                if taken >= limits.max_frames:
-                    break
-                next_at = at + limits.every_seconds
         except Exception as exc:
-            if taken == 0:
+            if last is None:
                 raise NotAnImageError(f"not a decodable video: {_first_line(exc)}") from None
-            # A truncated or corrupt tail: keep the frames decoded so far.
+            break  # a damaged part: keep the frames sampled so far
+        if got is None:
+            break  # nothing decodable past the last frame: the end of what the bytes hold
+        yield got
+        last = got.offset
 
 
 def sample_frames(data: bytes, limits: FrameLimits | None = None) -> list[Frame]:
-    """Frames of a video (about one per ``every_seconds``) or of an animated image.
+    """Frames of a video (about one per ``every_seconds``; at most ``max_frames``, spread over
+    the whole of a longer one) or of an animated image.
 
     A still image gives its one frame. Raises :class:`NotAnImageError` for anything else.
     """

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ipaddress
+import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -274,12 +276,190 @@ async def test_robots_is_not_consulted_when_not_respected(web: LoopbackWeb) -> N
     assert paths(web) == ["/p.html"]
 
 
-@pytest.mark.parametrize("status", [404, 403, 500, 503])
-async def test_robots_error_status_allows_everything(web: LoopbackWeb, status: int) -> None:
+@pytest.mark.parametrize("status", [404, 403, 410])
+async def test_robots_4xx_allows_everything(web: LoopbackWeb, status: int) -> None:
+    # RFC 9309 2.3.1.3: "unavailable" -- the crawler may access any resource.
     web.add("/robots.txt", "User-agent: *\nDisallow: /\n", "text/plain", status=status)
     url = web.add("/p.html", "<p>")
     async with Fetcher(config()) as f:
         assert (await f.fetch_page(url)).body == b"<p>"
+        assert await f.can_fetch(url)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_robots_server_error_disallows_the_whole_origin(
+    web: LoopbackWeb, web2: LoopbackWeb, status: int
+) -> None:
+    # RFC 9309 2.3.1.4: "unreachable" -- assume complete disallow (429 too: "slow down").
+    web.add("/robots.txt", "oops", "text/plain", status=status)
+    page = web.add("/p.html", "<p>")
+    image = web.add("/x.png", PNG, "image/png")
+    other = web2.add("/p.html", "<p>other</p>")  # another origin, its robots.txt a 404
+    async with Fetcher(config()) as f:
+        for fetch, url in ((f.fetch_page, page), (f.fetch_image, image), (f.fetch_page, page)):
+            with pytest.raises(RobotsDisallowed) as info:
+                await fetch(url)
+            assert info.value.url == url
+            assert info.value.reason == (
+                f"robots.txt of http://127.0.0.1:{web.port} answered HTTP {status}; RFC 9309: "
+                "treated as disallowing everything until it can be read"
+            )
+        assert not await f.can_fetch(page)
+        assert await f.crawl_delay(page) is None
+        assert (await f.fetch_page(other)).body == b"<p>other</p>"
+    assert paths(web) == ["/robots.txt"]  # asked once; nothing else reached the site
+
+
+async def test_robots_server_error_applies_to_a_redirect_target(
+    web: LoopbackWeb, web2: LoopbackWeb
+) -> None:
+    web2.add("/robots.txt", "oops", "text/plain", status=503)
+    web2.add("/x.png", PNG, "image/png")
+    url = web.route("/img", lambda _r: redirect(web2.url("/x.png")))
+    async with Fetcher(config()) as f:
+        with pytest.raises(RobotsDisallowed, match=r"answered HTTP 503; .*\(redirected to"):
+            await f.fetch_image(url)
+    assert paths(web2) == ["/robots.txt"]
+
+
+@asynccontextmanager
+async def broken_robots_server(behaviour: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """A server whose robots.txt fails at the network level (``reset``: the connection is
+    closed without an answer; ``silent``: no answer at all) and whose pages are fine. Yields its
+    base URL and the request lines it received."""
+    seen: list[str] = []
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0].decode()
+                seen.append(line)
+                if " /robots.txt " in line:
+                    if behaviour == "silent":
+                        await asyncio.sleep(30)
+                    return  # reset: close without answering
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 3\r\n\r\n<p>"
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        for task in handlers:
+            task.cancel()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "why"),
+    [
+        ("reset", r"could not be read \(the server broke the HTTP protocol"),
+        ("silent", r"could not be read \(the server sent nothing for 0.3 s\)"),
+    ],
+)
+async def test_robots_network_failure_disallows_the_whole_origin(behaviour: str, why: str) -> None:
+    async with (
+        broken_robots_server(behaviour) as (base, seen),
+        Fetcher(config(timeout=0.3)) as f,
+    ):
+        for _ in range(2):
+            with pytest.raises(RobotsDisallowed) as info:
+                await f.fetch_page(base + "/p.html")
+            assert re.search(f"^robots.txt of {base} {why}.*RFC 9309", info.value.reason)
+    assert seen == ["GET /robots.txt HTTP/1.1"]  # once per origin, and the page never asked
+
+
+async def test_robots_unreachable_host_is_a_robots_refusal() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with Fetcher(config()) as f:
+        with pytest.raises(RobotsDisallowed, match=r"could not be read \(could not connect"):
+            await f.fetch_page(f"http://127.0.0.1:{port}/p.html")
+
+
+async def test_robots_failure_is_not_consulted_when_robots_are_not_respected(
+    web: LoopbackWeb,
+) -> None:
+    web.add("/robots.txt", "oops", "text/plain", status=503)
+    url = web.add("/p.html", "<p>")
+    async with Fetcher(config(respect_robots=False)) as f:
+        assert (await f.fetch_page(url)).body == b"<p>"
+        assert await f.can_fetch(url)
+    assert paths(web) == ["/p.html"]
+
+
+async def test_robots_failure_lasts_for_the_fetcher_and_is_asked_again_by_the_next(
+    web: LoopbackWeb,
+) -> None:
+    answers = [Response(503, b"", "text/plain"), Response(200, b"", "text/plain")]
+    web.route("/robots.txt", lambda _r: answers.pop(0))
+    url = web.add("/p.html", "<p>")
+    async with Fetcher(config()) as f:
+        with pytest.raises(RobotsDisallowed):
+            await f.fetch_page(url)
+    async with Fetcher(config()) as f:  # the next scan: robots.txt answers now
+        assert (await f.fetch_page(url)).body == b"<p>"
+    assert paths(web) == ["/robots.txt", "/robots.txt", "/p.html"]
+
+
+async def test_robots_redirect_that_cannot_be_followed_means_no_rules(
+    web: LoopbackWeb, web2: LoopbackWeb
+) -> None:
+    # RFC 9309 2.3.1.2: a robots.txt not reached through redirects is "unavailable".
+    web.route("/robots.txt", lambda _r: redirect("/robots-b.txt"))
+    web.route("/robots-b.txt", lambda _r: redirect("/robots.txt"))
+    looping = web.add("/p.html", "<p>")
+    web2.route("/robots.txt", lambda _r: redirect("http://127.0.0.3:1/robots.txt"))
+    refused = web2.add("/p.html", "<p>2</p>")
+    async with Fetcher(
+        config(allow_private_networks=False), is_blocked=lambda ip: str(ip) == "127.0.0.3"
+    ) as f:
+        assert (await f.fetch_page(looping)).body == b"<p>"
+        assert (await f.fetch_page(refused)).body == b"<p>2</p>"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<!doctype html><html><body><h1>Welcome</h1></body></html>",  # a soft 404
+        bytes(range(256)) * 20,
+        b"",
+    ],
+)
+async def test_robots_without_readable_rules_allows_everything(
+    web: LoopbackWeb, body: bytes
+) -> None:
+    web.add("/robots.txt", body, "text/html")
+    url = web.add("/p.html", "<p>")
+    async with Fetcher(config()) as f:
+        assert (await f.fetch_page(url)).body == b"<p>"
+
+
+async def test_robots_parser_failure_disallows_the_origin(
+    web: LoopbackWeb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_text: str) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("monitor.fetch.Protego.parse", broken)
+    web.add("/robots.txt", "User-agent: *\nAllow: /\n", "text/plain")
+    url = web.add("/p.html", "<p>")
+    async with Fetcher(config()) as f:
+        with pytest.raises(RobotsDisallowed, match=r"could not be parsed \(RecursionError"):
+            await f.fetch_page(url)
+    assert "/p.html" not in paths(web)
 
 
 async def test_robots_is_fetched_once_per_origin(web: LoopbackWeb, web2: LoopbackWeb) -> None:

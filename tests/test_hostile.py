@@ -3,8 +3,9 @@
 One scan meets, side by side with pages holding good copies of the person's photos, servers that
 redirect into private networks, rebind DNS, drip bytes, never answer, send bombs, lie about
 types, pad pages to 50 MB, stuff 20,000 images in a page, and robots.txt files that disallow,
-are huge or fail. Each must end as a readable error recorded for its URL, the scan must complete,
-the good copies must still be matched, and another person's scan must not notice any of it.
+are huge, fail or hang (the last two disallow their whole site, as RFC 9309 says). Each must end
+as a readable error recorded for its URL, the scan must complete, the good copies must still be
+matched, and another person's scan must not notice any of it.
 Search-backend failures get a scan each. The table in docs/hostile-input.md lists the cases.
 
 "Public" is 127.0.0.2 (an injected address rule makes only it count as public); 127.0.0.3 plays
@@ -448,10 +449,23 @@ def build(h: Hostile, refs: list[bytes]) -> None:
     expect(pages[-1], "page", "robots.txt of http://shy.test:.* disallows it")
     page("huge.test", "/huge-robots.html", "<img src='/good/huge-robots.jpg'>")
     h.good.append(at("huge.test", "/good/huge-robots.jpg"))
+    # A robots.txt that fails (5xx) or cannot be read (hangs) disallows the whole site for the
+    # scan (RFC 9309 2.3.1.4): its pages and images are refused, with the reason recorded.
+    unreadable = "RFC 9309: treated as disallowing everything until it can be read"
     page("broken.test", "/broken-robots.html", "<img src='/good/broken-robots.jpg'>")
-    h.good.append(at("broken.test", "/good/broken-robots.jpg"))
+    expect(
+        pages[-1],
+        "page",
+        rf"^robots.txt of http://broken.test:\d+ answered HTTP 500; {unreadable}$",
+    )
+    page(
+        "good.test",
+        "/elsewhere.html",
+        f"<img src='/good/0.jpg'><img src='{at('broken.test', '/good/broken-robots.jpg')}'>",
+    )
+    expect(at("broken.test", "/good/broken-robots.jpg"), "image", "answered HTTP 500; RFC 9309")
     page("slowrobots.test", "/slow-robots.html", "<img src='/good/slow-robots.jpg'>")
-    h.good.append(at("slowrobots.test", "/good/slow-robots.jpg"))
+    expect(pages[-1], "page", r"^robots.txt of http://slowrobots.test:\d+ could not be read \(")
 
     # Image search results pointing straight at forbidden addresses.
     h.fake.add_result(
@@ -522,6 +536,11 @@ def test_a_scan_of_a_hostile_web_records_every_attack_and_still_finds_the_copies
     # Nothing reached the private network, and the rebinding name was looked up again.
     assert h.private.requests == []
     assert h.dns_calls["rebind.test"] >= 2
+
+    # Sites whose robots.txt failed or hung were asked for nothing but robots.txt.
+    for r in h.public.requests:
+        if r.headers.get("host", "").split(":")[0] in ("broken.test", "slowrobots.test"):
+            assert r.path == "/robots.txt", r.path
 
     # The 20,000-image page cost at most max_images_per_page requests.
     many = [r for r in h.public.requests if r.path.startswith("/many/")]

@@ -32,15 +32,24 @@ def _png(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def make_video(scenes: list[tuple[Image.Image, float]], fps: int = 10, fmt: str = "mp4") -> bytes:
-    """An H.264 (mp4) or VP8 (webm) video showing each image for its number of seconds."""
+def make_video(
+    scenes: list[tuple[Image.Image, float]],
+    fps: int = 10,
+    fmt: str = "mp4",
+    size: tuple[int, int] = SIZE,
+    gop: int | None = None,
+) -> bytes:
+    """An H.264 (mp4) or VP8 (webm) video showing each image for its number of seconds
+    (images of ``size``; a keyframe every ``gop`` frames, else the encoder's default)."""
     buf = io.BytesIO()
     codec = "libx264" if fmt == "mp4" else "libvpx"
     with av.open(buf, mode="w", format=fmt) as out:
         stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = SIZE
+        stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
+        if gop is not None:
+            stream.codec_context.gop_size = gop
         pts = 0
         for image, seconds in scenes:
             for _ in range(round(seconds * fps)):
@@ -52,6 +61,32 @@ def make_video(scenes: list[tuple[Image.Image, float]], fps: int = 10, fmt: str 
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue()
+
+
+LONG_SIZE = (128, 96)
+
+
+def make_long_video(
+    target: Image.Image,
+    *,
+    at: float = 88.0,
+    lasting: float = 5.0,
+    seconds: float = 100.0,
+    fmt: str = "webm",
+    first_seed: int = 200,
+) -> bytes:
+    """A low-resolution video (``LONG_SIZE``, 1 frame a second) of unrelated scenes, 10 s
+    each, showing ``target`` (of ``LONG_SIZE``) only from ``at`` for ``lasting`` seconds."""
+    scenes: list[tuple[Image.Image, float]] = []
+    t, seed = 0.0, first_seed
+    while t < at:
+        length = min(10.0, at - t)
+        scenes.append((generate_photo(seed, LONG_SIZE), length))
+        t, seed = t + length, seed + 1
+    scenes.append((target, lasting))
+    if at + lasting < seconds:
+        scenes.append((generate_photo(seed, LONG_SIZE), seconds - at - lasting))
+    return make_video(scenes, fps=1, fmt=fmt, size=LONG_SIZE, gop=10)
 
 
 def make_animation(images: list[Image.Image], fmt: str, duration_ms: int = 500) -> bytes:
@@ -152,3 +187,77 @@ def test_an_animation_declaring_huge_dimensions_is_refused_before_decoding() -> 
 def test_too_many_bytes_are_refused() -> None:
     with pytest.raises(NotAnImageError, match="more than"):
         sample_frames(b"\x1a\x45\xdf\xa3" + bytes(2000), FrameLimits(max_bytes=1000))
+
+
+# ---------------------------------------------------------------- the whole of a long video
+
+
+def _near(frames, ref: str, limit: int = 31) -> list[float]:
+    return [f.offset for f in frames if hamming(_pdq(f.hashes), ref) <= limit]
+
+
+@pytest.mark.parametrize("fmt", ["webm", "mp4"])
+def test_a_long_video_is_sampled_over_its_whole_duration(fmt) -> None:
+    target = generate_photo(31, LONG_SIZE)
+    data = make_long_video(target, at=88.0, lasting=5.0, seconds=100.0, fmt=fmt)
+    frames = hash_frames(data)  # the scan's limits: 60 frames
+    offsets = [f.offset for f in frames]
+    assert 50 <= len(frames) <= 60
+    assert offsets == sorted(set(offsets)) and offsets[0] == 0.0 and offsets[-1] >= 95.0
+    # The photo is only shown from 88 s to 93 s: found there (a first minute would miss it).
+    near = _near(frames, _pdq(compute_hashes(_png(target))))
+    assert near and all(88.0 <= at < 93.0 for at in near), (near, offsets)
+
+
+def test_a_short_video_is_still_sampled_once_a_second() -> None:
+    target = generate_photo(32, LONG_SIZE)
+    data = make_long_video(target, at=40.0, lasting=3.0, seconds=50.0)
+    frames = hash_frames(data)
+    assert [f.offset for f in frames] == [float(s) for s in range(50)]
+    assert _near(frames, _pdq(compute_hashes(_png(target)))) == [40.0, 41.0, 42.0]
+
+
+def test_a_video_cut_at_the_byte_cap_is_sampled_over_what_was_read() -> None:
+    target = generate_photo(33, LONG_SIZE)
+    data = make_long_video(target, at=110.0, lasting=8.0, seconds=200.0)
+    cut = data[: len(data) * 3 // 4]  # what a capped download holds: about 140 s of 200
+    frames = hash_frames(cut, FrameLimits(max_frames=40))
+    offsets = [f.offset for f in frames]
+    assert 30 <= len(frames) <= 40 and offsets == sorted(set(offsets))
+    # Spread over what the bytes hold (not over 200 s, nor only the first 40 s).
+    assert 115.0 <= offsets[-1] <= 141.0
+    near = _near(frames, _pdq(compute_hashes(_png(target))))
+    assert near and all(110.0 <= at < 118.0 for at in near), (near, offsets)
+
+
+def test_an_enrolled_video_is_sampled_over_its_whole_duration(monkeypatch, tmp_path) -> None:
+    from datetime import timedelta
+
+    from monitor import enrol, store
+    from monitor.db import Database
+    from monitor.db.models import ReferenceHash
+
+    # Enrolment samples a frame a second up to 1800 frames; bounded at 20 here, a 100 s video
+    # is "long" and its 20 frames must reach its end.
+    monkeypatch.setattr(
+        enrol, "VIDEO_FRAME_LIMITS", FrameLimits(max_frames=20, max_decode_seconds=60.0)
+    )
+    target = generate_photo(34, LONG_SIZE)
+    video = tmp_path / "mine.webm"
+    video.write_bytes(make_long_video(target, at=90.0, lasting=6.0, seconds=100.0))
+    db = Database(f"sqlite:///{tmp_path / 'refs.db'}")
+    try:
+        with db.session() as s:
+            subject = store.add_subject(s, "Video Ref", interval=timedelta(days=1))
+            report = enrol.enrol_paths(s, subject, [video])
+            assert report.enrolled == 1, report.errors
+        with db.session() as s:
+            rows = [
+                (h.frame_offset, h.value) for h in s.query(ReferenceHash) if h.algorithm == "pdq"
+            ]
+    finally:
+        db.dispose()
+    offsets = sorted({at for at, _ in rows})
+    assert len(offsets) <= 20 and offsets[-1] >= 90.0
+    ref = _pdq(compute_hashes(_png(target)))
+    assert any(hamming(value, ref) <= 31 and at >= 90.0 for at, value in rows)

@@ -59,6 +59,7 @@ class _Job:
     image_url: str
     keep_copy: bool = False  # the person opted in to encrypted image copies (never a minor)
     image_sha256: str = ""  # the matched image: only these exact bytes are kept
+    frame_offset: float | None = None  # a video or animation: the time of the frame matched
 
 
 async def _capture_one(
@@ -97,6 +98,7 @@ async def _capture_one(
             folder / capture_file_name("page", now, f"-s{job.sighting_id}.warc.gz"),
             description=f"case {job.case_id}, sighting {job.sighting_id}",
             on_image_bytes=hook,
+            matched_offset=job.frame_offset,
         )
         files.append(
             {
@@ -155,6 +157,7 @@ def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> l
                 Subject.minor,
                 Subject.keep_image_copies,
                 Image.sha256,
+                Match.frame_offset,
             )
             .join(
                 Sighting,
@@ -172,7 +175,7 @@ def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> l
         rows = s.execute(stmt).all()
         states = sighting_states(s, [r[1] for r in rows])
         jobs: list[_Job] = []
-        for case_id, sighting_id, page_url, image_url, minor, keep, sha in rows:
+        for case_id, sighting_id, page_url, image_url, minor, keep, sha, offset in rows:
             st = states[sighting_id]
             if minor:
                 if st.evidence_status != "skipped":
@@ -185,7 +188,7 @@ def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> l
                 st.evidence_status == "failed" and st.evidence_attempts < MAX_ATTEMPTS
             ):
                 keep_copy = bool(keep) and not minor
-                jobs.append(_Job(case_id, sighting_id, page_url, image_url, keep_copy, sha))
+                jobs.append(_Job(case_id, sighting_id, page_url, image_url, keep_copy, sha, offset))
         return jobs
 
 

@@ -105,8 +105,9 @@ async def _image_state(
 ) -> CheckResult:
     try:
         # fetch_video also takes images: a case may be a video or an animation, whose matching
-        # frame need not be the first one.
-        res = await fetcher.fetch_video(url)
+        # frame need not be the first one. A video over max_video_bytes: its start, as the
+        # scan sampled it.
+        res = await fetcher.fetch_video(url, partial=True)
     except BadStatusError as exc:
         if exc.status in GONE_STATUSES:
             return CheckResult("gone", f"the image answers HTTP {exc.status}")

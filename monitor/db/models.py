@@ -426,3 +426,51 @@ class FetchCacheEntry(Base):
     # Until then the server said the image will not change (Cache-Control max-age / Expires,
     # capped by [fetch] max_cache_age): reused without a request. NULL: ask again (0006).
     fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class MediaFrames(Base):
+    """The sampled frames of a found video or animation: each frame's time offset and hashes
+    (0009). Never pixels or bytes.
+
+    Lets a scan that reuses an image row (the URL unchanged, HTTP 304 or still fresh, through
+    ``fetch_cache``; or the same bytes at another URL) match every sampled frame again without
+    downloading or decoding the video. ``frames`` is ``[]`` for bytes that could have had
+    frames but were a still (a one-frame GIF). Deleted with the image (erasure).
+    """
+
+    __tablename__ = "media_frames"
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    # JSON: [{"offset": s, "width": w, "height": h, "hashes": [[algorithm, hex, quality]]}]
+    frames: Mapped[str] = mapped_column(Text)
+    sampled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PageCacheEntry(Base):
+    """What a page URL held when last fetched: its validators and the image and video URLs
+    found on it (0008).
+
+    Lets the next scan skip a page the server said stays the same for a while, or ask for it
+    with ``If-None-Match`` / ``If-Modified-Since`` and, on 304, reuse the stored list instead
+    of downloading and parsing the page again. Never the page itself: URLs and validators.
+    Like ``fetch_cache``, shared by every subject's scans and deleted by
+    ``store.forget_orphan_page_cache`` when no sighting has the page URL any more (erasure).
+    """
+
+    __tablename__ = "page_cache"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # SHA-256 of the URL asked for: the unique key (URLs can be longer than an index entry).
+    url_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    # Where it redirected to, the page URL its images were found on; NULL: not redirected.
+    final_url: Mapped[str | None] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Until then the server said the page will not change (capped by [fetch] max_cache_age).
+    fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # JSON: [[source, image URL], ...] as extracted ("img", "og:image", "video", ...).
+    candidates: Mapped[str] = mapped_column(Text, default="[]")

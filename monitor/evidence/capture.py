@@ -6,8 +6,9 @@
     result.captures  # -> CaptureInfo for SightingInfo.captures
     result.files     # -> EvidenceFile for build_bundle
 
-The WARC holds no image (only its hashes), so it is taken even when the person may be a minor;
-the screenshot is not (``may_show_minor=True`` skips it, see :mod:`monitor.evidence.screenshot`).
+The WARC holds no image, video or frame (only their hashes), so it is taken even when the person
+may be a minor; the screenshot is not (``may_show_minor=True`` skips it, see
+:mod:`monitor.evidence.screenshot`).
 A screenshot failure does not lose the WARC: it is reported in ``screenshot_error``.
 """
 
@@ -55,6 +56,7 @@ async def capture_sighting(
     resolver: Resolver | None = None,
     is_blocked: AddressPredicate | None = None,
     on_image_bytes: ImageBytesHook | None = None,
+    matched_offset: float | None = None,
 ) -> SightingCapture:
     """Write ``<data_dir>/evidence/<key>/<time>-page.warc.gz`` and ``<time>-page.png``.
 
@@ -62,7 +64,9 @@ async def capture_sighting(
     ``screenshotter`` one is started for this call, with the same address rule. Raises
     :class:`~monitor.evidence.EvidenceError` if the page cannot be fetched.
     ``on_image_bytes``: see :func:`~monitor.evidence.warc.fetch_and_capture_warc` (an opted-in
-    encrypted copy; never for a possible minor).
+    encrypted copy; never for a possible minor). For a video or an animation,
+    ``matched_offset`` (seconds) marks the frame that matched among the sampled frames whose
+    hashes the WARC holds (see :mod:`monitor.evidence.warc`).
     """
     if may_show_minor and on_image_bytes is not None:
         raise MinorSafetyRefusal(
@@ -78,6 +82,7 @@ async def capture_sighting(
         resolver=resolver,
         is_blocked=is_blocked,
         on_image_bytes=on_image_bytes,
+        matched_offset=matched_offset,
     )
     captures = [
         CaptureInfo("warc", warc_path.name, warc.warc.created_at, warc.warc.sha256, page_url)

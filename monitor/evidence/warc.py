@@ -23,6 +23,13 @@ an image the WARC holds:
   file, e.g. the police or the site, can check it); PDQ and pHash show it is the same picture as
   the person's reference, and are what hash-sharing programmes (StopNCII, NCMEC) use.
 
+A video or an animated image is treated the same way, never kept: its response record has no
+payload, and its metadata record holds its SHA-256, size and content type and, for every frame
+sampled (as a scan samples them, :mod:`monitor.video`), the time offset and hashes, marking the
+frame the case matched. The bytes are decoded in memory only; neither they nor any frame are
+written anywhere. A video larger than ``max_video_bytes`` is read up to that cap and its start
+is what is hashed (the record says so).
+
 The page's body is kept as the application received it: HTTP transfer and content encodings
 undone. Headers that described the encoded form on the wire (``Transfer-Encoding``,
 ``Content-Encoding``, and ``Content-Length`` when it no longer matches) are kept under the
@@ -62,12 +69,20 @@ from monitor.config import FetchConfig
 from monitor.errors import FetchError, NotAnImageError
 from monitor.evidence.errors import EvidenceError
 from monitor.evidence.store import write_new_file
-from monitor.extract import extract_images
-from monitor.fetch import ACCEPT_ROBOTS, AddressPredicate, Fetcher, Resolver
-from monitor.hashing import compute_hashes
+from monitor.extract import VIDEO_SOURCES, extract_images
+from monitor.fetch import (
+    ACCEPT_ROBOTS,
+    VIDEO_APPLICATION_TYPES,
+    AddressPredicate,
+    Fetcher,
+    PartialResource,
+    Resolver,
+)
 from monitor.types import ImageHashes
+from monitor.video import VIDEO_EXTENSIONS, FrameHashes, hash_media, is_video
 
 __all__ = [
+    "WITHHELD_MEDIA_REASON",
     "WITHHELD_REASON",
     "HttpExchange",
     "ImageBytesHook",
@@ -90,6 +105,11 @@ are dropped: the one way to keep them, for a person who opted in (see
 WITHHELD_REASON = (
     "image payload withheld: the image may be intimate or show a minor, so it is never kept; "
     "the metadata record holds its SHA-256, PDQ and pHash"
+)
+WITHHELD_MEDIA_REASON = (
+    "{kind} payload withheld: it may be intimate or show a minor, so neither it nor any frame "
+    "of it is kept; the metadata record holds its SHA-256, size, content type and the PDQ and "
+    "pHash of each sampled frame with its time offset"
 )
 WITHHELD_HEADER = "Exposure-Monitor-Withheld"
 REDACTED_HEADER = "Exposure-Monitor-Redacted"
@@ -163,47 +183,119 @@ def _warc_date(when: datetime) -> str:
 # --- what the caller passes ------------------------------------------------------------------
 
 
+def _hashes_json(hashes: ImageHashes) -> dict[str, Any]:
+    return {
+        h.algorithm: {"value": h.value, "bits": h.bits}
+        | ({"quality": h.quality} if h.quality is not None else {})
+        for h in hashes.hashes
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class WithheldImage:
-    """Stands in for an image's bytes in the evidence: what identifies it, never its pixels.
+    """Stands in for an image's (or a video's) bytes in the evidence: what identifies it,
+    never its pixels.
 
-    ``hashes`` is None when the bytes could not be decoded as an image (``note`` says why);
-    the SHA-256 and length still identify the file.
+    ``hashes`` is None when the bytes could not be decoded as an image or a video (``note``
+    says why); the SHA-256 and length still identify the file. For a video or an animated
+    image (``kind``), ``hashes`` are those of its first sampled frame and ``frames`` hold every
+    sampled frame's time offset and hashes; ``matched_offset`` is the time of the frame the
+    case matched, when known. ``complete`` is False when only the start of the file was read
+    (a video over ``max_video_bytes``): the SHA-256, length and frames are of that start.
     """
 
     sha256: str
     length: int
     hashes: ImageHashes | None = None
     note: str = ""
+    content_type: str = ""
+    kind: str = "image"  # "image", "animation" or "video"
+    frames: tuple[FrameHashes, ...] = ()
+    matched_offset: float | None = None
+    complete: bool = True
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Self:
-        """Hash image bytes in memory (SHA-256, PDQ, pHash). The caller then drops the bytes."""
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        content_type: str = "",
+        matched_offset: float | None = None,
+        complete: bool = True,
+    ) -> Self:
+        """Hash image, animation or video bytes in memory (SHA-256, PDQ, pHash; every sampled
+        frame of a video or an animation). The caller then drops the bytes."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        video = is_video(data)
+        note = ""
+        if not complete:
+            note = f"only the first {len(data)} bytes were read: the hashes are of those bytes"
         try:
-            hashes = compute_hashes(data)
+            media = hash_media(data)
         except NotAnImageError as exc:
-            return cls(hashlib.sha256(data).hexdigest(), len(data), None, str(exc))
-        return cls(hashes.sha256, len(data), hashes)
+            note = "; ".join(filter(None, [str(exc), note]))
+            kind = "video" if video else "image"
+            return cls(
+                sha256, len(data), None, note, media_type, kind, (), matched_offset, complete
+            )
+        kind = "video" if video else "animation" if media.frames else "image"
+        return cls(
+            sha256,
+            len(data),
+            media.still,
+            note,
+            media_type,
+            kind,
+            media.frames,
+            matched_offset,
+            complete,
+        )
+
+    @property
+    def reason(self) -> str:
+        """Why the payload is withheld (the record's ``Exposure-Monitor-Withheld`` header)."""
+        if self.kind == "image":
+            return WITHHELD_REASON
+        return WITHHELD_MEDIA_REASON.format(kind=self.kind)
 
     def as_json(self) -> dict[str, Any]:
         """The metadata record's body (without the URL, which the caller adds)."""
         out: dict[str, Any] = {
             "withheld": True,
-            "reason": WITHHELD_REASON,
+            "reason": self.reason,
             "sha256": self.sha256,
             "length": self.length,
         }
+        if self.content_type:
+            out["content_type"] = self.content_type
+        if self.kind != "image":
+            out["kind"] = self.kind
+        if not self.complete:
+            out["complete"] = False
         if self.hashes is not None:
             out["width"] = self.hashes.width
             out["height"] = self.hashes.height
-            out["hashes"] = {
-                h.algorithm: {"value": h.value, "bits": h.bits}
-                | ({"quality": h.quality} if h.quality is not None else {})
-                for h in self.hashes.hashes
-            }
+            out["hashes"] = _hashes_json(self.hashes)
+        if self.frames:
+            out["frames"] = [
+                {
+                    "offset": f.offset,
+                    "width": f.hashes.width,
+                    "height": f.hashes.height,
+                    "hashes": _hashes_json(f.hashes),
+                }
+                | ({"matched": True} if self._matched(f.offset) else {})
+                for f in self.frames
+            ]
+        if self.matched_offset is not None and self.kind != "image":
+            out["matched_offset"] = self.matched_offset
         if self.note:
             out["note"] = self.note
         return out
+
+    def _matched(self, offset: float) -> bool:
+        return self.matched_offset is not None and abs(offset - self.matched_offset) < 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +436,7 @@ def _write_exchange(writer: WARCWriter, ex: HttpExchange) -> int:
     body, redacted = redact_inline_media(ex.body) if ex.body else (ex.body, [])
     if ex.withheld is not None:
         warc_headers["WARC-Truncated"] = "unspecified"
-        warc_headers[WITHHELD_HEADER] = f"{WITHHELD_REASON}; sha256={ex.withheld.sha256}"
+        warc_headers[WITHHELD_HEADER] = f"{ex.withheld.reason}; sha256={ex.withheld.sha256}"
     elif ex.truncated:
         warc_headers["WARC-Truncated"] = "unspecified"
     if redacted:
@@ -572,6 +664,7 @@ async def fetch_and_capture_warc(
     is_blocked: AddressPredicate | None = None,
     description: str = "",
     on_image_bytes: ImageBytesHook | None = None,
+    matched_offset: float | None = None,
 ) -> WarcCapture:
     """Fetch ``page_url`` and ``image_url`` and write both exchanges (and redirects) as a WARC.
 
@@ -582,9 +675,14 @@ async def fetch_and_capture_warc(
     page cannot be fetched; an image that cannot be fetched is reported in ``image_error``
     (whatever response came back is still recorded).
 
+    ``image_url`` may be a video or an animation (fetched as a video when the page links it as
+    one, its name ends like a video, or it answers with a video type): every sampled frame is
+    hashed in memory, and the metadata record lists them; ``matched_offset`` (seconds) marks
+    the frame the case matched.
+
     ``on_image_bytes``, when given, is called with the image's bytes (held in memory only) and
     its hashes, so an opted-in encrypted copy needs no second download; an exception it raises
-    propagates and no WARC is written.
+    propagates and no WARC is written. Never for a video: no copy of one is kept.
     """
     exchanges: list[HttpExchange] = []
     image: HttpExchange | None = None
@@ -606,8 +704,12 @@ async def fetch_and_capture_warc(
         image_on_page: bool | None = None
         if image_url:
             found = extract_images(page.body, page.final_url, limit=10_000)
-            image_on_page = any(c.image_url == image_url for c in found)
-            image, image_error, more = await _fetch_image(fetcher, image_url, on_image_bytes)
+            on_page = [c for c in found if c.image_url == image_url]
+            image_on_page = bool(on_page)
+            video = any(c.source in VIDEO_SOURCES for c in on_page) or _named_like_video(image_url)
+            image, image_error, more = await _fetch_image(
+                fetcher, image_url, on_image_bytes, video=video, matched_offset=matched_offset
+            )
             exchanges += more
 
     warc = await asyncio.to_thread(
@@ -623,25 +725,61 @@ async def fetch_and_capture_warc(
     )
 
 
+def _named_like_video(url: str) -> bool:
+    path = urlsplit(url).path.lower()
+    return any(path.endswith(ext) for ext in VIDEO_EXTENSIONS)
+
+
+def _video_typed(hops: list[_Hop]) -> bool:
+    """Whether the last response was labelled as a video (an image request it refused)."""
+    if not hops:
+        return False
+    media = _media_type(hops[-1].response_headers)
+    return media.startswith("video/") or media in VIDEO_APPLICATION_TYPES
+
+
 async def _fetch_image(
-    fetcher: _RecordingFetcher, image_url: str, on_image_bytes: ImageBytesHook | None = None
+    fetcher: _RecordingFetcher,
+    image_url: str,
+    on_image_bytes: ImageBytesHook | None = None,
+    *,
+    video: bool = False,
+    matched_offset: float | None = None,
 ) -> tuple[HttpExchange | None, str | None, list[HttpExchange]]:
-    """Fetch and hash the image; the bytes never leave this function (except to
-    ``on_image_bytes``, a person's explicit opt-in)."""
+    """Fetch and hash the image (or video); the bytes never leave this function (except to
+    ``on_image_bytes``, a person's explicit opt-in, and never a video's)."""
     await fetcher.can_fetch(image_url)
     fetcher.take_hops()
+    refused: list[HttpExchange] = []
     try:
-        resource = await fetcher.fetch_image(image_url)
+        if video:
+            resource = await fetcher.fetch_video(image_url, partial=True)
+        else:
+            try:
+                resource = await fetcher.fetch_image(image_url)
+            except FetchError:
+                hops = fetcher.take_hops()
+                refused = [hop.exchange(truncated=True) for hop in hops]
+                if not _video_typed(hops):
+                    raise
+                # Served as a video: recorded as refused, then asked for again as one.
+                resource = await fetcher.fetch_video(image_url, partial=True)
     except FetchError as exc:
         hops = fetcher.take_hops()
-        return None, exc.reason, [hop.exchange(truncated=True) for hop in hops]
-    withheld = await asyncio.to_thread(WithheldImage.from_bytes, resource.body)
-    if on_image_bytes is not None:
+        return None, exc.reason, refused + [hop.exchange(truncated=True) for hop in hops]
+    withheld = await asyncio.to_thread(
+        WithheldImage.from_bytes,
+        resource.body,
+        content_type=resource.content_type,
+        matched_offset=matched_offset,
+        complete=not isinstance(resource, PartialResource),
+    )
+    if on_image_bytes is not None and withheld.kind != "video":
         await asyncio.to_thread(on_image_bytes, resource.body, withheld)
     status = resource.status
     del resource  # the bytes go out of scope here; nothing else holds them
     hops = fetcher.take_hops()
     if not hops or hops[-1].status != status:
-        return None, "exchange not recorded", []
+        return None, "exchange not recorded", refused
     final = hops[-1].exchange(withheld=withheld)
-    return final, None, [hop.exchange(truncated=True) for hop in hops[:-1]] + [final]
+    return final, None, refused + [hop.exchange(truncated=True) for hop in hops[:-1]] + [final]
