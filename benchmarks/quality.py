@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -114,33 +113,6 @@ def screenshot(
     return tf.resize(canvas, 0.6)
 
 
-def straighten(im: Image.Image, degrees: float) -> Image.Image:
-    """Turned by ``degrees`` and cropped to the largest upright rectangle of the same shape
-    inside, as a phone's "straighten" tool does."""
-    w, h = im.size
-    c, s = math.cos(math.radians(abs(degrees))), math.sin(math.radians(abs(degrees)))
-    k = min(w / (w * c + h * s), h / (w * s + h * c))
-    turned = tf.rotate(im, degrees)
-    cx, cy, kw, kh = turned.width / 2, turned.height / 2, k * w / 2, k * h / 2
-    return turned.crop((round(cx - kw), round(cy - kh), round(cx + kw), round(cy + kh)))
-
-
-def blurred_letterbox(im: Image.Image, aspect: float) -> Image.Image:
-    """Centred on a canvas of width/height ``aspect`` filled with itself enlarged, blurred
-    (radius 4% of the canvas) and darkened, as phone apps fit a photo into a story."""
-    w, h = im.size
-    cw, ch = (round(h * aspect), h) if w / h < aspect else (w, round(w / aspect))
-    cw, ch = max(cw, w), max(ch, h)
-    scale = max(cw / w, ch / h)
-    big = im.resize((round(w * scale) + 1, round(h * scale) + 1), Image.Resampling.BILINEAR)
-    left, top = (big.width - cw) // 2, (big.height - ch) // 2
-    canvas = tf.brightness(
-        tf.blur(big.crop((left, top, left + cw, top + ch)), 0.04 * max(cw, ch)), 0.8
-    )
-    canvas.paste(im, ((cw - w) // 2, (ch - h) // 2))
-    return canvas
-
-
 def video_frame(im: Image.Image) -> bytes:
     """Simulated video frame: 640 px wide, scaled 97%, slight blur, JPEG q20 then q30."""
     small = tf.resize(im, 640 / im.width * 0.97)
@@ -197,8 +169,8 @@ EDITS: list[Edit] = [
     ),
     _e("rotate 5deg, white", "small rotation", lambda im: tf.rotate(im, 5, fill=(255, 255, 255))),
     _e("rotate -7deg, white", "small rotation", lambda im: tf.rotate(im, -7, fill=(255, 255, 255))),
-    _e("straighten 4deg", "small rotation", lambda im: straighten(im, 4)),
-    _e("straighten -7deg", "small rotation", lambda im: straighten(im, -7)),
+    _e("straighten 4deg", "small rotation", lambda im: tf.straighten(im, 4)),
+    _e("straighten -7deg", "small rotation", lambda im: tf.straighten(im, -7)),
     *(
         _e(f"crop {round(f * 100)}% centred", "crop <=20%", lambda im, f=f: tf.crop(im, f))
         for f in (0.05, 0.1, 0.2)
@@ -221,8 +193,8 @@ EDITS: list[Edit] = [
     _e("pad 20% white", "padding", lambda im: tf.pad(im, 0.2, (255, 255, 255))),
     _e("letterbox 16:9", "padding", lambda im: tf.letterbox(im, 16 / 9)),
     _e("letterbox 1:1 white", "padding", lambda im: tf.letterbox(im, 1.0, (255, 255, 255))),
-    _e("letterbox 9:16 blurred", "padding", lambda im: blurred_letterbox(im, 9 / 16)),
-    _e("letterbox 16:9 blurred", "padding", lambda im: blurred_letterbox(im, 16 / 9)),
+    _e("letterbox 9:16 blurred", "padding", lambda im: tf.blurred_letterbox(im, 9 / 16)),
+    _e("letterbox 16:9 blurred", "padding", lambda im: tf.blurred_letterbox(im, 16 / 9)),
     _e("stretch 0.8", "stretch", lambda im: tf.stretch(im, 0.8)),
     _e("stretch 1.25", "stretch", lambda im: tf.stretch(im, 1.25)),
     *(

@@ -530,6 +530,16 @@ def search_failures(session: Session, scan_id: int) -> dict[str, tuple[int, str]
 # ---------------------------------------------------------------- fetch cache
 
 
+def _fresh(
+    fresh_until: datetime | None, checked_at: datetime | None, now: datetime, max_age: timedelta
+) -> bool:
+    """Whether a cached URL may be reused at ``now`` without asking: within the server's
+    freshness and at most ``max_age`` since it was last checked (a lowered cap applies at once)."""
+    if fresh_until is None or checked_at is None or max_age <= timedelta(0):
+        return False
+    return now < fresh_until and now < checked_at + max_age
+
+
 @dataclass(frozen=True, slots=True)
 class CachedImage:
     """What an image URL held when last fetched: validators to ask with, and its hashes;
@@ -544,11 +554,8 @@ class CachedImage:
     checked_at: datetime | None = None
 
     def fresh(self, now: datetime, max_age: timedelta) -> bool:
-        """Whether it may be reused at ``now`` without asking: within the server's freshness
-        and at most ``max_age`` since it was last checked (a lowered cap applies at once)."""
-        if self.fresh_until is None or self.checked_at is None or max_age <= timedelta(0):
-            return False
-        return now < self.fresh_until and now < self.checked_at + max_age
+        """Whether it may be reused at ``now`` without asking (:func:`_fresh`)."""
+        return _fresh(self.fresh_until, self.checked_at, now, max_age)
 
 
 @dataclass(frozen=True, slots=True)
@@ -810,11 +817,8 @@ class CachedPage:
     checked_at: datetime | None = None
 
     def fresh(self, now: datetime, max_age: timedelta) -> bool:
-        """Whether it may be reused at ``now`` without asking: within the server's freshness
-        and at most ``max_age`` since it was last checked (a lowered cap applies at once)."""
-        if self.fresh_until is None or self.checked_at is None or max_age <= timedelta(0):
-            return False
-        return now < self.fresh_until and now < self.checked_at + max_age
+        """Whether it may be reused at ``now`` without asking (:func:`_fresh`)."""
+        return _fresh(self.fresh_until, self.checked_at, now, max_age)
 
     def image_candidates(
         self, page_url: str | None = None, limit: int | None = None

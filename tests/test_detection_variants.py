@@ -7,12 +7,11 @@ The full measurement is ``benchmarks/quality.py`` (docs/detection.md)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from monitor.config import MatchConfig
 from monitor.demo import transforms as tf
@@ -40,40 +39,15 @@ PHOTOS = (
 )
 
 
-def straighten(im: Image.Image, degrees: float) -> Image.Image:
-    """Turned and cropped to the largest upright rectangle of its shape (a "straighten" tool)."""
-    w, h = im.size
-    c, s = math.cos(math.radians(abs(degrees))), math.sin(math.radians(abs(degrees)))
-    k = min(w / (w * c + h * s), h / (w * s + h * c))
-    turned = tf.rotate(im, degrees)
-    cx, cy, kw, kh = turned.width / 2, turned.height / 2, k * w / 2, k * h / 2
-    return turned.crop((round(cx - kw), round(cy - kh), round(cx + kw), round(cy + kh)))
-
-
-def blurred_letterbox(im: Image.Image, aspect: float) -> Image.Image:
-    """Centred on a canvas of ``aspect`` filled with itself enlarged and blurred (a story; a
-    radius of 4% of the canvas: bars blurred less than 3% are not recognised)."""
-    w, h = im.size
-    cw, ch = (round(h * aspect), h) if w / h < aspect else (w, round(w / aspect))
-    cw, ch = max(cw, w), max(ch, h)
-    scale = max(cw / w, ch / h)
-    big = im.resize((round(w * scale) + 1, round(h * scale) + 1))
-    left, top = (big.width - cw) // 2, (big.height - ch) // 2
-    blur = ImageFilter.GaussianBlur(0.04 * max(cw, ch))
-    canvas = big.crop((left, top, left + cw, top + ch)).filter(blur)
-    canvas.paste(im, ((cw - w) // 2, (ch - h) // 2))
-    return canvas
-
-
 EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "turned 7 degrees, white corners": lambda im: tf.rotate(im, 7, fill=WHITE),
     "turned -5 degrees, white corners": lambda im: tf.rotate(im, -5, fill=WHITE),
     "turned 9 degrees": lambda im: tf.rotate(im, 9),
-    "straightened 5 degrees": lambda im: straighten(im, 5),
+    "straightened 5 degrees": lambda im: tf.straighten(im, 5),
     "turned 180 degrees": lambda im: im.transpose(Image.Transpose.ROTATE_180),
     "letterboxed 16:9, black": lambda im: tf.letterbox(im, 16 / 9),
     "padded 15%, black": lambda im: tf.pad(im, 0.15),
-    "letterboxed 9:16, blurred bars": lambda im: blurred_letterbox(im, 9 / 16),
+    "letterboxed 9:16, blurred bars": lambda im: tf.blurred_letterbox(im, 9 / 16, darken=1.0),
 }
 
 

@@ -23,7 +23,7 @@ from monitor.demo.transforms import decode, encode, resize
 from monitor.enrol import enrol_images
 from monitor.pipeline import ScanSummary, hashing_pool, scan_subject
 from monitor.testing.searxng import FakeSearxng
-from monitor.testing.web import LoopbackWeb, Request, Response
+from monitor.testing.web import LoopbackWeb, Request, Response, Validated
 from monitor.types import HashValue, ImageCandidate, ImageHashes
 from tests.conftest import loopback_settings
 
@@ -32,7 +32,7 @@ OTHER = "Kim Othersubject"
 PADDING = "<!-- " + "page text that is never stored " * 800 + "-->"  # about 25 KB
 
 
-class ServedPage:
+class ServedPage(Validated):
     """An HTML page the test web serves, with validators it honours, counting its answers."""
 
     def __init__(
@@ -43,41 +43,22 @@ class ServedPage:
         modified: str | None = None,
         cache_control: str | None = None,
     ) -> None:
-        self.images, self.etag, self.modified = images, etag, modified
-        self.cache_control = cache_control
-        self.full = 0  # 200 answers sent
-        self.not_modified = 0  # 304 answers sent
+        super().__init__(
+            b"",
+            "text/html; charset=utf-8",
+            etag=etag,
+            modified=modified,
+            cache_control=cache_control,
+        )
+        self.images = images
 
-    @property
-    def body(self) -> bytes:
+    def current_body(self) -> bytes:
         tags = "".join(f"<img src='{p}'>" for p in self.images)
         return f"<html><body><h1>Pat's holiday</h1>{tags}{PADDING}</body></html>".encode()
 
-    def handle(self, req: Request) -> Response:
-        headers = {}
-        if self.etag:
-            headers["ETag"] = self.etag
-        if self.modified:
-            headers["Last-Modified"] = self.modified
-        if self.cache_control:
-            headers["Cache-Control"] = self.cache_control
-        unchanged = (self.etag and req.headers.get("if-none-match") == self.etag) or (
-            self.modified and req.headers.get("if-modified-since") == self.modified
-        )
-        if unchanged:
-            self.not_modified += 1
-            return Response(304, b"", "text/html; charset=utf-8", headers)
-        self.full += 1
-        return Response(200, self.body, "text/html; charset=utf-8", headers)
-
 
 def _image_handler(body: bytes, etag: str) -> Callable[[Request], Response]:
-    def handle(req: Request) -> Response:
-        if req.headers.get("if-none-match") == etag:
-            return Response(304, b"", "image/jpeg", {"ETag": etag})
-        return Response(200, body, "image/jpeg", {"ETag": etag})
-
-    return handle
+    return Validated(body, etag=etag).handle
 
 
 class World:

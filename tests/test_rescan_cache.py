@@ -24,45 +24,12 @@ from monitor.enrol import enrol_images
 from monitor.fetch import freshness_lifetime
 from monitor.pipeline import hashing_pool, scan_subject
 from monitor.testing.searxng import FakeSearxng
-from monitor.testing.web import LoopbackWeb, Request, Response
+from monitor.testing.web import LoopbackWeb
+from monitor.testing.web import Validated as Served
 from monitor.types import HashValue, ImageHashes
 from tests.conftest import loopback_settings
 
 NAME = "Sam Rescan"
-
-
-class Served:
-    """An image the test web serves, with validators it honours, and what it changes to."""
-
-    def __init__(
-        self,
-        body: bytes,
-        *,
-        etag: str | None = None,
-        modified: str | None = None,
-        cache_control: str | None = None,
-    ):
-        self.body, self.etag, self.modified = body, etag, modified
-        self.cache_control = cache_control
-        self.full = 0  # 200 answers sent
-        self.not_modified = 0  # 304 answers sent
-
-    def handle(self, req: Request) -> Response:
-        headers = {}
-        if self.etag:
-            headers["ETag"] = self.etag
-        if self.modified:
-            headers["Last-Modified"] = self.modified
-        if self.cache_control:
-            headers["Cache-Control"] = self.cache_control
-        unchanged = (self.etag and req.headers.get("if-none-match") == self.etag) or (
-            self.modified and req.headers.get("if-modified-since") == self.modified
-        )
-        if unchanged:
-            self.not_modified += 1
-            return Response(304, b"", "image/jpeg", headers)
-        self.full += 1
-        return Response(200, self.body, "image/jpeg", headers)
 
 
 @pytest.fixture(scope="module")

@@ -31,33 +31,14 @@ from monitor.demo.transforms import encode
 from monitor.enrol import enrol_images
 from monitor.pipeline import hashing_pool, scan_subject
 from monitor.testing.searxng import FakeSearxng
-from monitor.testing.web import LoopbackWeb, Request, Response
+from monitor.testing.web import LoopbackWeb
+from monitor.testing.web import Validated as Served
 from monitor.types import HashValue, ImageHashes
 from monitor.video import FrameHashes
 from tests.conftest import loopback_settings
 from tests.test_video import LONG_SIZE, SIZE, make_animation, make_long_video
 
 NAME = "Vic Video"
-
-
-class Served:
-    """A body served with an ETag (honoured) and optional Cache-Control; counts answers."""
-
-    def __init__(self, body: bytes, content_type: str, etag: str | None, cache_control: str = ""):
-        self.body, self.content_type, self.etag = body, content_type, etag
-        self.cache_control = cache_control
-        self.full = 0  # 200 answers sent (the whole body)
-        self.not_modified = 0  # 304 answers sent
-
-    def handle(self, req: Request) -> Response:
-        headers = {"ETag": self.etag} if self.etag else {}
-        if self.cache_control:
-            headers["Cache-Control"] = self.cache_control
-        if self.etag and req.headers.get("if-none-match") == self.etag:
-            self.not_modified += 1
-            return Response(304, b"", self.content_type, headers)
-        self.full += 1
-        return Response(200, self.body, self.content_type, headers)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +101,8 @@ def test_an_unchanged_video_is_matched_again_without_being_downloaded(
     tmp_path: Path, database_url: str, media: dict[str, bytes], pool: ProcessPoolExecutor
 ) -> None:
     served = {
-        "/clip.webm": Served(media["clip"], "video/webm", '"c1"'),
-        "/anim.gif": Served(media["gif"], "image/gif", '"g1"'),
+        "/clip.webm": Served(media["clip"], "video/webm", etag='"c1"'),
+        "/anim.gif": Served(media["gif"], "image/gif", etag='"g1"'),
     }
     with LoopbackWeb() as web:
         settings, db = _world(tmp_path, web, database_url, served)
@@ -168,8 +149,10 @@ def test_a_fresh_video_is_not_even_asked_for(
     tmp_path: Path, media: dict[str, bytes], pool: ProcessPoolExecutor
 ) -> None:
     served = {
-        "/clip.webm": Served(media["clip"], "video/webm", None, "public, max-age=3600"),
-        "/anim.gif": Served(media["gif"], "image/gif", '"g1"', "max-age=3600"),
+        "/clip.webm": Served(
+            media["clip"], "video/webm", etag=None, cache_control="public, max-age=3600"
+        ),
+        "/anim.gif": Served(media["gif"], "image/gif", etag='"g1"', cache_control="max-age=3600"),
     }
     with LoopbackWeb() as web:
         settings, db = _world(tmp_path, web, f"sqlite:///{tmp_path / 'fresh.db'}", served)
@@ -190,8 +173,8 @@ def test_the_frame_cache_holds_hashes_only_and_erasure_removes_it(
     tmp_path: Path, media: dict[str, bytes], pool: ProcessPoolExecutor
 ) -> None:
     served = {
-        "/clip.webm": Served(media["clip"], "video/webm", '"c1"'),
-        "/anim.gif": Served(media["gif"], "image/gif", '"g1"'),
+        "/clip.webm": Served(media["clip"], "video/webm", etag='"c1"'),
+        "/anim.gif": Served(media["gif"], "image/gif", etag='"g1"'),
     }
     with LoopbackWeb() as web:
         settings, db = _world(tmp_path, web, f"sqlite:///{tmp_path / 'erase.db'}", served)

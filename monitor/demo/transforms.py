@@ -10,6 +10,7 @@ plain ``Image -> Image`` callable. :func:`encode` turns an image into the bytes 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -160,6 +161,36 @@ def letterbox(im: Image.Image, aspect: float = 16 / 9, colour: Colour = (0, 0, 0
     cw, ch = (round(h * aspect), h) if w / h < aspect else (w, round(w / aspect))
     canvas = Image.new("RGB", (max(cw, w), max(ch, h)), colour)
     canvas.paste(_rgb(im), ((canvas.width - w) // 2, (canvas.height - h) // 2))
+    return canvas
+
+
+def straighten(im: Image.Image, degrees: float) -> Image.Image:
+    """Turned by ``degrees`` and cropped to the largest upright rectangle of the same shape
+    inside, as a phone's "straighten" tool does."""
+    w, h = im.size
+    c, s = math.cos(math.radians(abs(degrees))), math.sin(math.radians(abs(degrees)))
+    k = min(w / (w * c + h * s), h / (w * s + h * c))
+    turned = rotate(im, degrees)
+    cx, cy, kw, kh = turned.width / 2, turned.height / 2, k * w / 2, k * h / 2
+    return turned.crop((round(cx - kw), round(cy - kh), round(cx + kw), round(cy + kh)))
+
+
+def blurred_letterbox(im: Image.Image, aspect: float, darken: float = 0.8) -> Image.Image:
+    """Centred on a canvas of width/height ``aspect`` filled with itself enlarged, blurred
+    (radius 4% of the canvas) and darkened to ``darken`` of its brightness, as phone apps fit
+    a photo into a story."""
+    w, h = im.size
+    cw, ch = (round(h * aspect), h) if w / h < aspect else (w, round(w / aspect))
+    cw, ch = max(cw, w), max(ch, h)
+    scale = max(cw / w, ch / h)
+    big = _rgb(im).resize((round(w * scale) + 1, round(h * scale) + 1), Image.Resampling.BILINEAR)
+    left, top = (big.width - cw) // 2, (big.height - ch) // 2
+    canvas = big.crop((left, top, left + cw, top + ch)).filter(
+        ImageFilter.GaussianBlur(0.04 * max(cw, ch))
+    )
+    if darken != 1.0:
+        canvas = brightness(canvas, darken)
+    canvas.paste(_rgb(im), ((cw - w) // 2, (ch - h) // 2))
     return canvas
 
 
