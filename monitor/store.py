@@ -530,6 +530,29 @@ def search_failures(session: Session, scan_id: int) -> dict[str, tuple[int, str]
 # ---------------------------------------------------------------- fetch cache
 
 
+def _upsert(session: Session, model: type, key: str, rows: list[dict[str, object]]) -> None:
+    """Insert ``rows`` into ``model``'s table, replacing the rows with the same ``key`` (its
+    primary key): every other column given in the rows is overwritten. Rows must share keys."""
+    if not rows:
+        return
+    column = getattr(model, key)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+        session.execute(delete(model).where(column.in_([r[key] for r in rows])))
+        session.execute(insert(model), rows)
+        return
+    stmt = upsert(model)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[column],
+        set_={name: getattr(stmt.excluded, name) for name in rows[0] if name != key},
+    )
+    session.execute(stmt, rows)
+
+
 def _fresh(
     fresh_until: datetime | None, checked_at: datetime | None, now: datetime, max_age: timedelta
 ) -> bool:
@@ -653,33 +676,7 @@ def remember_fetches(session: Session, fetched: Sequence[FetchedImage]) -> list[
     stale = [url_key(f.url) for f in latest.values() if not _cacheable(f)]
     if stale:
         session.execute(delete(FetchCacheEntry).where(FetchCacheEntry.url_sha256.in_(stale)))
-    if rows:
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as upsert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as upsert
-        else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
-            session.execute(
-                delete(FetchCacheEntry).where(
-                    FetchCacheEntry.url_sha256.in_([r["url_sha256"] for r in rows])
-                )
-            )
-            session.execute(insert(FetchCacheEntry), rows)
-            return waiting
-        stmt = upsert(FetchCacheEntry)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[FetchCacheEntry.url_sha256],
-            set_={
-                "url": stmt.excluded.url,
-                "image_id": stmt.excluded.image_id,
-                "etag": stmt.excluded.etag,
-                "last_modified": stmt.excluded.last_modified,
-                "fetched_at": stmt.excluded.fetched_at,
-                "fresh_until": stmt.excluded.fresh_until,
-            },
-        )
-        session.execute(stmt, rows)
+    _upsert(session, FetchCacheEntry, "url_sha256", rows)
     return waiting
 
 
@@ -778,23 +775,7 @@ def remember_frames(
         for sha, f in frames.items()
         if sha in ids
     ]
-    if rows:
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as upsert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as upsert
-        else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
-            keys = [r["image_id"] for r in rows]
-            session.execute(delete(MediaFrames).where(MediaFrames.image_id.in_(keys)))
-            session.execute(insert(MediaFrames), rows)
-            return {sha: f for sha, f in frames.items() if sha not in ids}
-        stmt = upsert(MediaFrames)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[MediaFrames.image_id],
-            set_={"frames": stmt.excluded.frames, "sampled_at": stmt.excluded.sampled_at},
-        )
-        session.execute(stmt, rows)
+    _upsert(session, MediaFrames, "image_id", rows)
     return {sha: f for sha, f in frames.items() if sha not in ids}
 
 
@@ -931,35 +912,7 @@ def remember_pages(session: Session, fetched: Sequence[FetchedPage]) -> None:
         )
     if stale:
         session.execute(delete(PageCacheEntry).where(PageCacheEntry.url_sha256.in_(stale)))
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
-        keys = [r["url_sha256"] for r in rows]
-        session.execute(delete(PageCacheEntry).where(PageCacheEntry.url_sha256.in_(keys)))
-        session.execute(insert(PageCacheEntry), rows)
-        return
-    stmt = upsert(PageCacheEntry)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[PageCacheEntry.url_sha256],
-        set_={
-            column: getattr(stmt.excluded, column)
-            for column in (
-                "url",
-                "final_url",
-                "etag",
-                "last_modified",
-                "fetched_at",
-                "fresh_until",
-                "candidates",
-            )
-        },
-    )
-    session.execute(stmt, rows)
+    _upsert(session, PageCacheEntry, "url_sha256", rows)
 
 
 def forget_orphan_page_cache(session: Session) -> int:
