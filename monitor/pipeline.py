@@ -238,11 +238,11 @@ class _Scan:
         async def one(backend: SearchBackend, query_index: int, page: int) -> None:
             query = queries[query_index]
             try:
-                found = await backend.search(query, page=page)
+                answer = await backend.search(query, page=page)
             except SearchBackendError as exc:
                 self.error(f"search:{backend.name}", "search", str(exc))
                 return
-            hits.extend(found)
+            hits.extend(answer.hits)
 
         jobs = [
             one(b, qi, page)

@@ -17,8 +17,10 @@ from monitor.errors import ConfigError, SearchBackendError
 from monitor.search import (
     BackendUnavailableError,
     BadAnswerError,
+    EnginesUnresponsiveError,
     JsonDisabledError,
     RateLimitedError,
+    SearchAnswer,
     SearchBackend,
     SearxngBackend,
     available_kinds,
@@ -88,7 +90,7 @@ async def test_web_results_become_hits(fake: FakeSearxng, backend: SearchBackend
             {"url": "http://blog.example/p", "title": "Blog", "content": "", "engine": "bing"},
         ],
     )
-    hits = await backend.search(WEB_Q)
+    hits = (await backend.search(WEB_Q)).hits
     assert hits == [
         SearchHit(
             backend=backend.name,
@@ -126,7 +128,7 @@ async def test_image_query_keeps_only_results_with_an_image(
     )
     fake.add_result("Jane Doe", "images", {"url": "https://pics.example/8", "img_src": ""})
     fake.add_result("Jane Doe", "general", {"url": "https://forum.example/t/1", "title": "t"})
-    hits = await backend.search(IMAGES_Q)
+    hits = (await backend.search(IMAGES_Q)).hits
     assert [(h.page_url, h.image_url, h.thumbnail_url) for h in hits] == [
         (
             "https://pics.example/gallery/7",
@@ -176,7 +178,7 @@ async def test_absent_or_null_optional_fields_and_unusable_urls(
             {"url": "ftp://files.example/x"},
         ],
     )
-    hits = await backend.search(WEB_Q)
+    hits = (await backend.search(WEB_Q)).hits
     assert [h.page_url for h in hits] == ["https://ok.example/a", "https://ok.example/b"]
     assert all(
         h.image_url is None and h.thumbnail_url is None and h.title == h.snippet == h.engine == ""
@@ -196,7 +198,7 @@ async def test_image_result_with_unusable_image_url_is_dropped(
             {"url": "https://p.example/3", "img_src": "https://i.example/3.png"},
         ],
     )
-    hits = await backend.search(IMAGES_Q)
+    hits = (await backend.search(IMAGES_Q)).hits
     assert [h.image_url for h in hits] == ["https://i.example/3.png"]
 
 
@@ -205,7 +207,7 @@ async def test_query_matches_unquoted_key_ignoring_case(
 ) -> None:
     fake.add_result("jane doe", "general", {"url": "https://x.example/"})
     fake.add_result("Someone Else", "general", {"url": "https://other.example/"})
-    assert [h.page_url for h in await backend.search(WEB_Q)] == ["https://x.example/"]
+    assert [h.page_url for h in (await backend.search(WEB_Q)).hits] == ["https://x.example/"]
 
 
 # -- parameters and paging
@@ -248,7 +250,7 @@ async def test_language_is_left_out_when_not_configured(
 async def test_pages_are_requested_and_sliced(fake: FakeSearxng, backend: SearchBackend) -> None:
     fake.results_per_page = 2
     fake.add_results("Jane Doe", "general", [{"url": f"https://r.example/{i}"} for i in range(5)])
-    pages = [[h.page_url for h in await backend.search(WEB_Q, page=p)] for p in (1, 2, 3, 4)]
+    pages = [[h.page_url for h in (await backend.search(WEB_Q, page=p)).hits] for p in (1, 2, 3, 4)]
     assert pages == [
         ["https://r.example/0", "https://r.example/1"],
         ["https://r.example/2", "https://r.example/3"],
@@ -264,7 +266,7 @@ async def test_instance_url_may_end_with_slash_or_search(
 ) -> None:
     fake.add_result("Jane Doe", "general", {"url": "https://x.example/"})
     backend = backend_for(web.base_url + suffix, client)
-    assert [h.page_url for h in await backend.search(WEB_Q)] == ["https://x.example/"]
+    assert [h.page_url for h in (await backend.search(WEB_Q)).hits] == ["https://x.example/"]
 
 
 async def test_instance_under_a_path_prefix(web: LoopbackWeb, client: httpx.AsyncClient) -> None:
@@ -273,7 +275,7 @@ async def test_instance_under_a_path_prefix(web: LoopbackWeb, client: httpx.Asyn
     fake.add_result("Jane Doe", "general", {"url": "https://x.example/"})
     for configured in (url, url + "/", url + "/search"):
         backend = backend_for(configured, client)
-        assert len(await backend.search(WEB_Q)) == 1
+        assert len((await backend.search(WEB_Q)).hits) == 1
 
 
 # -- names and registry
@@ -287,7 +289,7 @@ async def test_backend_name_defaults_to_kind_at_host(
     assert backend.name == f"searxng@127.0.0.1:{web.port}"
     named = backend_for(web.base_url, client, name="home")
     assert named.name == "home"
-    assert (await named.search(WEB_Q))[0].backend == "home"
+    assert ((await named.search(WEB_Q)).hits)[0].backend == "home"
     assert isinstance(backend, SearchBackend)
     await backend.aclose()
     assert not client.is_closed  # the shared client belongs to the caller
@@ -314,8 +316,8 @@ async def test_registering_a_backend_kind(
         def __init__(self, cfg: SearchBackendConfig, client: httpx.AsyncClient) -> None:
             self.name = f"canned:{cfg.url}"
 
-        async def search(self, query: SearchQuery, *, page: int = 1) -> list[SearchHit]:
-            return [SearchHit(self.name, query, "https://canned.example/")]
+        async def search(self, query: SearchQuery, *, page: int = 1) -> SearchAnswer:
+            return SearchAnswer([SearchHit(self.name, query, "https://canned.example/")])
 
         async def aclose(self) -> None:
             pass
@@ -323,7 +325,7 @@ async def test_registering_a_backend_kind(
     register_backend("canned")(Canned)
     assert available_kinds() == ["canned", "searxng"]
     backend = create_backend(SearchBackendConfig(kind="canned", url="x"), client)
-    assert [h.page_url for h in await backend.search(WEB_Q)] == ["https://canned.example/"]
+    assert [h.page_url for h in (await backend.search(WEB_Q)).hits] == ["https://canned.example/"]
     with pytest.raises(ValueError, match="already registered"):
         register_backend("canned")(lambda cfg, client: Canned(cfg, client))
 
@@ -353,7 +355,7 @@ async def test_rate_limit_with_retry_after_seconds(
     assert info.value.retry_after == 42
     assert "HTTP 429" in str(info.value) and "42" in str(info.value)
     fake.add_result("Jane Doe", "general", {"url": "https://x.example/"})
-    assert len(await backend.search(WEB_Q)) == 1  # only the next answer failed
+    assert len((await backend.search(WEB_Q)).hits) == 1  # only the next answer failed
 
 
 async def test_rate_limit_with_retry_after_date_or_none(
@@ -440,9 +442,27 @@ async def test_unresponsive_engines_are_exposed(fake: FakeSearxng, backend: Sear
         "unresponsive_engines": [["google", "timeout"], ["bing", "CAPTCHA"]],
     }
     fake.fail_next(200, body=json.dumps(answer))
-    assert len(await backend.search(WEB_Q)) == 1
+    got = await backend.search(WEB_Q)
+    assert len(got.hits) == 1
+    assert got.partial
+    assert got.unanswered == (("google", "timeout"), ("bing", "CAPTCHA"))
     assert isinstance(backend, SearxngBackend)
     assert backend.unresponsive_engines == [("google", "timeout"), ("bing", "CAPTCHA")]
+
+
+async def test_all_engines_unresponsive_is_a_failed_search(
+    fake: FakeSearxng, backend: SearchBackend
+) -> None:
+    """HTTP 200 with no results and every engine blocked is not "nothing found"."""
+    answer = {
+        "query": '"Jane Doe"',
+        "results": [],
+        "unresponsive_engines": [["google", "CAPTCHA"], ["bing", "too many requests"]],
+    }
+    fake.fail_next(200, body=json.dumps(answer))
+    with pytest.raises(EnginesUnresponsiveError, match="no search engine answered") as err:
+        await backend.search(WEB_Q)
+    assert err.value.engines == (("google", "CAPTCHA"), ("bing", "too many requests"))
 
 
 async def test_redirected_instance_is_followed(
@@ -456,7 +476,7 @@ async def test_redirected_instance_is_followed(
         ),
     )
     backend = backend_for(web.url("/old"), client)
-    assert [h.page_url for h in await backend.search(WEB_Q)] == ["https://x.example/"]
+    assert [h.page_url for h in (await backend.search(WEB_Q)).hits] == ["https://x.example/"]
 
 
 async def test_short_retry_after_is_waited_out_and_asked_once_more(
@@ -464,7 +484,7 @@ async def test_short_retry_after_is_waited_out_and_asked_once_more(
 ) -> None:
     fake.add_result("Jane Doe", "general", {"url": "https://x.example/"})
     fake.fail_next(429, {"Retry-After": "0.2"})
-    assert len(await backend.search(WEB_Q)) == 1
+    assert len((await backend.search(WEB_Q)).hits) == 1
     assert len(fake.queries) == 2
     fake.fail_next(429, {"Retry-After": "0.1"}, times=2)  # still limited: given up after one wait
     with pytest.raises(RateLimitedError, match="still limited after waiting once"):

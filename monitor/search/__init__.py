@@ -1,7 +1,8 @@
 """Search backends: the :class:`SearchBackend` interface and a registry by ``kind``.
 
     backend = create_backend(settings.search.backends[0], client)
-    hits = await backend.search(SearchQuery('"Jane Doe"', ResultKind.IMAGES), page=1)
+    answer = await backend.search(SearchQuery('"Jane Doe"', ResultKind.IMAGES), page=1)
+    answer.hits, answer.unanswered  # the hits; engines behind the backend that did not answer
 
 Adding a backend: write ``monitor/search/<kind>.py`` with a factory decorated by
 ``@register_backend("<kind>")``, and import it below.
@@ -15,7 +16,10 @@ from monitor.search.base import (
     BackendFactory,
     BackendUnavailableError,
     BadAnswerError,
+    EnginesUnresponsiveError,
+    RateInfo,
     RateLimitedError,
+    SearchAnswer,
     SearchBackend,
     available_kinds,
     create_backend,
@@ -28,8 +32,11 @@ __all__ = [
     "BackendFactory",
     "BackendUnavailableError",
     "BadAnswerError",
+    "EnginesUnresponsiveError",
     "JsonDisabledError",
+    "RateInfo",
     "RateLimitedError",
+    "SearchAnswer",
     "SearchBackend",
     "SearchBackendError",
     "SearxngBackend",

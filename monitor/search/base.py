@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Protocol, runtime_checkable
@@ -30,7 +31,10 @@ __all__ = [
     "BackendFactory",
     "BadAnswerError",
     "BackendUnavailableError",
+    "EnginesUnresponsiveError",
+    "RateInfo",
     "RateLimitedError",
+    "SearchAnswer",
     "SearchBackend",
     "SearchBackendError",
     "available_kinds",
@@ -38,6 +42,37 @@ __all__ = [
     "parse_retry_after",
     "register_backend",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class RateInfo:
+    """What a backend's answer said about its limits (``X-RateLimit-*`` and the like).
+
+    Every field is ``None`` when the API did not say."""
+
+    limit: int | None = None  # requests allowed in the current window
+    remaining: int | None = None  # requests left in the current window
+    reset_seconds: float | None = None  # seconds until the window resets
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAnswer:
+    """What one search (one backend, one query, one results page) brought back.
+
+    ``unanswered`` lists the engines behind a meta-search backend (SearXNG, SerpApi's engines)
+    that did not answer, as ``(engine, reason)`` pairs: a non-empty list makes the search
+    *partial*. A search in which no engine answered at all is not an answer: the backend raises
+    :class:`EnginesUnresponsiveError` instead. ``requests`` counts the HTTP requests actually
+    sent for this answer (a retry after a 429 makes 2)."""
+
+    hits: list[SearchHit]
+    unanswered: tuple[tuple[str, str], ...] = ()
+    requests: int = 1
+    rate: RateInfo | None = None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.unanswered)
 
 
 @runtime_checkable
@@ -50,8 +85,8 @@ class SearchBackend(Protocol):
 
     name: str  # shown in scan summaries and error records, e.g. "searxng@localhost:8888"
 
-    async def search(self, query: SearchQuery, *, page: int = 1) -> list[SearchHit]:
-        """Return the hits of results page ``page`` (1-based) for ``query``."""
+    async def search(self, query: SearchQuery, *, page: int = 1) -> SearchAnswer:
+        """Return the answer for results page ``page`` (1-based) of ``query``."""
         ...
 
     async def aclose(self) -> None:
@@ -105,6 +140,17 @@ class BackendUnavailableError(SearchBackendError):
 
 class BadAnswerError(SearchBackendError):
     """The backend answered, but not with something we can read."""
+
+
+class EnginesUnresponsiveError(BackendUnavailableError):
+    """The backend answered, but every engine behind it failed (blocked, CAPTCHA, timeout).
+
+    SearXNG says so with HTTP 200, ``results: []`` and ``unresponsive_engines``; that is a
+    failed search, never "nothing found". ``engines`` holds the ``(engine, reason)`` pairs."""
+
+    def __init__(self, message: str, engines: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.engines = engines
 
 
 class RateLimitedError(SearchBackendError):

@@ -27,7 +27,9 @@ from monitor.fetch import ACCEPT_ENCODING, UndecodableBody, read_bounded
 from monitor.search.base import (
     BackendUnavailableError,
     BadAnswerError,
+    EnginesUnresponsiveError,
     RateLimitedError,
+    SearchAnswer,
     parse_retry_after,
     register_backend,
 )
@@ -134,13 +136,17 @@ class SearxngBackend:
             params["language"] = self.cfg.language
         return params
 
-    async def search(self, query: SearchQuery, *, page: int = 1) -> list[SearchHit]:
-        """The hits on results page ``page`` for ``query``; image queries keep only images."""
+    async def search(self, query: SearchQuery, *, page: int = 1) -> SearchAnswer:
+        """The answer for results page ``page`` of ``query``; image queries keep only images.
+
+        Engines SearXNG lists as unresponsive make the answer partial; when it found nothing
+        and listed unresponsive engines, no engine answered: :class:`EnginesUnresponsiveError`.
+        """
         if page < 1:
             raise ValueError(f"page numbers start at 1, got {page}")
         where = f"SearXNG at {self.instance_url}"
         try:
-            return await self._search_once(query, page, where)
+            return await self._search_once(query, page, where, requests=1)
         except RateLimitedError as exc:
             wait = exc.retry_after
             if wait is None or wait > self.max_retry_wait:
@@ -148,13 +154,15 @@ class SearxngBackend:
             log.info("%s: rate limited; retrying once in %.1f s", self.name, wait)
             await asyncio.sleep(wait)
         try:
-            return await self._search_once(query, page, where)
+            return await self._search_once(query, page, where, requests=2)
         except RateLimitedError as exc:
             raise RateLimitedError(
                 f"{exc} (still limited after waiting once as asked)", exc.retry_after
             ) from None
 
-    async def _search_once(self, query: SearchQuery, page: int, where: str) -> list[SearchHit]:
+    async def _search_once(
+        self, query: SearchQuery, page: int, where: str, *, requests: int
+    ) -> SearchAnswer:
         try:
             async with (
                 asyncio.timeout(self.cfg.timeout),
@@ -185,7 +193,14 @@ class SearxngBackend:
             raise BadAnswerError(f"{where}: answer not read: {cut} for a search answer")
         self._check_status(resp, body, where)
         data = self._decode(resp, body, where)
-        return list(self._hits(data, query))
+        hits = list(self._hits(data, query))
+        unanswered = tuple(self.unresponsive_engines)
+        if unanswered and not data["results"]:
+            reasons = ", ".join(f"{e} ({r})" if r else e for e, r in unanswered)
+            raise EnginesUnresponsiveError(
+                f"{where}: no search engine answered: {reasons}", unanswered
+            )
+        return SearchAnswer(hits=hits, unanswered=unanswered, requests=requests)
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
