@@ -61,14 +61,26 @@ class DatabaseConfig(_Section):
 
 
 class SearchBackendConfig(_Section):
+    """One ``[[search.backends]]`` table.
+
+    The keys every kind shares are checked here. Keys that belong to one kind (SearXNG's
+    ``categories_web``, Brave's ``country``...) are kept as extra keys and checked by that kind's
+    backend (``monitor/search/<kind>.py``) when it is built, with a :class:`ConfigError` that
+    names the key; see ``docs/search.md``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
     kind: str = "searxng"
-    url: str
+    url: str = ""  # empty: the kind's public API (brave, serpapi); searxng needs its instance URL
     name: str = ""  # shown in summaries; defaults to kind@host
-    timeout: float = 20.0
-    categories_web: str = "general"
-    categories_images: str = "images"
-    safesearch: int = 0
-    language: str = ""  # empty: the instance's default
+    timeout: float = Field(default=20.0, gt=0)
+    # The environment variable holding the API key (brave: BRAVE_API_KEY, serpapi:
+    # SERPAPI_API_KEY when empty). The key itself is never written in the file.
+    api_key_env: str = ""
+    # serpapi: the engines asked (google, google_images, bing_images, yandex_images);
+    # empty: the kind's default.
+    engines: list[str] = Field(default_factory=list)
 
 
 class SearchConfig(_Section):

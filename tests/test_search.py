@@ -502,3 +502,131 @@ async def test_an_oversized_answer_is_not_read(
     fake.fail_next(200, body=json.dumps(answer))
     with pytest.raises(BadAnswerError, match="larger than the 1 KB limit"):
         await backend.search(WEB_Q)
+
+
+# -- hardening shared by every backend (monitor.search.base)
+
+
+async def test_redirect_to_another_host_is_refused_naming_only_the_host(
+    fake: FakeSearxng, web: LoopbackWeb, client: httpx.AsyncClient
+) -> None:
+    """A backend's 302 to an internal address is not followed, and its body is not quoted."""
+    web.route(
+        "/moved/search",
+        lambda req: Response(
+            302,
+            b"SECRET internal page",
+            headers={"Location": "http://169.254.169.254/latest/meta-data/?token=abc"},
+        ),
+    )
+    backend = backend_for(web.url("/moved"), client)
+    with pytest.raises(search_base.RedirectRefusedError) as info:
+        await backend.search(WEB_Q)
+    message = str(info.value)
+    assert "169.254.169.254" in message and "not followed" in message
+    assert "SECRET" not in message and "meta-data" not in message and "token" not in message
+    assert isinstance(info.value, BackendUnavailableError)
+    assert [r.path for r in web.requests] == ["/moved/search"]  # nothing else was asked
+
+
+async def test_redirect_loop_within_the_instance_stops(
+    web: LoopbackWeb, client: httpx.AsyncClient
+) -> None:
+    web.route("/loop/search", lambda req: Response(302, b"", headers={"Location": "/loop/search"}))
+    backend = backend_for(web.url("/loop"), client)
+    with pytest.raises(search_base.RedirectRefusedError, match="redirected more than 3 times"):
+        await backend.search(WEB_Q)
+
+
+async def test_deeply_nested_json_is_a_bad_answer_not_a_crash(
+    fake: FakeSearxng, backend: SearchBackend
+) -> None:
+    fake.fail_next(200, body='{"results": [' + "[" * 100_000 + "]" * 100_000 + "]}")
+    with pytest.raises(BadAnswerError, match="nested more than 64 levels deep"):
+        await backend.search(WEB_Q)
+    # unbalanced and deep: still refused without a RecursionError
+    fake.fail_next(200, body="[" * 200_000)
+    with pytest.raises(BadAnswerError):
+        await backend.search(WEB_Q)
+
+
+def test_json_depth_scan() -> None:
+    depth = search_base.json_depth_exceeds
+    assert not depth(b'{"a": [1, {"b": "[[[[[[ in a string ]"}], "c": "\\"[["}')
+    assert not depth(b"[" * 64 + b"]" * 64)
+    assert depth(b"[" * 65 + b"]" * 65)
+    assert depth(b"[{}" * 64 + b"]" * 64)  # the 65th level is an object
+    assert not depth(b"[" * 10 + b"]" * 10, limit=10) and depth(b"[" * 11 + b"]" * 11, limit=10)
+
+
+async def test_error_quotes_are_short_and_printable(
+    fake: FakeSearxng, backend: SearchBackend
+) -> None:
+    fake.fail_next(500, body="\x1b[2J\x00boom\u202e" + "x" * 5000)
+    with pytest.raises(BackendUnavailableError) as info:
+        await backend.search(WEB_Q)
+    message = str(info.value)
+    assert "\x1b" not in message and "\x00" not in message and "\u202e" not in message
+    assert "boom" in message and message.endswith("...")
+    assert len(message) < 250
+
+
+def test_snippet() -> None:
+    snippet = search_base.snippet
+    assert snippet(b"") == "an empty body"
+    assert snippet("a\tb\n\nc") == "a b c"
+    assert snippet(b"k=SECRET123 rest", secrets=["SECRET123"]) == "k=*** rest"
+    assert snippet("x" * 500) == "x" * 120 + "..."
+
+
+# -- SearXNG's own settings and its check
+
+
+def test_unknown_or_misplaced_keys_are_config_errors(client: httpx.AsyncClient) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key `categories_imgs`.*categories_images"):
+        create_backend(SearchBackendConfig(url="http://x", categories_imgs="images"), client)
+    with pytest.raises(ConfigError, match="`engines` is only used by kind 'serpapi'"):
+        create_backend(SearchBackendConfig(url="http://x", engines=["google"]), client)
+    with pytest.raises(ConfigError, match="`safesearch`"):
+        create_backend(SearchBackendConfig(url="http://x", safesearch=5), client)
+
+
+async def test_check_reports_a_working_instance(fake: FakeSearxng, backend: SearchBackend) -> None:
+    fake.add_result("weather", "images", {"url": "https://p.example/", "img_src": "https://i/x"})
+    result = await backend.check()
+    assert result == search_base.BackendCheck(
+        True, f"SearXNG at {fake_url(backend)} works: 1 image results", None, 1
+    )
+    assert fake.queries == [("weather", "images", 1)]  # a neutral word, never a name
+
+
+def fake_url(backend: SearchBackend) -> str:
+    assert isinstance(backend, SearxngBackend)
+    return backend.instance_url
+
+
+async def test_check_says_how_to_enable_json(fake: FakeSearxng, backend: SearchBackend) -> None:
+    fake.json_disabled = True
+    result = await backend.check()
+    assert not result.ok and "enable json in search.formats" in result.message
+
+
+async def test_check_without_image_engines_fails_with_the_fix(
+    fake: FakeSearxng, backend: SearchBackend
+) -> None:
+    fake.add_result("weather", "general", {"url": "https://w.example/"})  # mixed in, no image
+    result = await backend.check()
+    assert not result.ok and "image engines" in result.message
+    fake.fail_next(
+        200, body=json.dumps({"results": [], "unresponsive_engines": [["bing images", "CAPTCHA"]]})
+    )
+    result = await backend.check()
+    assert not result.ok and "bing images (CAPTCHA)" in result.message
+
+
+async def test_check_does_not_raise_when_unreachable(client: httpx.AsyncClient) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = await backend_for(f"http://127.0.0.1:{port}", client).check()
+    assert not result.ok and "could not connect" in result.message and result.requests == 1

@@ -4,43 +4,67 @@ SearXNG only answers JSON when the instance allows it: ``json`` must be listed u
 ``search.formats`` in its ``settings.yml``. Image answers mix in general results that carry
 no image; only results with an ``img_src`` become image hits.
 
+Its own keys in ``[[search.backends]]`` (see :class:`SearxngOptions`): ``categories_web``,
+``categories_images``, ``safesearch`` (0, off, by default: the images we look for are filtered
+otherwise) and ``language``.
+
 A rate-limited answer (HTTP 429) with a short ``Retry-After`` (at most
 :attr:`SearxngBackend.max_retry_wait` seconds) is waited out and the query asked once more;
 a longer or missing one is a :class:`RateLimitedError`. The whole answer must arrive within the
-backend's ``timeout`` and be at most :data:`MAX_ANSWER_BYTES` long.
+backend's ``timeout`` and be at most :data:`MAX_ANSWER_BYTES` long; redirects are followed only
+within the instance's own origin (:func:`~monitor.search.base.get_answer`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import Field
 
 from monitor.config import SearchBackendConfig
 from monitor.errors import ConfigError, SearchBackendError
-from monitor.fetch import ACCEPT_ENCODING, UndecodableBody, read_bounded
+from monitor.search import base
 from monitor.search.base import (
+    BackendCheck,
+    BackendOptions,
     BackendUnavailableError,
     BadAnswerError,
     EnginesUnresponsiveError,
     RateLimitedError,
+    RawAnswer,
     SearchAnswer,
+    backend_options,
+    get_answer,
+    parse_json,
     parse_retry_after,
     register_backend,
+    retry_once_if_short,
+    snippet,
 )
 from monitor.types import ResultKind, SearchHit, SearchQuery
 
-__all__ = ["JsonDisabledError", "SearxngBackend", "endpoint_url"]
+__all__ = ["JsonDisabledError", "SearxngBackend", "SearxngOptions", "endpoint_url"]
 
 log = logging.getLogger(__name__)
 
-MAX_ANSWER_BYTES = 10_000_000
-"""A longer answer is not read: no results page of a search engine is anywhere near this."""
+MAX_ANSWER_BYTES = base.MAX_ANSWER_BYTES
+"""A longer answer is not read (module attribute: tests lower it)."""
+
+CHECK_QUERY = "weather"
+"""What :meth:`SearxngBackend.check` searches for: a neutral word, never a person's name."""
+
+
+class SearxngOptions(BackendOptions):
+    """SearXNG's own keys in ``[[search.backends]]``."""
+
+    categories_web: str = "general"
+    categories_images: str = "images"
+    safesearch: int = Field(default=0, ge=0, le=2)  # 0: off (needed: the images we look for)
+    language: str = ""  # empty: the instance's default
 
 
 class JsonDisabledError(SearchBackendError):
@@ -94,12 +118,6 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _snippet(body: bytes, limit: int = 120) -> str:
-    text = body[:limit].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text + ("..." if len(body) > limit else "") if text else "an empty body"
-
-
 class SearxngBackend:
     """Queries one SearXNG instance through a shared :class:`httpx.AsyncClient`."""
 
@@ -109,6 +127,7 @@ class SearxngBackend:
 
     def __init__(self, cfg: SearchBackendConfig, client: httpx.AsyncClient) -> None:
         self.cfg = cfg
+        self.options = backend_options(cfg, SearxngOptions)
         self.client = client
         self.instance_url, self.search_url = endpoint_url(cfg.url)
         self.name = cfg.name or _default_name(self.instance_url)
@@ -120,20 +139,19 @@ class SearxngBackend:
 
     def params(self, query: SearchQuery, page: int = 1) -> dict[str, str]:
         """The query-string parameters sent for ``query`` and results page ``page``."""
+        opts = self.options
         categories = (
-            self.cfg.categories_images
-            if query.kind is ResultKind.IMAGES
-            else self.cfg.categories_web
+            opts.categories_images if query.kind is ResultKind.IMAGES else opts.categories_web
         )
         params = {
             "q": query.text,
             "format": "json",
             "categories": categories,
             "pageno": str(page),
-            "safesearch": str(self.cfg.safesearch),
+            "safesearch": str(opts.safesearch),
         }
-        if self.cfg.language:
-            params["language"] = self.cfg.language
+        if opts.language:
+            params["language"] = opts.language
         return params
 
     async def search(self, query: SearchQuery, *, page: int = 1) -> SearchAnswer:
@@ -144,71 +162,79 @@ class SearxngBackend:
         """
         if page < 1:
             raise ValueError(f"page numbers start at 1, got {page}")
-        where = f"SearXNG at {self.instance_url}"
-        try:
-            return await self._search_once(query, page, where, requests=1)
-        except RateLimitedError as exc:
-            wait = exc.retry_after
-            if wait is None or wait > self.max_retry_wait:
-                raise
-            log.info("%s: rate limited; retrying once in %.1f s", self.name, wait)
-            await asyncio.sleep(wait)
-        try:
-            return await self._search_once(query, page, where, requests=2)
-        except RateLimitedError as exc:
-            raise RateLimitedError(
-                f"{exc} (still limited after waiting once as asked)", exc.retry_after
-            ) from None
+        return await retry_once_if_short(
+            lambda requests: self._search_once(query, page, requests=requests),
+            max_wait=self.max_retry_wait,
+            name=self.name,
+        )
 
-    async def _search_once(
-        self, query: SearchQuery, page: int, where: str, *, requests: int
-    ) -> SearchAnswer:
-        try:
-            async with (
-                asyncio.timeout(self.cfg.timeout),
-                self.client.stream(
-                    "GET",
-                    self.search_url,
-                    params=self.params(query, page),
-                    headers={"Accept-Encoding": ACCEPT_ENCODING},
-                    timeout=self.cfg.timeout,
-                    follow_redirects=True,
-                ) as resp,
-            ):
-                body, cut = await read_bounded(resp, MAX_ANSWER_BYTES)
-        except UndecodableBody as exc:
-            raise BadAnswerError(f"{where}: answer could not be decoded ({exc})") from None
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            raise BackendUnavailableError(
-                f"{where} did not answer within {self.cfg.timeout:g} s ({type(exc).__name__})"
-            ) from exc
-        except httpx.ConnectError as exc:
-            raise BackendUnavailableError(
-                f"could not connect to {where} ({exc or type(exc).__name__}); is it running, "
-                "and is the url in [[search.backends]] right?"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise BackendUnavailableError(f"{where} failed: {exc or type(exc).__name__}") from exc
-        if cut:
-            raise BadAnswerError(f"{where}: answer not read: {cut} for a search answer")
-        self._check_status(resp, body, where)
-        data = self._decode(resp, body, where)
+    @property
+    def where(self) -> str:
+        return f"SearXNG at {self.instance_url}"
+
+    async def _exchange(
+        self, params: dict[str, str]
+    ) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+        """The decoded answer and the engines it lists as unresponsive."""
+        raw = await get_answer(
+            self.client,
+            self.search_url,
+            params=params,
+            timeout=self.cfg.timeout,
+            where=self.where,
+            max_bytes=MAX_ANSWER_BYTES,
+        )
+        self._check_status(raw)
+        data = self._decode(raw)
+        return data, self._note_unresponsive(data.get("unresponsive_engines"))
+
+    async def _search_once(self, query: SearchQuery, page: int, *, requests: int) -> SearchAnswer:
+        data, unanswered = await self._exchange(self.params(query, page))
         hits = list(self._hits(data, query))
-        unanswered = tuple(self.unresponsive_engines)
         if unanswered and not data["results"]:
-            reasons = ", ".join(f"{e} ({r})" if r else e for e, r in unanswered)
             raise EnginesUnresponsiveError(
-                f"{where}: no search engine answered: {reasons}", unanswered
+                f"{self.where}: no search engine answered: {_reasons(unanswered)}", unanswered
             )
         return SearchAnswer(hits=hits, unanswered=unanswered, requests=requests)
+
+    async def check(self) -> BackendCheck:
+        """One image search for a neutral word: is JSON on, do image engines answer?"""
+        params = self.params(SearchQuery(CHECK_QUERY, ResultKind.IMAGES))
+        try:
+            data, unanswered = await self._exchange(params)
+        except JsonDisabledError:
+            return BackendCheck(
+                False,
+                f"{self.where} refuses JSON: enable json in search.formats in its settings.yml "
+                "(formats: [html, json]) and restart it",
+            )
+        except SearchBackendError as exc:
+            return BackendCheck(False, str(exc))
+        images = sum(1 for _ in self._hits(data, SearchQuery(CHECK_QUERY, ResultKind.IMAGES)))
+        if not data["results"]:
+            why = f": no engine answered ({_reasons(unanswered)})" if unanswered else ""
+            return BackendCheck(
+                False,
+                f"{self.where} answered, but found no images for {CHECK_QUERY!r}{why}. Enable "
+                "image engines (e.g. bing images, google images, duckduckgo images) in its "
+                f"settings.yml, for the categories {self.options.categories_images!r}.",
+            )
+        if images == 0:
+            return BackendCheck(
+                False,
+                f"{self.where} answered, but no result for {CHECK_QUERY!r} had an image: enable "
+                "image engines (bing images, google images, duckduckgo images) in settings.yml",
+            )
+        note = f"; engines that did not answer: {_reasons(unanswered)}" if unanswered else ""
+        return BackendCheck(True, f"{self.where} works: {images} image results{note}")
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the caller."""
 
     # -- answer handling
 
-    def _check_status(self, resp: httpx.Response, body: bytes, where: str) -> None:
-        status = resp.status_code
+    def _check_status(self, raw: RawAnswer) -> None:
+        where, status, body = self.where, raw.status, raw.body
         if status == 200:
             return
         if status == 403:
@@ -217,7 +243,7 @@ class SearxngBackend:
                 "`search.formats` in the instance's settings.yml, then restart it."
             )
         if status == 429:
-            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            retry_after = parse_retry_after(raw.headers.get("retry-after"))
             wait = f"; retry after {retry_after:g} s" if retry_after is not None else ""
             if retry_after is not None and retry_after > self.max_retry_wait:
                 wait += f" (longer than the {self.max_retry_wait:g} s we wait; query skipped)"
@@ -227,20 +253,15 @@ class SearxngBackend:
                 retry_after=retry_after,
             )
         if status >= 500:
-            raise BackendUnavailableError(f"{where} failed (HTTP {status}): {_snippet(body)}")
+            raise BackendUnavailableError(f"{where} failed (HTTP {status}): {snippet(body)}")
         hint = "; is the url in [[search.backends]] right?" if status == 404 else ""
         raise SearchBackendError(
-            f"{where} answered HTTP {status} to {self.search_url}{hint}: {_snippet(body)}"
+            f"{where} answered HTTP {status} to {self.search_url}{hint}: {snippet(body)}"
         )
 
-    def _decode(self, resp: httpx.Response, body: bytes, where: str) -> dict[str, Any]:
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            ctype = resp.headers.get("content-type", "no content type")
-            raise BadAnswerError(
-                f"{where}: answer was not SearXNG JSON: {ctype}, {_snippet(body)}"
-            ) from exc
+    def _decode(self, raw: RawAnswer) -> dict[str, Any]:
+        where = self.where
+        data = parse_json(raw.body, where=where, what="SearXNG JSON", content_type=raw.content_type)
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             got = type(data).__name__
             if isinstance(data, dict):
@@ -249,25 +270,21 @@ class SearxngBackend:
                 f"{where}: answer was not SearXNG JSON: expected an object with a "
                 f"'results' list, got {got}"
             )
-        self._note_unresponsive(data.get("unresponsive_engines"))
         return data
 
-    def _note_unresponsive(self, value: Any) -> None:
+    def _note_unresponsive(self, value: Any) -> tuple[tuple[str, str], ...]:
         engines: list[tuple[str, str]] = []
         if isinstance(value, list):
             for item in value:
                 if isinstance(item, list | tuple) and item:
-                    reason = str(item[1]) if len(item) > 1 else ""
-                    engines.append((str(item[0]), reason))
+                    reason = snippet(str(item[1]), 80) if len(item) > 1 and item[1] else ""
+                    engines.append((snippet(str(item[0]), 60), reason))
                 elif isinstance(item, str):
-                    engines.append((item, ""))
+                    engines.append((snippet(item, 60), ""))
         self.unresponsive_engines = engines
         if engines:
-            log.debug(
-                "%s: unresponsive engines: %s",
-                self.name,
-                ", ".join(f"{e} ({r})" if r else e for e, r in engines),
-            )
+            log.debug("%s: unresponsive engines: %s", self.name, _reasons(engines))
+        return tuple(engines)
 
     def _hits(self, data: dict[str, Any], query: SearchQuery) -> Iterator[SearchHit]:
         images_only = query.kind is ResultKind.IMAGES
@@ -296,6 +313,10 @@ class SearxngBackend:
                 snippet=_text(result.get("content")),
                 engine=_text(result.get("engine")),
             )
+
+
+def _reasons(engines: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
+    return ", ".join(f"{e} ({r})" if r else e for e, r in engines)
 
 
 @register_backend("searxng")
