@@ -43,6 +43,7 @@ __all__ = [
     "BackendCheck",
     "BackendFactory",
     "BackendOptions",
+    "BackendRefusedError",
     "BadAnswerError",
     "BackendUnavailableError",
     "EnginesUnresponsiveError",
@@ -54,9 +55,11 @@ __all__ = [
     "SearchBackend",
     "SearchBackendError",
     "api_key_from_env",
+    "api_base_url",
     "available_kinds",
     "backend_options",
     "create_backend",
+    "default_backend_name",
     "get_answer",
     "json_depth_exceeds",
     "parse_json",
@@ -230,6 +233,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+class BackendRefusedError(SearchBackendError):
+    """The backend refuses our requests as configured: a rejected API key, a plan without this
+    kind of search, a used-up quota, parameters it does not accept. Asking again will not help
+    until the configuration or the account changes; the message says what to change."""
+
+
 class RedirectRefusedError(BackendUnavailableError):
     """The backend redirected to another host; search clients do not follow that.
 
@@ -296,6 +305,31 @@ def api_key_from_env(cfg: SearchBackendConfig, default_env: str, service: str) -
             + ("" if cfg.api_key_env else " (or name another one with api_key_env)")
         )
     return env, key
+
+
+def api_base_url(cfg: SearchBackendConfig, default: str) -> str:
+    """The API's base URL: ``cfg.url`` (a loopback fake in tests), else ``default``; without a
+    trailing slash. Raises :class:`ConfigError` for anything but an http(s) URL."""
+    url = (cfg.url or "").strip() or default
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{_table(cfg)}: url must be an http:// or https:// URL (or empty for {default}), "
+            f"got {url!r}"
+        )
+    return url.rstrip("/")
+
+
+def default_backend_name(kind: str, url: str) -> str:
+    """``kind@host`` (``kind@host:port`` when the URL has a port)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "unknown"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{kind}@{host}:{parts.port}" if parts.port else f"{kind}@{host}"
 
 
 # -- one HTTP exchange with a search API, bounded and without surprises
