@@ -298,7 +298,7 @@ async def test_backend_name_defaults_to_kind_at_host(
 def test_unknown_kind_is_a_config_error(client: httpx.AsyncClient) -> None:
     assert "searxng" in available_kinds()
     with pytest.raises(
-        ConfigError, match="unknown search backend kind 'bing'; known: brave, searxng"
+        ConfigError, match="unknown search backend kind 'bing'; known: brave, searxng, serpapi"
     ):
         create_backend(SearchBackendConfig(kind="bing", url="http://x"), client)
 
@@ -325,7 +325,7 @@ async def test_registering_a_backend_kind(
             pass
 
     register_backend("canned")(Canned)
-    assert available_kinds() == ["brave", "canned", "searxng"]
+    assert available_kinds() == ["brave", "canned", "searxng", "serpapi"]
     backend = create_backend(SearchBackendConfig(kind="canned", url="x"), client)
     assert [h.page_url for h in (await backend.search(WEB_Q)).hits] == ["https://canned.example/"]
     with pytest.raises(ValueError, match="already registered"):

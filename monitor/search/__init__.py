@@ -16,6 +16,7 @@ from __future__ import annotations
 from monitor.errors import SearchBackendError
 from monitor.search import brave as _brave  # noqa: F401  (registers "brave")
 from monitor.search import searxng as _searxng  # noqa: F401  (registers "searxng")
+from monitor.search import serpapi as _serpapi  # noqa: F401  (registers "serpapi")
 from monitor.search.base import (
     BackendCheck,
     BackendFactory,
@@ -35,6 +36,7 @@ from monitor.search.base import (
 )
 from monitor.search.brave import BraveBackend
 from monitor.search.searxng import JsonDisabledError, SearxngBackend
+from monitor.search.serpapi import SerpApiBackend
 
 __all__ = [
     "BackendCheck",
@@ -52,6 +54,7 @@ __all__ = [
     "SearchBackend",
     "SearchBackendError",
     "SearxngBackend",
+    "SerpApiBackend",
     "available_kinds",
     "create_backend",
     "parse_retry_after",
