@@ -632,3 +632,30 @@ async def test_check_does_not_raise_when_unreachable(client: httpx.AsyncClient) 
         port = sock.getsockname()[1]
     result = await backend_for(f"http://127.0.0.1:{port}", client).check()
     assert not result.ok and "could not connect" in result.message and result.requests == 1
+
+
+async def test_partial_answers_carry_a_reason_for_every_engine(
+    fake: FakeSearxng, backend: SearchBackend
+) -> None:
+    fake.add_result("Jane Doe", "general", {"url": "https://x.example/"})
+    fake.unresponsive_engines = [("google", "CAPTCHA")]
+    answer = await backend.search(WEB_Q)
+    assert answer.unanswered == (("google", "CAPTCHA"),) and len(answer.hits) == 1
+    fake.fail_next(
+        200,
+        body=json.dumps(
+            {
+                "results": [{"url": "https://x.example/"}],
+                "unresponsive_engines": [["bing"], "qwant"],
+            }
+        ),
+    )
+    answer = await backend.search(WEB_Q)
+    assert answer.unanswered == (("bing", "no reason given"), ("qwant", "no reason given"))
+
+
+async def test_failed_search_counts_its_requests(fake: FakeSearxng, backend: SearchBackend) -> None:
+    fake.unresponsive_engines = [("google", "timeout")]
+    with pytest.raises(EnginesUnresponsiveError) as info:
+        await backend.search(WEB_Q)
+    assert info.value.requests == 1 and info.value.engines == (("google", "timeout"),)

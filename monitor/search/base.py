@@ -193,11 +193,15 @@ class EnginesUnresponsiveError(BackendUnavailableError):
     """The backend answered, but every engine behind it failed (blocked, CAPTCHA, timeout).
 
     SearXNG says so with HTTP 200, ``results: []`` and ``unresponsive_engines``; that is a
-    failed search, never "nothing found". ``engines`` holds the ``(engine, reason)`` pairs."""
+    failed search, never "nothing found". ``engines`` holds the ``(engine, reason)`` pairs;
+    ``requests`` the HTTP requests sent for the failed search (SerpApi: one per engine)."""
 
-    def __init__(self, message: str, engines: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self, message: str, engines: tuple[tuple[str, str], ...] = (), requests: int = 1
+    ) -> None:
         super().__init__(message)
         self.engines = engines
+        self.requests = requests
 
 
 class RateLimitedError(SearchBackendError):

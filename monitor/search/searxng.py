@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 MAX_ANSWER_BYTES = base.MAX_ANSWER_BYTES
 """A longer answer is not read (module attribute: tests lower it)."""
 
+NO_REASON = "no reason given"
+"""The reason recorded for an unresponsive engine SearXNG named without one."""
+
 CHECK_QUERY = "weather"
 """What :meth:`SearxngBackend.check` searches for: a neutral word, never a person's name."""
 
@@ -193,7 +196,9 @@ class SearxngBackend:
         hits = list(self._hits(data, query))
         if unanswered and not data["results"]:
             raise EnginesUnresponsiveError(
-                f"{self.where}: no search engine answered: {_reasons(unanswered)}", unanswered
+                f"{self.where}: no search engine answered: {_reasons(unanswered)}",
+                unanswered,
+                requests=requests,
             )
         return SearchAnswer(hits=hits, unanswered=unanswered, requests=requests)
 
@@ -278,9 +283,9 @@ class SearxngBackend:
             for item in value:
                 if isinstance(item, list | tuple) and item:
                     reason = snippet(str(item[1]), 80) if len(item) > 1 and item[1] else ""
-                    engines.append((snippet(str(item[0]), 60), reason))
+                    engines.append((snippet(str(item[0]), 60), reason or NO_REASON))
                 elif isinstance(item, str):
-                    engines.append((snippet(item, 60), ""))
+                    engines.append((snippet(item, 60), NO_REASON))
         self.unresponsive_engines = engines
         if engines:
             log.debug("%s: unresponsive engines: %s", self.name, _reasons(engines))

@@ -244,7 +244,9 @@ class SerpApiBackend:
         ):
             return first  # the account's problem, said once, clearly
         reasons = "; ".join(f"{engine}: {reason}" for engine, reason in unanswered)
-        return EnginesUnresponsiveError(f"{self.where}: no engine answered: {reasons}", unanswered)
+        return EnginesUnresponsiveError(
+            f"{self.where}: no engine answered: {reasons}", unanswered, requests=len(failed)
+        )
 
     async def check(self) -> BackendCheck:
         """Ask SerpApi's Account API (free: it uses no search) whether the key works and how

@@ -10,6 +10,12 @@ It speaks the part of SearXNG's JSON API the monitor uses::
         ...
         fake.queries  # [('"Jane Doe"', 'images', 1), ...]
 
+Constructor: ``FakeSearxng(*, results_per_page=10, mix_general_into_images=True)``; set
+``json_disabled = True`` to refuse JSON like an instance without ``json`` in
+``search.formats``, ``unresponsive_engines = [("google images", "CAPTCHA")]`` to list engines
+that did not answer (a partial answer, or a failed search when nothing was found), and use
+``fail_next(status, headers, body)`` for errors and malformed answers.
+
 A query ``q`` matches a key when it is equal, or when ``q`` without surrounding double quotes
 equals the key ignoring case (so ``"Jane Doe"`` finds results added under ``jane doe``).
 Like real SearXNG, an ``images`` answer also carries the query's ``general`` results (without
@@ -73,6 +79,10 @@ class FakeSearxng:
         self.results_per_page = results_per_page
         self.mix_general_into_images = mix_general_into_images
         self.json_disabled = False  # True: answer format=json with HTTP 403, like SearXNG does
+        # (engine, reason) pairs listed as unresponsive_engines in every JSON answer, e.g.
+        # [("google images", "CAPTCHA")]: with results the answer is partial; with none, it is
+        # the "every engine failed" answer SearXNG gives with HTTP 200.
+        self.unresponsive_engines: list[tuple[str, str]] = []
         self.queries: list[tuple[str, str, int]] = []  # (q, categories, pageno) received
         self._results: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._failures: list[_Failure] = []
@@ -201,6 +211,6 @@ class FakeSearxng:
             "corrections": [],
             "infoboxes": [],
             "suggestions": [],
-            "unresponsive_engines": [],
+            "unresponsive_engines": [list(pair) for pair in self.unresponsive_engines],
         }
         return Response(200, json.dumps(answer).encode(), _JSON)
