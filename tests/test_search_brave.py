@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from monitor.config import SearchBackendConfig
+from monitor.config import SearchBackendConfig, load_settings
 from monitor.errors import ConfigError, SearchBackendError
 from monitor.search import (
     BackendCheck,
@@ -404,3 +405,19 @@ async def test_check_with_a_bad_key_says_what_to_do(
     assert not result.ok and result.requests == 1
     assert "Brave rejected the API key in $BRAVE_API_KEY" in result.message
     assert "api-dashboard.search.brave.com" in result.message
+
+
+def test_a_brave_table_in_the_config_file(
+    tmp_path: Path, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_KEY", "k")
+    path = tmp_path / "monitor.toml"
+    path.write_text(
+        '[[search.backends]]\nkind = "brave"\napi_key_env = "MY_KEY"\ncountry = "NL"\n'
+        "images_count = 50\n"
+    )
+    (cfg,) = load_settings(path).search.backends
+    backend = create_backend(cfg, client)
+    assert isinstance(backend, BraveBackend)
+    assert (backend.options.country, backend.options.images_count) == ("NL", 50)
+    assert backend._key == "k"
