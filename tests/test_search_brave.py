@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def web(_shared_web: LoopbackWeb) -> LoopbackWeb:
 
 @pytest.fixture
 def fake(web: LoopbackWeb) -> FakeBrave:
-    f = FakeBrave(api_key=KEY, limits=(1, 2000))
+    f = FakeBrave(api_key=KEY, limits=(50, 2000))  # 1 a second is tested on its own
     assert f.install(web) == web.base_url
     return f
 
@@ -111,7 +113,7 @@ async def test_web_results_become_hits(fake: FakeBrave, backend: BraveBackend) -
         ),
     ]
     assert answer.requests == 1 and not answer.partial
-    assert answer.rate == RateInfo(limit=1, remaining=0, reset_seconds=1)
+    assert answer.rate == RateInfo(limit=50, remaining=49, reset_seconds=1)
 
 
 async def test_image_results_page_image_and_thumbnail(
@@ -421,3 +423,19 @@ def test_a_brave_table_in_the_config_file(
     assert isinstance(backend, BraveBackend)
     assert (backend.options.country, backend.options.images_count) == ("NL", 50)
     assert backend._key == "k"
+
+
+async def test_a_one_per_second_plan_is_paced_not_refused(
+    web: LoopbackWeb, client: httpx.AsyncClient
+) -> None:
+    fake = FakeBrave(api_key=KEY, limits=(1, 2000))
+    fake.enforce_per_second = True
+    fake.install(web)
+    backend = brave(web.base_url, client)
+    queries = [SearchQuery(f'"Name {i}"', ResultKind.WEB) for i in range(3)]
+    started = time.monotonic()
+    answers = await asyncio.gather(*(backend.search(q) for q in queries))
+    assert time.monotonic() - started >= 1.9  # one a second
+    assert [a.requests for a in answers] == [1, 1, 1]  # none was refused and asked again
+    assert len(fake.requests) == 3
+    assert all(a.rate == RateInfo(limit=1, remaining=0, reset_seconds=1) for a in answers)

@@ -23,9 +23,11 @@ fetched and its images extracted).
 Every answer carries ``X-RateLimit-Limit/Remaining/Reset`` with one comma-separated value per
 window (per second, per month): :func:`parse_rate_headers` reads them, and the answer's
 :class:`RateInfo` describes the window that binds first (the fewest requests left; of those the
-longest to reset). A 429 is a :class:`RateLimitedError` whose ``retry_after`` is the reset of
-the exhausted window; a short one (at most :attr:`BraveBackend.max_retry_wait` s, the
-per-second window) is waited out and asked once more.
+longest to reset). Requests to Brave are sent one at a time, and after an answer that says the
+per-second window is spent, the next waits for its reset. A 429 is a :class:`RateLimitedError`
+whose ``retry_after`` is the reset of the exhausted window; a short one (at most
+:attr:`BraveBackend.max_retry_wait` s, the per-second window) is waited out and asked once
+more.
 
 Own keys in ``[[search.backends]]`` (:class:`BraveOptions`): ``country``, ``search_lang``,
 ``images_count``.
@@ -33,7 +35,9 @@ Own keys in ``[[search.backends]]`` (:class:`BraveOptions`): ``country``, ``sear
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -215,7 +219,8 @@ class BraveBackend:
     kind = "brave"
     max_retry_wait = 2.0
     """A 429 asking us to wait at most this many seconds (the per-second window) is waited
-    out and the query asked once more."""
+    out and the query asked once more. Also the longest pause :meth:`_send` makes between
+    requests for a spent short window."""
 
     def __init__(self, cfg: SearchBackendConfig, client: httpx.AsyncClient) -> None:
         self.cfg = cfg
@@ -226,6 +231,8 @@ class BraveBackend:
         self.name = cfg.name or default_backend_name(self.kind, self.base_url)
         #: The rate-limit windows of the latest answer (see :func:`parse_rate_headers`).
         self.rate_windows: list[RateWindow] = []
+        self._gate = asyncio.Lock()
+        self._not_before = 0.0  # time.monotonic() before which no request is sent
 
     def __repr__(self) -> str:
         return f"BraveBackend(name={self.name!r}, url={self.base_url!r})"
@@ -293,18 +300,7 @@ class BraveBackend:
     async def _exchange(
         self, url: str, params: dict[str, str]
     ) -> tuple[dict[str, Any], RateInfo | None]:
-        raw = await get_answer(
-            self.client,
-            url,
-            params=params,
-            headers={"X-Subscription-Token": self._key, "Accept": "application/json"},
-            timeout=self.cfg.timeout,
-            where=self.where,
-            secrets=(self._key,),
-        )
-        windows = parse_rate_headers(raw.headers)
-        if windows:
-            self.rate_windows = windows
+        raw, windows = await self._send(url, params)
         if raw.status != 200:
             raise self._error(raw, windows, images=url.endswith(IMAGES_PATH))
         data = parse_json(
@@ -386,6 +382,37 @@ class BraveBackend:
             f"{self.where} is limiting our requests (HTTP 429, {said}){wait}",
             retry_after=retry_after,
         )
+
+    async def _send(self, url: str, params: dict[str, str]) -> tuple[RawAnswer, list[RateWindow]]:
+        """One request, paced: requests go one at a time, and when an answer says a short
+        window (per second) is spent, the next waits for its reset. Brave's cheaper plans allow
+        1 request a second; a scan's searches, started together, would otherwise be refused."""
+        async with self._gate:
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            raw = await get_answer(
+                self.client,
+                url,
+                params=params,
+                headers={"X-Subscription-Token": self._key, "Accept": "application/json"},
+                timeout=self.cfg.timeout,
+                where=self.where,
+                secrets=(self._key,),
+            )
+            windows = parse_rate_headers(raw.headers)
+            if windows:
+                self.rate_windows = windows
+            spent = [
+                w.reset_seconds
+                for w in windows
+                if w.remaining == 0
+                and w.reset_seconds is not None
+                and w.reset_seconds <= self.max_retry_wait
+            ]
+            if spent:
+                self._not_before = time.monotonic() + max(spent)
+        return raw, windows
 
     # -- results
 

@@ -318,16 +318,17 @@ class SerpApiBackend:
         error = data.get("error")
         said = snippet(str(error), secrets=(self._key,)) if error else ""
         if raw.status != 200:
-            raise self._status_error(raw.status, said or snippet(raw.body), where)
-        status = (
-            data.get("search_metadata", {}) if isinstance(data.get("search_metadata"), dict) else {}
-        )
+            raise self._status_error(
+                raw.status, said or snippet(raw.body, secrets=(self._key,)), where
+            )
+        metadata = data.get("search_metadata")
+        search_status = metadata.get("status") if isinstance(metadata, dict) else None
         if error is not None:
-            if _NO_RESULTS.search(str(error)) and status.get("status") != "Error":
+            if _NO_RESULTS.search(str(error)) and search_status != "Error":
                 data["_empty"] = True  # "X hasn't returned any results": nothing found
                 return data
-            raise self._said_error(said, where, failed=status.get("status") == "Error")
-        if status.get("status") == "Error":
+            raise self._said_error(said, where, failed=search_status == "Error")
+        if search_status == "Error":
             raise BackendUnavailableError(f"{where}: the search failed (status Error)")
         return data
 
