@@ -9,6 +9,14 @@ the name used in ``[[search.backends]] kind = "..."``::
         return MySearch(cfg, client)
 
 and ``monitor/search/__init__.py`` imports the module so the kind is registered.
+
+Shared by every backend, so each gets the same hardening: :func:`get_answer` (one bounded GET;
+redirects only within the configured origin; timeouts and transport errors as
+:class:`BackendUnavailableError`), :func:`parse_json` (depth-checked JSON), :func:`snippet`
+(short, printable, key-free quotes for messages), :func:`retry_once_if_short` (a short 429 is
+waited out once), :func:`backend_options` (a kind's own keys, checked with its pydantic model)
+and :func:`api_key_from_env`. Every backend also has ``check()``, returning a
+:class:`BackendCheck` for the ``backends`` command.
 """
 
 from __future__ import annotations
