@@ -7,7 +7,9 @@ can do neither: it cannot stop one task, and once a worker dies every later task
 
 :class:`DeadlinePool` wraps one. It hands the inner pool at most one task per worker, so a task
 starts running as it is handed over and its deadline counts from then; further tasks wait in
-its own queue (stills stay as fast as in a plain pool: no process is started per task).
+its own queue (stills stay as fast as in a plain pool: no process is started per task). The
+workers of a new pool are started before any task is handed over, so a deadline does not count
+a worker's start.
 
 * A task still running ``timeout`` seconds after it was handed over fails with
   :class:`TaskTimedOut`; every process of the pool is killed (one worker cannot be stopped on
@@ -70,8 +72,10 @@ class DeadlinePool(Executor):
         if workers < 1 or timeout <= 0:
             raise ValueError("a DeadlinePool needs at least one worker and a positive timeout")
         self._make_pool, self._workers, self.timeout = make_pool, workers, timeout
-        self._pool = make_pool(workers)
         self._cond = threading.Condition()
+        self._warming: list[Future] = []
+        self._warm_until = 0.0
+        self._pool = self._new_pool()
         self._waiting: deque[_Task] = deque()
         self._running: list[_Task] = []
         self._done: list[_Task] = []  # finished in the inner pool, not yet looked at
@@ -130,18 +134,54 @@ class DeadlinePool(Executor):
         finally:
             self._pool.shutdown(wait=True)
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        """A new inner pool, its workers being started: a worker's start (a fork and the
+        caller's ``__main__`` imported again: seconds on a busy machine) is not counted
+        against the first tasks' deadlines. Tasks are handed over once every worker has run
+        a no-op, or ``timeout`` seconds from now, whichever comes first."""
+        pool = self._make_pool(self._workers)
+        warming = [pool.submit(abs, 0) for _ in range(self._workers)]  # each starts a worker
+        with self._cond:
+            self._warming, self._warm_until = warming, time.monotonic() + self.timeout
+        for future in warming:
+            future.add_done_callback(self._on_warm)
+        return pool
+
+    def _on_warm(self, _future: Future) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def _warm(self) -> bool:
+        """Whether tasks may be handed over (called holding the lock)."""
+        if self._warming and (
+            all(f.done() for f in self._warming) or time.monotonic() >= self._warm_until
+        ):
+            self._warming = []
+        return not self._warming
+
     def _due(self) -> bool:
         """Whether the coordinator has something to do (called holding the lock)."""
         if self._done or (self._closing and not self._waiting and not self._running):
             return True
-        if self._waiting and len(self._running) < self._workers:
+        if self._may_hand_over():
             return True
         return any(t.deadline <= time.monotonic() for t in self._running)
 
+    def _may_hand_over(self) -> bool:
+        """Whether the next waiting task may be handed over now (called holding the lock)."""
+        if not self._waiting or len(self._running) >= self._workers or not self._warm():
+            return False
+        # A task that was running when a worker died runs alone, so a second death is its
+        # own doing and no other task is charged for it.
+        return not self._running or not (self._waiting[0].crashes or self._running[0].crashes)
+
     def _wait_seconds(self) -> float | None:
-        if not self._running:
+        times = [t.deadline for t in self._running]
+        if self._warming:
+            times.append(self._warm_until)
+        if not times:
             return None
-        return max(min(t.deadline for t in self._running) - time.monotonic(), 0.0) + 0.01
+        return max(min(times) - time.monotonic(), 0.0) + 0.01
 
     def _on_inner_done(self, task: _Task, inner: Future) -> None:
         with self._cond:
@@ -196,7 +236,7 @@ class DeadlinePool(Executor):
         for process in list((getattr(old, "_processes", None) or {}).values()):
             process.kill()
         old.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._make_pool(self._workers)
+        self._pool = self._new_pool()
         self.replaced += 1
         again = []
         for task in running:
@@ -215,11 +255,7 @@ class DeadlinePool(Executor):
     def _hand_over(self) -> None:
         while True:
             with self._cond:
-                if not self._waiting or len(self._running) >= self._workers:
-                    return
-                # A task that was running when a worker died runs alone, so a second death
-                # is its own doing and no other task is charged for it.
-                if self._running and (self._waiting[0].crashes or self._running[0].crashes):
+                if not self._may_hand_over():
                     return
                 task = self._waiting.popleft()
             if not task.future.running() and not task.future.set_running_or_notify_cancel():
@@ -227,8 +263,12 @@ class DeadlinePool(Executor):
             try:
                 inner = self._pool.submit(task.fn, *task.args, **task.kwargs)
             except BrokenProcessPool:  # broke since the last look: a new pool, then again
-                with self._cond:
-                    self._waiting.appendleft(task)
+                task.crashes += 1  # (bounded: a pool that cannot start workers fails tasks)
+                if task.crashes >= MAX_CRASHES:
+                    task.future.set_exception(WorkerCrashed("the hashing pool cannot start"))
+                else:
+                    with self._cond:
+                        self._waiting.appendleft(task)
                 self._replace(crashed=False)
                 continue
             except Exception as exc:  # e.g. arguments that cannot be pickled
