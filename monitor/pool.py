@@ -84,6 +84,14 @@ class DeadlinePool(Executor):
         self._thread = threading.Thread(target=self._coordinate, name="deadline-pool", daemon=True)
         self._thread.start()
 
+    @property
+    def processes(self) -> dict[int, Any]:
+        """The worker processes of the current inner pool, by pid (as
+        ``ProcessPoolExecutor._processes``; they change when the pool is replaced)."""
+        return dict(getattr(self._pool, "_processes", None) or {})
+
+    _processes = processes  # the name benchmarks/scan_throughput.py reads on a process pool
+
     # -- Executor
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
