@@ -46,6 +46,7 @@ from monitor.fetch import (
 from monitor.fetch import _size as format_size
 from monitor.leases import scan_lease
 from monitor.matching import ReferenceIndex, thresholds_from_config
+from monitor.pool import DeadlinePool, PoolTaskError
 from monitor.queries import build_queries
 from monitor.search import SearchBackend, create_backend
 from monitor.types import ImageCandidate, ImageHashes, MatchResult, ResultKind, SearchHit
@@ -99,15 +100,29 @@ FetcherFactory = Callable[[FetchConfig], Fetcher]
 rules); by default ``Fetcher(settings.fetch)``."""
 
 
-def hashing_pool(workers: int | None = None) -> ProcessPoolExecutor:
-    """A process pool for hashing, one worker per core by default.
+HASH_TASK_TIMEOUT = 120.0
+"""Seconds one image or video may take in the hashing pool before its worker is killed (a
+video's decoding stops itself after ``FrameLimits.max_decode_seconds``; this is for a decoder
+that hangs)."""
+
+
+def hashing_pool(
+    workers: int | None = None, task_timeout: float = HASH_TASK_TIMEOUT
+) -> DeadlinePool:
+    """A process pool for hashing, one worker per core by default, whose tasks have a deadline
+    (:class:`monitor.pool.DeadlinePool`: a task still running after ``task_timeout`` seconds
+    fails with :class:`~monitor.pool.TaskTimedOut`, its worker is killed and replaced).
 
     Workers fork from a server that has imported only :mod:`monitor.hashing` (not the caller's
     ``__main__`` with the database, HTTP and CLI libraries), so each costs tens of MB, not 100+.
     """
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["monitor.hashing", "monitor.video"])
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2, mp_context=ctx)
+    return DeadlinePool(
+        partial(ProcessPoolExecutor, mp_context=ctx),
+        workers or os.cpu_count() or 2,
+        task_timeout,
+    )
 
 
 @contextmanager
@@ -548,7 +563,7 @@ class _Scan:
                     self.unwritten_frames[sha] = media.frames
                 hashes = media.still
             return hashes
-        except NotAnImageError as exc:
+        except (NotAnImageError, PoolTaskError) as exc:  # PoolTaskError: hung, or crashed
             self.error(url, "hash", str(exc))
         except Exception as exc:  # a worker crash must not end the scan
             self.error(url, "hash", f"hashing failed: {exc!r}")

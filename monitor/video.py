@@ -47,18 +47,47 @@ __all__ = [
     "is_video",
     "may_have_frames",
     "sample_frames",
+    "video_format",
 ]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".3gp", ".ogv"})
 """File name endings that ``enroll`` treats as videos."""
 
-# Magic numbers of the containers we sample (a page can label anything as video/mp4).
-_VIDEO_MAGIC = (
-    (4, b"ftyp"),  # MP4, MOV, 3GP, M4V (ISO base media)
-    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
-    (0, b"OggS"),
-    (8, b"AVI "),
-)
+# The containers we sample, each told by its magic numbers (a page can label anything as
+# video/mp4) and opened with its own FFmpeg demuxer, never one FFmpeg guesses: its guesses
+# include demuxers that open sockets and fetch URLs named in the bytes (SDP, HLS, DASH, concat,
+# RTSP...). See :func:`video_format`.
+_ISO_BMFF_MAX_FTYP = 1024  # an `ftyp` box: 16 bytes and 4 per compatible brand
+
+
+def _demuxer_options(fmt: str) -> dict[str, str]:
+    """Options that keep a demuxer inside the bytes it is given: no protocol may be opened
+    (no file, no network), no other demuxer may be nested, and a MOV may not follow its data
+    references (``dref``) to other files."""
+    options = {"protocol_whitelist": "", "format_whitelist": fmt}
+    if fmt == "mov":
+        options |= {"enable_drefs": "0", "use_absolute_path": "0"}
+    return options
+
+
+def video_format(data: bytes) -> str | None:
+    """The FFmpeg demuxer for bytes that start like a video container we sample, else None.
+
+    ISO base media (MP4, MOV, 3GP, M4V): an ``ftyp`` box first, of a sane size; Matroska /
+    WebM: the EBML header; Ogg: ``OggS``; AVI: ``RIFF`` at 0 *and* ``AVI `` at 8. Nothing
+    else: whatever FFmpeg could make of other bytes is not looked at."""
+    if data[4:8] == b"ftyp":
+        size = int.from_bytes(data[:4], "big")
+        if 16 <= size <= min(_ISO_BMFF_MAX_FTYP, len(data)):
+            return "mov"
+        return None
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if data[:4] == b"OggS":
+        return "ogg"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +129,8 @@ class MediaHashes:
 
 
 def is_video(data: bytes) -> bool:
-    """Whether the bytes start like a video container we can sample."""
-    return any(data[at : at + len(magic)] == magic for at, magic in _VIDEO_MAGIC)
+    """Whether the bytes start like a video container we can sample (:func:`video_format`)."""
+    return video_format(data) is not None
 
 
 def is_animation(data: bytes) -> bool:
@@ -201,9 +230,26 @@ def _video_frames(data: bytes, limits: FrameLimits) -> Iterator[Frame]:
             yield from _seek_frames(container, stream, span, limits, deadline)
 
 
+def _refuse_to_open(url: str, flags: int, options: dict[str, Any]) -> Any:
+    """PyAV's ``io_open``: a demuxer asking for another file or URL gets an error."""
+    raise PermissionError("it refers to another file or URL, which is never opened")
+
+
 def _open_video(av: Any, data: bytes, limits: FrameLimits) -> Any:
+    """The container of ``data``, opened with the demuxer its magic numbers name (FFmpeg does
+    not probe) and no way to open anything else: no protocol is allowed (the SDP and RTSP
+    demuxers open sockets with it) and any nested open is refused (``io_open``)."""
+    fmt = video_format(data)
+    if fmt is None:
+        raise NotAnImageError("not a decodable video: not an MP4, MOV, WebM, Matroska, Ogg or AVI")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(
+            io.BytesIO(data),
+            mode="r",
+            format=fmt,
+            container_options=_demuxer_options(fmt),
+            io_open=_refuse_to_open,
+        )
     except Exception as exc:
         raise NotAnImageError(f"not a decodable video: {_first_line(exc)}") from None
     if not container.streams.video:
