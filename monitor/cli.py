@@ -21,9 +21,15 @@ from monitor.config import Settings, load_settings, parse_duration
 from monitor.db import Database
 from monitor.errors import MonitorError
 from monitor.paths import ensure_private_dir
+from monitor.textsafe import markup as esc
+from monitor.textsafe import text as cell
+from monitor.textsafe import visible
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Untrusted text (addresses, titles, names, reasons) goes through monitor.textsafe before
+# Rich sees it: esc() inside markup strings, cell() (a Text, never parsed) in tables. Emoji
+# codes are off so that ":name:" in an address prints as written.
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 DESCRIPTION = """\
 Exposure Monitor searches the web for a person's name and aliases, hashes the images it finds
@@ -207,8 +213,8 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
             _print_json(info)
         else:
             out.print(
-                f"Added {info['name']!r}. Next: enroll reference photos with "
-                f"`enroll {info['name']!r} PHOTO_OR_FOLDER...`"
+                f"Added {esc(repr(info['name']))}. Next: enroll reference photos with "
+                f"`enroll {esc(repr(info['name']))} PHOTO_OR_FOLDER...`"
             )
         return 0
     if args.subject_command == "set":
@@ -225,9 +231,9 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         t = Table("name", "aliases", "email", "every", "references", "matches", "last scan")
         for i in infos:
             t.add_row(
-                i.name,
-                ", ".join(i.aliases) or "-",
-                i.email or "(local outbox)",
+                cell(i.name),
+                cell(", ".join(i.aliases) or "-"),
+                cell(i.email or "(local outbox)"),
                 _fmt_interval(i.interval_seconds),
                 str(i.references),
                 str(i.matches),
@@ -239,7 +245,9 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise MonitorError("refusing to erase without confirmation: add --yes")
-        answer = input(f"Erase everything stored about {args.name!r}? Type the name to confirm: ")
+        answer = input(
+            f"Erase everything stored about {visible(repr(args.name))}? Type the name to confirm: "
+        )
         if answer.strip() != args.name:
             err.print("Not erased.")
             return 1
@@ -247,7 +255,7 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         case_ids = [c.id for c in cases.list_cases(s, args.name)]
         store.erase_subject(s, args.name)
     cases.erase_evidence(settings, case_ids)
-    out.print(f"Erased {args.name!r}: references, scans, matches and alerts are gone.")
+    out.print(f"Erased {esc(repr(args.name))}: references, scans, matches and alerts are gone.")
     return 0
 
 
@@ -259,19 +267,19 @@ def _subject_set(args: argparse.Namespace, settings: Settings, db: Database) -> 
     if args.minor:
         n = image_copies.mark_minor(db, args.name, settings)
         out.print(
-            f"{args.name!r} is marked as possibly under 18: nothing more is captured"
+            f"{esc(repr(args.name))} is marked as possibly under 18: nothing more is captured"
             + (f"; {n} image copies were deleted." if n else ".")
         )
     if args.keep_image_copies is True:
         image_copies.set_keep_image_copies(db, args.name, True, settings)
         out.print(
-            f"Encrypted copies of images found for {args.name!r} will be kept with the evidence "
+            f"Encrypted copies of images found for {esc(repr(args.name))} will be kept with the evidence "
             "(key: the reference key file). Bundles include them only with "
             "`case evidence ID OUT.zip --include-image-copy`."
         )
     elif args.keep_image_copies is False:
         n = image_copies.set_keep_image_copies(db, args.name, False, settings)
-        out.print(f"No image copies are kept for {args.name!r}; {n} were deleted.")
+        out.print(f"No image copies are kept for {esc(repr(args.name))}; {n} were deleted.")
     return 0
 
 
@@ -307,11 +315,13 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         for line in errors:
-            err.print(f"[red]error[/red]: {line}")
+            err.print(f"[red]error[/red]: {esc(line)}")
         for line in low:
-            err.print(f"[yellow]warning[/yellow]: {line}: a bland photo; it may miss or mis-match")
+            err.print(
+                f"[yellow]warning[/yellow]: {esc(line)}: a bland photo; it may miss or mis-match"
+            )
         out.print(
-            f"Enrolled {enrolled} reference(s) for {args.name!r}"
+            f"Enrolled {enrolled} reference(s) for {esc(repr(args.name))}"
             + (f", {duplicates} already enrolled" if duplicates else "")
             + (f", {len(errors)} error(s)" if errors else "")
             + ". Only hashes were stored."
@@ -351,20 +361,20 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                 if not args.all:
                     raise
                 failures.append(f"{name}: {exc}")
-                err.print(f"[red]error[/red]: {name}: {exc}")
+                err.print(f"[red]error[/red]: {esc(name)}: {esc(exc)}")
     if args.json:
         data = [s.as_json() for s in summaries]
         _print_json(data[0] if not args.all else {"scans": data, "failures": failures})
     else:
         for sm in summaries:
             out.print(
-                f"{sm.subject}: {sm.queries} queries, {sm.pages} pages, {sm.images} images, "
+                f"{esc(sm.subject)}: {sm.queries} queries, {sm.pages} pages, {sm.images} images, "
                 f"{sm.matches} matches ({sm.new_sightings} new), {sm.errors} errors "
                 f"in {sm.seconds:.1f}s"
             )
             if sm.alerts_queued:
                 where = ", ".join(sorted(set(sm.alert_destinations))) or "still queued"
-                out.print(f"  alert: {sm.alerts_sent}/{sm.alerts_queued} delivered ({where})")
+                out.print(f"  alert: {sm.alerts_sent}/{sm.alerts_queued} delivered ({esc(where)})")
             if sm.evidence_captured or sm.evidence_failed:
                 out.print(
                     f"  evidence: {sm.evidence_captured} new sighting(s) captured"
@@ -376,7 +386,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                     + " - see `cases`"
                 )
             for sample in sm.error_samples[:5]:
-                err.print(f"  [dim]{sample}[/dim]")
+                err.print(f"  [dim]{esc(sample)}[/dim]")
     return 1 if failures else 0
 
 
@@ -393,7 +403,7 @@ def _scan_progress(quiet: bool, name: str) -> Iterator[Callable[..., None] | Non
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=True) as prog:
-        task = prog.add_task(f"scanning {name}", total=None, matches=0, errors=0)
+        task = prog.add_task(f"scanning {esc(name)}", total=None, matches=0, errors=0)
 
         def update(summary: object, known: int) -> None:
             prog.update(
@@ -420,12 +430,12 @@ def cmd_matches(args: argparse.Namespace, settings: Settings) -> int:
     t = Table("subject", "first seen", "status", "distance", "page", "image", title="Matches")
     for r in rows:
         t.add_row(
-            r.subject,
+            cell(r.subject),
             _fmt_time(r.first_seen),
-            r.status,
-            f"{r.algorithm} {r.distance}",
-            r.page_url,
-            r.image_url + _at_offset(r.frame_offset, r.reference_offset),
+            cell(r.status),
+            cell(f"{r.algorithm} {r.distance}"),
+            cell(r.page_url),
+            cell(r.image_url + _at_offset(r.frame_offset, r.reference_offset)),
             style=None,
         )
     out.print(t)
@@ -489,7 +499,7 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
             str(r["attempts"]),
             _fmt_time(r["created_at"]),
             _fmt_time(r["sent_at"]),
-            str(r["last_error"] or ""),
+            cell(r["last_error"] or ""),
         )
     out.print(t)
     return 0
@@ -600,8 +610,8 @@ def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
     for r in rows:
         t.add_row(
             str(r.id),
-            r.subject + (" (minor)" if r.minor else ""),
-            r.status,
+            cell(r.subject + (" (minor)" if r.minor else "")),
+            cell(r.status),
             _fmt_time(r.first_seen),
             str(r.sightings),
             str(r.online),
@@ -663,7 +673,7 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
             label=args.label,
             include_image_copy=args.include_image_copy,
         )
-        out.print(f"Wrote {info.path} ({len(info.files)} files, SHA-256 {info.sha256}).")
+        out.print(f"Wrote {esc(info.path)} ({len(info.files)} files, SHA-256 {info.sha256}).")
         return 0
     if action == "recheck":
         report = asyncio.run(cases.recheck_case(settings, db, args.id))
@@ -672,12 +682,12 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
             _print_json(report.as_json())
         else:
             out.print(
-                f"Case {args.id}: {report.status}; {report.online} online, {report.gone} gone, "
+                f"Case {args.id}: {esc(report.status)}; {report.online} online, {report.gone} gone, "
                 f"{report.unreachable} unreachable"
                 + (f", {report.reappeared} back online (alerted)" if report.reappeared else "")
             )
             for line in report.details:
-                out.print(f"  {line}", soft_wrap=True)
+                out.print(f"  {visible(line)}", markup=False, soft_wrap=True)
         return 0
     # notice
     if not args.no_lookup:
@@ -695,10 +705,12 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not args.json:
         out.print(
-            f"[bold]Removal request {drafted.id}[/bold] ({drafted.lang}), subject: "
-            f"{drafted.subject_line}\n"
+            f"[bold]Removal request {drafted.id}[/bold] ({esc(drafted.lang)}), subject: "
+            f"{esc(drafted.subject_line)}\n"
         )
-        out.print(drafted.body, markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            visible(drafted.body, keep_newlines=True), markup=False, highlight=False, soft_wrap=True
+        )
     if not args.send:
         out.print(
             f"Nothing was sent. Send it with `case notice {args.id} --send ADDRESS`, or copy it "
@@ -711,7 +723,7 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
                 "refusing to send without your confirmation: run this on a terminal, or add "
                 "--yes to confirm that you want it sent"
             )
-        answer = input(f"Send this removal request to {args.send}? Type yes to send: ")
+        answer = input(f"Send this removal request to {visible(args.send)}? Type yes to send: ")
         if answer.strip().lower() != "yes":
             err.print("Not sent.")
             return 1
@@ -719,7 +731,9 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(sent.as_json())
     else:
-        out.print(f"Sent to {sent.sent_to} at {_fmt_time(sent.sent_at)}; recorded with the case.")
+        out.print(
+            f"Sent to {esc(sent.sent_to)} at {_fmt_time(sent.sent_at)}; recorded with the case."
+        )
     return 0
 
 
@@ -729,39 +743,49 @@ def _print_contacts(rows: list[dict[str, object]]) -> None:
         return
     t = Table("#", "contact", "where found", title="Who to contact (best first)")
     for i, c in enumerate(rows, 1):
-        t.add_row(str(i), str(c["value"]), f"{c['source']}: {c['found_at']}")
+        t.add_row(str(i), cell(c["value"]), cell(f"{c['source']}: {c['found_at']}"))
     out.print(t)
 
 
 def _print_case(d: cases.CaseDetail) -> None:
     sm = d.summary
     out.print(
-        f"[bold]Case {sm.id}[/bold]: {sm.subject}{' (possibly under 18)' if sm.minor else ''}, "
-        f"{sm.status}; first seen {_fmt_time(sm.first_seen)}, {d.algorithm} distance "
+        f"[bold]Case {sm.id}[/bold]: {esc(sm.subject)}{' (possibly under 18)' if sm.minor else ''}, "
+        f"{esc(sm.status)}; first seen {_fmt_time(sm.first_seen)}, {d.algorithm} distance "
         f"{d.distance}, image SHA-256 {d.sha256[:16]}..."
     )
     t = Table("place", "first seen", "last seen", "state", "evidence", title="Where it was seen")
     for x in d.sightings:
         t.add_row(
-            f"{x.page_url}\n{x.image_url}",
+            cell(f"{visible(x.page_url)}\n{visible(x.image_url)}", keep_newlines=True),
             _fmt_time(x.first_seen),
             _fmt_time(x.last_seen),
-            x.state + (f"\n{x.detail}" if x.detail else ""),
-            x.evidence_status + (f"\n{x.evidence_error}" if x.evidence_error else ""),
+            cell(x.state + (f"\n{visible(x.detail)}" if x.detail else ""), keep_newlines=True),
+            cell(
+                x.evidence_status + (f"\n{visible(x.evidence_error)}" if x.evidence_error else ""),
+                keep_newlines=True,
+            ),
         )
     out.print(t)
     if d.contacts:
         _print_contacts(d.contacts)
     for n in d.notices:
-        sent = f"sent to {n['sent_to']} at {n['sent_at']}" if n["sent_at"] else "not sent"
-        out.print(f"Notice {n['id']} ({n['lang']}), drafted {n['created_at']}: {sent}")
+        sent = f"sent to {visible(n['sent_to'])} at {n['sent_at']}" if n["sent_at"] else "not sent"
+        out.print(
+            f"Notice {n['id']} ({n['lang']}), drafted {n['created_at']}: {sent}",
+            markup=False,
+        )
     if d.events:
         out.print("[bold]History[/bold]")
         for e in d.events:
-            out.print(f"  {e['at']}  {e['kind']}  {e['detail']}", markup=False, soft_wrap=True)
+            out.print(
+                f"  {e['at']}  {visible(e['kind'])}  {visible(e['detail'])}",
+                markup=False,
+                soft_wrap=True,
+            )
     out.print("[bold]Next steps[/bold]")
     for step in d.next_steps:
-        out.print(f"  {step}", markup=False, soft_wrap=True)
+        out.print(f"  {visible(step)}", markup=False, soft_wrap=True)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -800,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         return COMMANDS[args.command](args, settings)
     except MonitorError as exc:
-        err.print(f"[red]error[/red]: {exc}")
+        err.print(f"[red]error[/red]: {esc(exc)}")
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")
