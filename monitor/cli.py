@@ -6,20 +6,22 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import __version__, alerts, cases, store
 from monitor.cases import image_copies
-from monitor.config import Settings, load_settings, parse_duration
-from monitor.db import Database
+from monitor.config import Settings, load_settings
+from monitor.db import Database, check_sqlite_folder, describe_db_error
 from monitor.errors import MonitorError
+from monitor.inputs import check_email, check_hash_file, clean_name, parse_interval
 from monitor.paths import ensure_private_dir
 from monitor.textsafe import markup as esc
 from monitor.textsafe import text as cell
@@ -176,6 +178,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _db(settings: Settings) -> Database:
     ensure_private_dir(settings.data_dir)
+    if settings.database.url:  # the data folder is ours to create; a configured path is not
+        check_sqlite_folder(settings.database.url)
     return Database(settings.database_url, key_file=settings.key_path)
 
 
@@ -193,14 +197,13 @@ def _fmt_time(value: object) -> str:
 def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
     if args.subject_command == "add":
-        interval = parse_duration(args.every) if args.every else settings.schedule.default_interval
-        if interval < timedelta(minutes=5):
-            raise MonitorError("--every must be at least 5m")
+        interval = parse_interval(args.every) if args.every else settings.schedule.default_interval
+        name = clean_name(args.name, "the name")
+        aliases = [clean_name(a, f"the alias {a!r}") for a in args.alias]
+        email = check_email(args.email) if args.email else None
         image_copies.check_may_keep(minor=bool(args.minor), keep=args.keep_image_copies)
         with db.session() as s:
-            subject = store.add_subject(
-                s, args.name, aliases=args.alias, email=args.email, interval=interval
-            )
+            subject = store.add_subject(s, name, aliases=aliases, email=email, interval=interval)
             subject.minor = bool(args.minor)
             subject.keep_image_copies = bool(args.keep_image_copies)
             info = {
@@ -296,6 +299,8 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.paths and not args.hashes:
         raise MonitorError("give photos or folders to enroll, or --hashes FILE")
+    if args.hashes:
+        check_hash_file(args.hashes)  # a regular file of at most 10 MB, not /dev/zero
     db = _db(settings)
     reports: list[EnrolReport] = []
     with db.session() as s:
@@ -807,6 +812,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 }
 
 
+def _print_error(message: str, verbose: int) -> None:
+    """``error: message`` on one line (no wrapping); with -v, the traceback before it."""
+    if verbose:
+        err.print(visible(traceback.format_exc(), keep_newlines=True), markup=False)
+    err.print(f"[red]error[/red]: {esc(message)}", soft_wrap=True)
+
+
+class _SafeLogFormatter(logging.Formatter):
+    """Log lines can hold reasons and addresses from the web: controls shown as escapes."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(self.inner.format(record), keep_newlines=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -818,13 +841,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # httpx logs every request's URL at INFO: search URLs hold the person's name.
         for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_SafeLogFormatter(handler.formatter))
     try:
         if args.command == "demo":
             return cmd_demo(args, None)
         settings = load_settings(args.config)
         return COMMANDS[args.command](args, settings)
     except MonitorError as exc:
-        err.print(f"[red]error[/red]: {esc(exc)}")
+        _print_error(str(exc), args.verbose)
+        return 2
+    except SQLAlchemyError as exc:
+        # One line, never the statement's parameters (they can hold decrypted reference hashes;
+        # the engine hides them from messages too). The traceback only with -v.
+        line = describe_db_error(exc)
+        if not isinstance(getattr(exc, "orig", None), MonitorError):
+            line = f"database error: {line}"
+        _print_error(line, args.verbose)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")
