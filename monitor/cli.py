@@ -256,8 +256,15 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
             return 1
     with db.session() as s:
         case_ids = [c.id for c in cases.list_cases(s, args.name)]
+        mail_files = alerts.outbox_files(s, settings, store.get_subject(s, args.name).id)
         store.erase_subject(s, args.name)
     cases.erase_evidence(settings, case_ids)
+    alerts.erase_outbox_files(mail_files)  # alert files hold the person's address
+    if not db.scrub():  # no copy of the erased rows left in the write-ahead log
+        err.print(
+            "[yellow]warning[/yellow]: another process (the scheduler?) has the database open: "
+            "the database's log still holds erased rows until it stops"
+        )
     out.print(f"Erased {esc(repr(args.name))}: references, scans, matches and alerts are gone.")
     return 0
 

@@ -208,5 +208,22 @@ class Database:
         with self._factory() as s, s.begin():
             yield s
 
+    def scrub(self) -> bool:
+        """After an erasure, leave no copy of the erased rows in the database files.
+
+        SQLite overwrites deleted rows with zeros (``secure_delete``, on for every connection),
+        but the write-ahead log (``-wal``) keeps the earlier versions of the pages until a
+        checkpoint, and its file is reused, not cleared. A TRUNCATE checkpoint writes the log
+        back and empties its file. (No VACUUM: with ``secure_delete`` the erased values are not
+        in free pages; ``tests/test_erasure.py`` checks every byte.) Returns False when another
+        process still reads the database, so the log could not be emptied now: SQLite empties
+        it when the last connection closes. PostgreSQL keeps dead row versions until its own
+        VACUUM: that is the server's business."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+        return not busy or busy[0] == 0
+
     def dispose(self) -> None:
         self.engine.dispose()
