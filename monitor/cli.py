@@ -199,7 +199,7 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     if args.subject_command == "add":
         interval = parse_interval(args.every) if args.every else settings.schedule.default_interval
         name = clean_name(args.name, "the name")
-        aliases = [clean_name(a, f"the alias {a!r}") for a in args.alias]
+        aliases = [clean_name(a, "an alias") for a in args.alias]
         email = check_email(args.email) if args.email else None
         image_copies.check_may_keep(minor=bool(args.minor), keep=args.keep_image_copies)
         with db.session() as s:

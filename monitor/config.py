@@ -70,7 +70,15 @@ def _within_interval_bounds(value: timedelta) -> timedelta:
     return value
 
 
+def _header_value(value: str) -> str:
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value):
+        raise ValueError("must be one line, without control characters (no CR/LF)")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+# A value that goes into a mail header as it is: a CR/LF would break (or inject into) every mail.
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
 # A scan or re-check interval: 5 minutes to 365 days.
 Interval = Annotated[
     timedelta, BeforeValidator(parse_duration), AfterValidator(_within_interval_bounds)
@@ -162,7 +170,7 @@ class MailConfig(_Section):
     starttls: bool = True
     tls: bool = False  # implicit TLS (usually port 465); excludes starttls
     timeout: float = 30.0
-    sender: str = "Monitor <monitor@localhost>"
+    sender: HeaderValue = "Monitor <monitor@localhost>"
     subject: str = "You have a new notification"
     detail: Literal["discreet", "full"] = "discreet"
     outbox_dir: str = ""  # empty: <data dir>/outbox

@@ -173,6 +173,16 @@ def test_a_plain_address_is_accepted_and_a_header_injection_is_not(capsys, confi
     ]
 
 
+def test_a_sender_with_a_line_break_is_a_configuration_error(capsys, tmp_path: Path) -> None:
+    cfg = tmp_path / "monitor.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        '[mail]\nsender = "Monitor <m@example.org>\\r\\nBcc: other@example.net"\n'
+    )
+    code, _, err = run(capsys, "--config", str(cfg), "subject", "list")
+    assert code == 2 and "mail.sender" in _one_error_line(err)
+
+
 # ---------------------------------------------------------------- names
 
 
