@@ -283,8 +283,8 @@ def _subject_set(args: argparse.Namespace, settings: Settings, db: Database) -> 
     if args.keep_image_copies is True:
         image_copies.set_keep_image_copies(db, args.name, True, settings)
         out.print(
-            f"Encrypted copies of images found for {esc(repr(args.name))} will be kept with the evidence "
-            "(key: the reference key file). Bundles include them only with "
+            f"Encrypted copies of images found for {esc(repr(args.name))} will be kept with the "
+            "evidence (key: the reference key file). Bundles include them only with "
             "`case evidence ID OUT.zip --include-image-copy`."
         )
     elif args.keep_image_copies is False:
@@ -694,8 +694,8 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
             _print_json(report.as_json())
         else:
             out.print(
-                f"Case {args.id}: {esc(report.status)}; {report.online} online, {report.gone} gone, "
-                f"{report.unreachable} unreachable"
+                f"Case {args.id}: {esc(report.status)}; {report.online} online, "
+                f"{report.gone} gone, {report.unreachable} unreachable"
                 + (f", {report.reappeared} back online (alerted)" if report.reappeared else "")
             )
             for line in report.details:
@@ -762,9 +762,10 @@ def _print_contacts(rows: list[dict[str, object]]) -> None:
 def _print_case(d: cases.CaseDetail) -> None:
     sm = d.summary
     out.print(
-        f"[bold]Case {sm.id}[/bold]: {esc(sm.subject)}{' (possibly under 18)' if sm.minor else ''}, "
-        f"{esc(sm.status)}; first seen {_fmt_time(sm.first_seen)}, {d.algorithm} distance "
-        f"{d.distance}, image SHA-256 {d.sha256[:16]}..."
+        f"[bold]Case {sm.id}[/bold]: {esc(sm.subject)}"
+        f"{' (possibly under 18)' if sm.minor else ''}, {esc(sm.status)}; first seen "
+        f"{_fmt_time(sm.first_seen)}, {d.algorithm} distance {d.distance}, "
+        f"image SHA-256 {d.sha256[:16]}..."
     )
     t = Table("place", "first seen", "last seen", "state", "evidence", title="Where it was seen")
     for x in d.sightings:
@@ -849,7 +850,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(_SafeLogFormatter(handler.formatter))
+        if not isinstance(handler.formatter, _SafeLogFormatter):
+            handler.setFormatter(_SafeLogFormatter(handler.formatter))
     try:
         if args.command == "demo":
             return cmd_demo(args, None)
