@@ -820,9 +820,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 }
 
 
-def _print_error(message: str, verbose: int) -> None:
-    """``error: message`` on one line (no wrapping); with -v, the traceback before it."""
-    if verbose:
+def _print_error(message: str, show_traceback: bool) -> None:
+    """``error: message`` on one line (no wrapping), after the traceback if asked for."""
+    if show_traceback:
         err.print(visible(traceback.format_exc(), keep_newlines=True), markup=False)
     err.print(f"[red]error[/red]: {esc(message)}", soft_wrap=True)
 
@@ -857,8 +857,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args, None)
         settings = load_settings(args.config)
         return COMMANDS[args.command](args, settings)
-    except MonitorError as exc:
-        _print_error(str(exc), args.verbose)
+    except MonitorError as exc:  # a message written for people: the traceback only with -vv
+        _print_error(str(exc), args.verbose >= 2)
         return 2
     except SQLAlchemyError as exc:
         # One line, never the statement's parameters (they can hold decrypted reference hashes;
@@ -866,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = describe_db_error(exc)
         if not isinstance(getattr(exc, "orig", None), MonitorError):
             line = f"database error: {line}"
-        _print_error(line, args.verbose)
+        _print_error(line, args.verbose >= 1)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")
