@@ -70,9 +70,12 @@ __all__ = [
     "build_email",
     "compose_alert",
     "deliver_pending",
+    "erase_outbox_files",
     "hold_alert",
     "note_search_health",
     "notifier_from_settings",
+    "outbox_file_key",
+    "outbox_files",
     "outbox_status",
     "pending_count",
     "release_alerts",
@@ -652,7 +655,7 @@ class OutboxFolderNotifier:
             path.mkdir(mode=0o700, exist_ok=True)
             os.chmod(path, 0o700)
         message_id = msg.get("Message-ID")
-        key = sha256(message_id.encode()).hexdigest()[:32] if message_id else uuid.uuid4().hex
+        key = outbox_file_key(message_id) if message_id else uuid.uuid4().hex
         name = f"{key}.eml"
         final = self.folder / "new" / name
         if final.exists() or any((self.folder / "cur").glob(f"{key}.eml*")):
@@ -670,6 +673,49 @@ class OutboxFolderNotifier:
             tmp.unlink(missing_ok=True)
             raise
         return final
+
+
+def outbox_file_key(message_id: str) -> str:
+    """The name (before ``.eml``) of an alert's file in the outbox folder."""
+    return sha256(message_id.encode()).hexdigest()[:32]
+
+
+def outbox_files(session: Session, settings: Settings, subject_id: int) -> list[Path]:
+    """The files the outbox folder holds for one person's alerts and notices (to erase them).
+
+    An alert written to the outbox folder holds the person's address (``To:``) and, with
+    ``[mail] detail = "full"``, web addresses. Its file is found by its Message-ID in
+    ``new/``, ``cur/`` (a mail program may have read it) and ``tmp/``, in the configured folder
+    and in the folder it was delivered to (if that has changed since)."""
+    rows = session.execute(
+        select(OutboxMessage.message_id, OutboxMessage.delivered_to).where(
+            OutboxMessage.subject_id == subject_id
+        )
+    ).all()
+    keys = {outbox_file_key(message_id) for message_id, _ in rows if message_id}
+    folders = {settings.outbox_dir.expanduser()}
+    for message_id, delivered_to in rows:
+        path = Path(delivered_to) if delivered_to and not delivered_to.startswith("smtp:") else None
+        if path is not None and message_id and path.name.startswith(outbox_file_key(message_id)):
+            folders.add(path.parent.parent)
+    found: set[Path] = set()
+    for folder in folders:
+        for sub in ("new", "cur", "tmp"):
+            if (folder / sub).is_dir():
+                found.update(p for key in keys for p in (folder / sub).glob(f"{key}.eml*"))
+    return sorted(found)
+
+
+def erase_outbox_files(paths: list[Path]) -> int:
+    """Delete the outbox files found by :func:`outbox_files`; returns how many were deleted."""
+    deleted = 0
+    for path in paths:
+        try:
+            path.unlink()
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted
 
 
 def notifier_from_settings(settings: Settings) -> Notifier:

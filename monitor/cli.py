@@ -6,24 +6,32 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import __version__, alerts, cases, store
 from monitor.cases import image_copies
-from monitor.config import Settings, load_settings, parse_duration
-from monitor.db import Database
+from monitor.config import Settings, load_settings
+from monitor.db import Database, check_sqlite_folder, describe_db_error
 from monitor.errors import MonitorError
+from monitor.inputs import check_email, check_hash_file, clean_name, parse_interval
 from monitor.paths import ensure_private_dir
+from monitor.textsafe import markup as esc
+from monitor.textsafe import text as cell
+from monitor.textsafe import visible
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Untrusted text (addresses, titles, names, reasons) goes through monitor.textsafe before
+# Rich sees it: esc() inside markup strings, cell() (a Text, never parsed) in tables. Emoji
+# codes are off so that ":name:" in an address prints as written.
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 DESCRIPTION = """\
 Exposure Monitor searches the web for a person's name and aliases, hashes the images it finds
@@ -170,6 +178,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _db(settings: Settings) -> Database:
     ensure_private_dir(settings.data_dir)
+    if settings.database.url:  # the data folder is ours to create; a configured path is not
+        check_sqlite_folder(settings.database.url)
     return Database(settings.database_url, key_file=settings.key_path)
 
 
@@ -187,14 +197,13 @@ def _fmt_time(value: object) -> str:
 def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
     if args.subject_command == "add":
-        interval = parse_duration(args.every) if args.every else settings.schedule.default_interval
-        if interval < timedelta(minutes=5):
-            raise MonitorError("--every must be at least 5m")
+        interval = parse_interval(args.every) if args.every else settings.schedule.default_interval
+        name = clean_name(args.name, "the name")
+        aliases = [clean_name(a, "an alias") for a in args.alias]
+        email = check_email(args.email) if args.email else None
         image_copies.check_may_keep(minor=bool(args.minor), keep=args.keep_image_copies)
         with db.session() as s:
-            subject = store.add_subject(
-                s, args.name, aliases=args.alias, email=args.email, interval=interval
-            )
+            subject = store.add_subject(s, name, aliases=aliases, email=email, interval=interval)
             subject.minor = bool(args.minor)
             subject.keep_image_copies = bool(args.keep_image_copies)
             info = {
@@ -207,8 +216,8 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
             _print_json(info)
         else:
             out.print(
-                f"Added {info['name']!r}. Next: enroll reference photos with "
-                f"`enroll {info['name']!r} PHOTO_OR_FOLDER...`"
+                f"Added {esc(repr(info['name']))}. Next: enroll reference photos with "
+                f"`enroll {esc(repr(info['name']))} PHOTO_OR_FOLDER...`"
             )
         return 0
     if args.subject_command == "set":
@@ -225,9 +234,9 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         t = Table("name", "aliases", "email", "every", "references", "matches", "last scan")
         for i in infos:
             t.add_row(
-                i.name,
-                ", ".join(i.aliases) or "-",
-                i.email or "(local outbox)",
+                cell(i.name),
+                cell(", ".join(i.aliases) or "-"),
+                cell(i.email or "(local outbox)"),
                 _fmt_interval(i.interval_seconds),
                 str(i.references),
                 str(i.matches),
@@ -239,15 +248,24 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise MonitorError("refusing to erase without confirmation: add --yes")
-        answer = input(f"Erase everything stored about {args.name!r}? Type the name to confirm: ")
+        answer = input(
+            f"Erase everything stored about {visible(repr(args.name))}? Type the name to confirm: "
+        )
         if answer.strip() != args.name:
             err.print("Not erased.")
             return 1
     with db.session() as s:
         case_ids = [c.id for c in cases.list_cases(s, args.name)]
+        mail_files = alerts.outbox_files(s, settings, store.get_subject(s, args.name).id)
         store.erase_subject(s, args.name)
     cases.erase_evidence(settings, case_ids)
-    out.print(f"Erased {args.name!r}: references, scans, matches and alerts are gone.")
+    alerts.erase_outbox_files(mail_files)  # alert files hold the person's address
+    if not db.scrub():  # no copy of the erased rows left in the write-ahead log
+        err.print(
+            "[yellow]warning[/yellow]: another process (the scheduler?) has the database open: "
+            "the database's log still holds erased rows until it stops"
+        )
+    out.print(f"Erased {esc(repr(args.name))}: references, scans, matches and alerts are gone.")
     return 0
 
 
@@ -259,19 +277,19 @@ def _subject_set(args: argparse.Namespace, settings: Settings, db: Database) -> 
     if args.minor:
         n = image_copies.mark_minor(db, args.name, settings)
         out.print(
-            f"{args.name!r} is marked as possibly under 18: nothing more is captured"
+            f"{esc(repr(args.name))} is marked as possibly under 18: nothing more is captured"
             + (f"; {n} image copies were deleted." if n else ".")
         )
     if args.keep_image_copies is True:
         image_copies.set_keep_image_copies(db, args.name, True, settings)
         out.print(
-            f"Encrypted copies of images found for {args.name!r} will be kept with the evidence "
-            "(key: the reference key file). Bundles include them only with "
+            f"Encrypted copies of images found for {esc(repr(args.name))} will be kept with the "
+            "evidence (key: the reference key file). Bundles include them only with "
             "`case evidence ID OUT.zip --include-image-copy`."
         )
     elif args.keep_image_copies is False:
         n = image_copies.set_keep_image_copies(db, args.name, False, settings)
-        out.print(f"No image copies are kept for {args.name!r}; {n} were deleted.")
+        out.print(f"No image copies are kept for {esc(repr(args.name))}; {n} were deleted.")
     return 0
 
 
@@ -288,6 +306,8 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.paths and not args.hashes:
         raise MonitorError("give photos or folders to enroll, or --hashes FILE")
+    if args.hashes:
+        check_hash_file(args.hashes)  # a regular file of at most 10 MB, not /dev/zero
     db = _db(settings)
     reports: list[EnrolReport] = []
     with db.session() as s:
@@ -307,11 +327,13 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         for line in errors:
-            err.print(f"[red]error[/red]: {line}")
+            err.print(f"[red]error[/red]: {esc(line)}")
         for line in low:
-            err.print(f"[yellow]warning[/yellow]: {line}: a bland photo; it may miss or mis-match")
+            err.print(
+                f"[yellow]warning[/yellow]: {esc(line)}: a bland photo; it may miss or mis-match"
+            )
         out.print(
-            f"Enrolled {enrolled} reference(s) for {args.name!r}"
+            f"Enrolled {enrolled} reference(s) for {esc(repr(args.name))}"
             + (f", {duplicates} already enrolled" if duplicates else "")
             + (f", {len(errors)} error(s)" if errors else "")
             + ". Only hashes were stored."
@@ -351,20 +373,20 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                 if not args.all:
                     raise
                 failures.append(f"{name}: {exc}")
-                err.print(f"[red]error[/red]: {name}: {exc}")
+                err.print(f"[red]error[/red]: {esc(name)}: {esc(exc)}")
     if args.json:
         data = [s.as_json() for s in summaries]
         _print_json(data[0] if not args.all else {"scans": data, "failures": failures})
     else:
         for sm in summaries:
             out.print(
-                f"{sm.subject}: {sm.queries} queries, {sm.pages} pages, {sm.images} images, "
+                f"{esc(sm.subject)}: {sm.queries} queries, {sm.pages} pages, {sm.images} images, "
                 f"{sm.matches} matches ({sm.new_sightings} new), {sm.errors} errors "
                 f"in {sm.seconds:.1f}s"
             )
             if sm.alerts_queued:
                 where = ", ".join(sorted(set(sm.alert_destinations))) or "still queued"
-                out.print(f"  alert: {sm.alerts_sent}/{sm.alerts_queued} delivered ({where})")
+                out.print(f"  alert: {sm.alerts_sent}/{sm.alerts_queued} delivered ({esc(where)})")
             if sm.evidence_captured or sm.evidence_failed:
                 out.print(
                     f"  evidence: {sm.evidence_captured} new sighting(s) captured"
@@ -376,7 +398,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                     + " - see `cases`"
                 )
             for sample in sm.error_samples[:5]:
-                err.print(f"  [dim]{sample}[/dim]")
+                err.print(f"  [dim]{esc(sample)}[/dim]")
     return 1 if failures else 0
 
 
@@ -393,7 +415,7 @@ def _scan_progress(quiet: bool, name: str) -> Iterator[Callable[..., None] | Non
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=True) as prog:
-        task = prog.add_task(f"scanning {name}", total=None, matches=0, errors=0)
+        task = prog.add_task(f"scanning {esc(name)}", total=None, matches=0, errors=0)
 
         def update(summary: object, known: int) -> None:
             prog.update(
@@ -420,12 +442,12 @@ def cmd_matches(args: argparse.Namespace, settings: Settings) -> int:
     t = Table("subject", "first seen", "status", "distance", "page", "image", title="Matches")
     for r in rows:
         t.add_row(
-            r.subject,
+            cell(r.subject),
             _fmt_time(r.first_seen),
-            r.status,
-            f"{r.algorithm} {r.distance}",
-            r.page_url,
-            r.image_url + _at_offset(r.frame_offset, r.reference_offset),
+            cell(r.status),
+            cell(f"{r.algorithm} {r.distance}"),
+            cell(r.page_url),
+            cell(r.image_url + _at_offset(r.frame_offset, r.reference_offset)),
             style=None,
         )
     out.print(t)
@@ -489,7 +511,7 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
             str(r["attempts"]),
             _fmt_time(r["created_at"]),
             _fmt_time(r["sent_at"]),
-            str(r["last_error"] or ""),
+            cell(r["last_error"] or ""),
         )
     out.print(t)
     return 0
@@ -600,8 +622,8 @@ def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
     for r in rows:
         t.add_row(
             str(r.id),
-            r.subject + (" (minor)" if r.minor else ""),
-            r.status,
+            cell(r.subject + (" (minor)" if r.minor else "")),
+            cell(r.status),
             _fmt_time(r.first_seen),
             str(r.sightings),
             str(r.online),
@@ -663,7 +685,7 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
             label=args.label,
             include_image_copy=args.include_image_copy,
         )
-        out.print(f"Wrote {info.path} ({len(info.files)} files, SHA-256 {info.sha256}).")
+        out.print(f"Wrote {esc(info.path)} ({len(info.files)} files, SHA-256 {info.sha256}).")
         return 0
     if action == "recheck":
         report = asyncio.run(cases.recheck_case(settings, db, args.id))
@@ -672,12 +694,12 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
             _print_json(report.as_json())
         else:
             out.print(
-                f"Case {args.id}: {report.status}; {report.online} online, {report.gone} gone, "
-                f"{report.unreachable} unreachable"
+                f"Case {args.id}: {esc(report.status)}; {report.online} online, "
+                f"{report.gone} gone, {report.unreachable} unreachable"
                 + (f", {report.reappeared} back online (alerted)" if report.reappeared else "")
             )
             for line in report.details:
-                out.print(f"  {line}", soft_wrap=True)
+                out.print(f"  {visible(line)}", markup=False, soft_wrap=True)
         return 0
     # notice
     if not args.no_lookup:
@@ -695,10 +717,12 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not args.json:
         out.print(
-            f"[bold]Removal request {drafted.id}[/bold] ({drafted.lang}), subject: "
-            f"{drafted.subject_line}\n"
+            f"[bold]Removal request {drafted.id}[/bold] ({esc(drafted.lang)}), subject: "
+            f"{esc(drafted.subject_line)}\n"
         )
-        out.print(drafted.body, markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            visible(drafted.body, keep_newlines=True), markup=False, highlight=False, soft_wrap=True
+        )
     if not args.send:
         out.print(
             f"Nothing was sent. Send it with `case notice {args.id} --send ADDRESS`, or copy it "
@@ -711,7 +735,7 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
                 "refusing to send without your confirmation: run this on a terminal, or add "
                 "--yes to confirm that you want it sent"
             )
-        answer = input(f"Send this removal request to {args.send}? Type yes to send: ")
+        answer = input(f"Send this removal request to {visible(args.send)}? Type yes to send: ")
         if answer.strip().lower() != "yes":
             err.print("Not sent.")
             return 1
@@ -719,7 +743,9 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(sent.as_json())
     else:
-        out.print(f"Sent to {sent.sent_to} at {_fmt_time(sent.sent_at)}; recorded with the case.")
+        out.print(
+            f"Sent to {esc(sent.sent_to)} at {_fmt_time(sent.sent_at)}; recorded with the case."
+        )
     return 0
 
 
@@ -729,39 +755,50 @@ def _print_contacts(rows: list[dict[str, object]]) -> None:
         return
     t = Table("#", "contact", "where found", title="Who to contact (best first)")
     for i, c in enumerate(rows, 1):
-        t.add_row(str(i), str(c["value"]), f"{c['source']}: {c['found_at']}")
+        t.add_row(str(i), cell(c["value"]), cell(f"{c['source']}: {c['found_at']}"))
     out.print(t)
 
 
 def _print_case(d: cases.CaseDetail) -> None:
     sm = d.summary
     out.print(
-        f"[bold]Case {sm.id}[/bold]: {sm.subject}{' (possibly under 18)' if sm.minor else ''}, "
-        f"{sm.status}; first seen {_fmt_time(sm.first_seen)}, {d.algorithm} distance "
-        f"{d.distance}, image SHA-256 {d.sha256[:16]}..."
+        f"[bold]Case {sm.id}[/bold]: {esc(sm.subject)}"
+        f"{' (possibly under 18)' if sm.minor else ''}, {esc(sm.status)}; first seen "
+        f"{_fmt_time(sm.first_seen)}, {d.algorithm} distance {d.distance}, "
+        f"image SHA-256 {d.sha256[:16]}..."
     )
     t = Table("place", "first seen", "last seen", "state", "evidence", title="Where it was seen")
     for x in d.sightings:
         t.add_row(
-            f"{x.page_url}\n{x.image_url}",
+            cell(f"{visible(x.page_url)}\n{visible(x.image_url)}", keep_newlines=True),
             _fmt_time(x.first_seen),
             _fmt_time(x.last_seen),
-            x.state + (f"\n{x.detail}" if x.detail else ""),
-            x.evidence_status + (f"\n{x.evidence_error}" if x.evidence_error else ""),
+            cell(x.state + (f"\n{visible(x.detail)}" if x.detail else ""), keep_newlines=True),
+            cell(
+                x.evidence_status + (f"\n{visible(x.evidence_error)}" if x.evidence_error else ""),
+                keep_newlines=True,
+            ),
         )
     out.print(t)
     if d.contacts:
         _print_contacts(d.contacts)
     for n in d.notices:
-        sent = f"sent to {n['sent_to']} at {n['sent_at']}" if n["sent_at"] else "not sent"
-        out.print(f"Notice {n['id']} ({n['lang']}), drafted {n['created_at']}: {sent}")
+        sent = f"sent to {visible(n['sent_to'])} at {n['sent_at']}" if n["sent_at"] else "not sent"
+        out.print(
+            f"Notice {n['id']} ({n['lang']}), drafted {n['created_at']}: {sent}",
+            markup=False,
+        )
     if d.events:
         out.print("[bold]History[/bold]")
         for e in d.events:
-            out.print(f"  {e['at']}  {e['kind']}  {e['detail']}", markup=False, soft_wrap=True)
+            out.print(
+                f"  {e['at']}  {visible(e['kind'])}  {visible(e['detail'])}",
+                markup=False,
+                soft_wrap=True,
+            )
     out.print("[bold]Next steps[/bold]")
     for step in d.next_steps:
-        out.print(f"  {step}", markup=False, soft_wrap=True)
+        out.print(f"  {visible(step)}", markup=False, soft_wrap=True)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -783,6 +820,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 }
 
 
+def _print_error(message: str, show_traceback: bool) -> None:
+    """``error: message`` on one line (no wrapping), after the traceback if asked for."""
+    if show_traceback:
+        err.print(visible(traceback.format_exc(), keep_newlines=True), markup=False)
+    err.print(f"[red]error[/red]: {esc(message)}", soft_wrap=True)
+
+
+class _SafeLogFormatter(logging.Formatter):
+    """Log lines can hold reasons and addresses from the web: controls shown as escapes."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(self.inner.format(record), keep_newlines=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -794,13 +849,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         # httpx logs every request's URL at INFO: search URLs hold the person's name.
         for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, _SafeLogFormatter):
+            handler.setFormatter(_SafeLogFormatter(handler.formatter))
     try:
         if args.command == "demo":
             return cmd_demo(args, None)
         settings = load_settings(args.config)
         return COMMANDS[args.command](args, settings)
-    except MonitorError as exc:
-        err.print(f"[red]error[/red]: {exc}")
+    except MonitorError as exc:  # a message written for people: the traceback only with -vv
+        _print_error(str(exc), args.verbose >= 2)
+        return 2
+    except SQLAlchemyError as exc:
+        # One line, never the statement's parameters (they can hold decrypted reference hashes;
+        # the engine hides them from messages too). The traceback only with -v.
+        line = describe_db_error(exc)
+        if not isinstance(getattr(exc, "orig", None), MonitorError):
+            line = f"database error: {line}"
+        _print_error(line, args.verbose >= 1)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -43,10 +43,46 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     m = _DURATION.match(str(value))
     if not m:
         raise ValueError(f"not a duration: {value!r} (use e.g. 30m, 24h, 7d)")
-    return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"])
+    except (OverflowError, ValueError):  # "99999999999w": beyond what a timedelta holds
+        raise ValueError(f"duration too long: {value!r}") from None
+
+
+MIN_INTERVAL = timedelta(minutes=5)  # the shortest scan interval (`--every`)
+MAX_INTERVAL = timedelta(days=365)  # the longest: beyond it the next scan date makes no sense
+
+
+def format_duration(value: timedelta) -> str:
+    """``5m``, ``12h``, ``365d``: the shortest exact form of a whole number of seconds."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _within_interval_bounds(value: timedelta) -> timedelta:
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise ValueError(
+            f"must be between {format_duration(MIN_INTERVAL)} and {format_duration(MAX_INTERVAL)}"
+        )
+    return value
+
+
+def _header_value(value: str) -> str:
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value):
+        raise ValueError("must be one line, without control characters (no CR/LF)")
+    return value
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+# A value that goes into a mail header as it is: a CR/LF would break (or inject into) every mail.
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
+# A scan or re-check interval: 5 minutes to 365 days.
+Interval = Annotated[
+    timedelta, BeforeValidator(parse_duration), AfterValidator(_within_interval_bounds)
+]
 
 
 class _Section(BaseModel):
@@ -146,7 +182,7 @@ class MailConfig(_Section):
     starttls: bool = True
     tls: bool = False  # implicit TLS (usually port 465); excludes starttls
     timeout: float = 30.0
-    sender: str = "Monitor <monitor@localhost>"
+    sender: HeaderValue = "Monitor <monitor@localhost>"
     subject: str = "You have a new notification"
     detail: Literal["discreet", "full"] = "discreet"
     outbox_dir: str = ""  # empty: <data dir>/outbox
@@ -171,7 +207,7 @@ class MailConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    default_interval: Duration = timedelta(hours=24)
+    default_interval: Interval = timedelta(hours=24)
     jitter: Duration = timedelta(minutes=10)
     check_every: Duration = timedelta(minutes=1)  # how often `run` looks for due scans
 

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import secrets as _random
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -322,17 +323,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=["forget-references"])
     p.add_argument("--config", metavar="FILE")
     args = p.parse_args(argv)
+    from sqlalchemy.exc import SQLAlchemyError
+
     from monitor.config import load_settings
-    from monitor.db import Database
+    from monitor.db import Database, check_sqlite_folder, describe_db_error
     from monitor.paths import ensure_private_dir
+    from monitor.textsafe import visible
 
     try:
         settings = load_settings(args.config)
         ensure_private_dir(settings.data_dir)
+        if settings.database.url:
+            check_sqlite_folder(settings.database.url)
         db = Database(settings.database_url, key_file=settings.key_path)
         n = forget_unreadable_references(db)
     except MonitorError as exc:
-        print(f"error: {exc}")
+        print(f"error: {visible(exc)}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:  # one line: never the statement or its parameters
+        print(f"error: database error: {visible(describe_db_error(exc))}", file=sys.stderr)
         return 2
     print(f"Forgot {n} unreadable reference(s). Enroll the photos again with `enroll NAME ...`.")
     return 0

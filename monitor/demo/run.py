@@ -19,6 +19,7 @@ from monitor.enrol import enrol_images
 from monitor.pipeline import scan_subject
 from monitor.testing.smtp import LoopbackSMTP
 from monitor.testing.web import LoopbackWeb
+from monitor.textsafe import text
 
 DEMO_NAME = "Alex Demo"
 DEMO_ALIAS = "A. Demo"
@@ -115,8 +116,8 @@ def _run(folder: Path, as_json: bool, console: Console) -> int:
         table = Table("page", "image", "hash", "distance", title="Matches")
         for r in rows:
             table.add_row(
-                r.page_url.removeprefix(web.base_url),
-                r.image_url.removeprefix(web.base_url),
+                text(r.page_url.removeprefix(web.base_url)),
+                text(r.image_url.removeprefix(web.base_url)),
                 r.algorithm,
                 str(r.distance),
             )
