@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from monitor.db.models import Reference, ReferenceHash, Subject
 from monitor.errors import NotAnImageError
 from monitor.hashing import algorithms, compute_reference_hashes, get_algorithm, normalise_hex
+from monitor.inputs import MAX_HASH_FILE_BYTES
 from monitor.types import HashValue, ImageHashes
 from monitor.video import VIDEO_EXTENSIONS, FrameHashes, FrameLimits, hash_frames, is_video
 
@@ -309,7 +310,15 @@ def enrol_hash_file(session: Session, subject: Subject, path: Path) -> EnrolRepo
     path = Path(path)
     report = EnrolReport()
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:  # bounded: /dev/zero or a growing file must not fill memory
+            raw = fh.read(MAX_HASH_FILE_BYTES + 1)
+        if len(raw) > MAX_HASH_FILE_BYTES:
+            report.errors.append(
+                f"{path}: too large for a file of hashes (at most "
+                f"{MAX_HASH_FILE_BYTES // 1_000_000} MB)"
+            )
+            return report
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         report.errors.append(f"{path}: no such file")
         return report

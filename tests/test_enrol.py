@@ -279,3 +279,18 @@ def test_hash_file_problems_are_reported(db: Database, tmp_path: Path) -> None:
             f"{binary}: not a text file of hashes"
         ]
     assert stored_rows(db) == []
+
+
+def test_hash_file_read_is_bounded(db: Database, tmp_path: Path) -> None:
+    """The library reads at most the cap, whatever the CLI checked: /dev/zero or a file that grew
+    after the check is refused instead of filling memory."""
+    subject_id = new_subject(db)
+    with db.session() as s:
+        report = enrol_hash_file(s, s.get(Subject, subject_id), Path("/dev/zero"))
+        assert report.enrolled == 0
+        assert report.errors == ["/dev/zero: too large for a file of hashes (at most 10 MB)"]
+    big = tmp_path / "big.txt"
+    big.write_text((PDQ_HEX + "\n") * (10_000_000 // 65 + 1))
+    with db.session() as s:
+        report = enrol_hash_file(s, s.get(Subject, subject_id), big)
+    assert report.enrolled == 0 and "too large" in report.errors[0]
