@@ -111,7 +111,7 @@ async def test_webrtc_sends_no_udp_packet(web, tmp_path, javascript):
     try:
         url = web.add("/rtc.html", RTC_PAGE % {"port": udp.port})
         web.add("/js-ran", b"", "image/gif")
-        async with shooter(javascript=javascript) as s:
+        async with shooter(**({"javascript": True} if javascript else {})) as s:  # default: off
             info = await s.capture(url, tmp_path / "rtc.png", may_show_minor=False)
             await asyncio.sleep(2.0)  # ICE gathering sends its first packets within ms
         assert info.final_url == url
@@ -302,7 +302,7 @@ async def test_the_page_cannot_navigate_download_or_register_a_service_worker(
         "setTimeout(() => { location.href = '/elsewhere.html'; }, 50);"
         "</script></body>",
     )
-    async with shooter(javascript=javascript) as s:
+    async with shooter(**({"javascript": True} if javascript else {})) as s:  # default: off
         for name, url in urls.items():
             info = await s.capture(url, tmp_path / f"{name}.png", may_show_minor=False)
             assert info.final_url == url, name
