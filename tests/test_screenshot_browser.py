@@ -25,7 +25,7 @@ from monitor.demo.photos import photo_bytes
 from monitor.evidence import Screenshotter, chromium_path
 from monitor.testing.web import LoopbackWeb, Request, Response
 
-SHOOTER_TIMEOUT = 60.0
+SHOOTER_TIMEOUT = float(os.environ.get("SHOOTER_TIMEOUT", "60"))
 needs_chromium = pytest.mark.skipif(
     chromium_path() is None,
     reason="no Chromium at /usr/bin/chromium (apt-get install chromium), $MONITOR_CHROMIUM or "
@@ -365,7 +365,7 @@ async def test_a_simple_page_is_captured_quickly(web, tmp_path):
     async with shooter() as s:
         await s.capture(url, tmp_path / "warm.png", may_show_minor=False)
         took = []
-        for i in range(3):
+        for i in range(5):
             started = time.monotonic()
             await s.capture(url, tmp_path / f"{i}.png", may_show_minor=False)
             took.append(time.monotonic() - started)

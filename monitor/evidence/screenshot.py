@@ -173,6 +173,7 @@ _BLUR_SCRIPT = """
 
 # Polled from Python: with the page's JavaScript off, no event listener, timer or animation
 # frame callback ever runs, so nothing here may wait for one.
+_READY_STATE = "() => document.readyState"
 _IMAGES_PENDING = "() => [...document.images].filter(i => !i.complete).length"
 _PAGE_HEIGHT = (
     "() => Math.max(document.documentElement.scrollHeight,"
@@ -283,6 +284,7 @@ class Screenshotter:
         self._launcher: Launcher | None = None
         self._playwright: Any = None
         self._browser: Any = None
+        self._spare: asyncio.Task[tuple[Any, Any]] | None = None
         self.browser_version = ""
 
     async def __aenter__(self) -> Self:
@@ -355,9 +357,11 @@ class Screenshotter:
                 f"Chromium ({executable}) could not be started{who}, sandboxed: {_first_line(exc)}"
             ) from exc
         self.browser_version = f"Chromium {self._browser.version}"
+        self._make_spare()
 
     async def aclose(self) -> None:
         """Close the browser, Playwright and the guard proxy."""
+        await self._drop_spare()
         browser, self._browser = self._browser, None
         pw, self._playwright = self._playwright, None
         proxy, self._proxy = self._proxy, None
@@ -401,16 +405,18 @@ class Screenshotter:
         if self._browser is None:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
         async with self._slots:
-            png, final_url, blurred, captured_at = await self._load_and_shoot(url, timeout)
+            try:
+                png, final_url, blurred, captured_at = await self._load_and_shoot(url, timeout)
+            finally:
+                self._make_spare()  # while the shot is written, not while the page loads
         return await asyncio.to_thread(
             self._write, png, url, final_url, blurred, captured_at, Path(out_path)
         )
 
     # --- internals --------------------------------------------------------------------------
 
-    async def _load_and_shoot(self, url: str, timeout: float) -> tuple[bytes, str, int, datetime]:
-        """The page's PNG in a fresh context of its own (closed afterwards)."""
-        started = time.monotonic()
+    async def _new_tab(self) -> tuple[Any, Any]:
+        """A new browser context (nothing shared with any other) and an empty page in it."""
         context = await self._browser.new_context(
             viewport={"width": self.viewport[0], "height": self.viewport[1]},
             java_script_enabled=self.javascript,
@@ -418,8 +424,47 @@ class Screenshotter:
             accept_downloads=False,
         )
         try:
+            await context.route("**/*", _RequestFilter())
+            await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
+            if self.javascript:
+                await context.add_init_script(_NO_WEBRTC_SCRIPT)
+            return context, await context.new_page()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await context.close()
+            raise
+
+    def _make_spare(self) -> None:
+        """Prepare the next capture's context and page in the background (a new page costs
+        Chromium a renderer process, about 0.3 s): one spare at a time, never used twice."""
+        if self._browser is not None and self._spare is None:
+            self._spare = asyncio.create_task(self._new_tab())
+
+    async def _take_tab(self) -> tuple[Any, Any]:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(Exception):
+                return await spare
+        return await self._new_tab()
+
+    async def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if not spare.done():
+            spare.cancel()
+        with contextlib.suppress(BaseException):
+            context, _page = await spare
+            await context.close()
+
+    async def _load_and_shoot(self, url: str, timeout: float) -> tuple[bytes, str, int, datetime]:
+        """The page's PNG in a fresh context of its own (closed afterwards)."""
+        started = time.monotonic()
+        context: Any = None
+        try:
             async with asyncio.timeout(timeout):
-                return await self._shoot(context, url, timeout, started)
+                context, page = await self._take_tab()
+                return await self._shoot(page, url, timeout, started)
         except TimeoutError:
             raise ScreenshotError(
                 f"{url}: gave up after {timeout:g} s (the page did not finish loading)"
@@ -437,8 +482,9 @@ class Screenshotter:
                 f"{url}: could not take a screenshot: {_first_line(exc)}"
             ) from exc
         finally:
-            with contextlib.suppress(Exception):
-                await context.close()
+            if context is not None:
+                with contextlib.suppress(Exception):
+                    await context.close()
 
     def _write(
         self,
@@ -481,22 +527,21 @@ class Screenshotter:
         )
 
     async def _shoot(
-        self, context: Any, url: str, timeout: float, started: float
+        self, page: Any, url: str, timeout: float, started: float
     ) -> tuple[bytes, str, int, datetime]:
-        await context.route("**/*", _RequestFilter())
-        await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
-        if self.javascript:
-            await context.add_init_script(_NO_WEBRTC_SCRIPT)
-        page = await context.new_page()
         page.set_default_timeout(timeout * 1000)
         in_flight = _InFlight(page)
-        response = await page.goto(url, wait_until="load")
+        # Up to the commit only: Playwright's own wait for `load` can hang for good when the
+        # page starts a navigation that the request filter then drops.
+        response = await page.goto(url, wait_until="commit")
         if response is not None and response.status >= 400:
             # a redirect to a refused address is answered 403 by the guard proxy
             refused = self._refused(url, started, hop=response.url)
             if refused is not None:
                 raise refused
             raise ScreenshotError(f"{url}: the server answered HTTP {response.status}")
+        while await page.evaluate(_READY_STATE) != "complete":  # the `load` event has fired
+            await asyncio.sleep(0.02)
         # Give late requests (scripts, lazy images) a moment; a page that never goes quiet is
         # shot anyway. Without JavaScript nothing starts after `load`: no wait at all.
         settle = min(MAX_SETTLE_SECONDS, timeout / 4)
@@ -505,7 +550,7 @@ class Screenshotter:
         blurred = int(await page.evaluate(_BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX]))
         height = int(await page.evaluate(_PAGE_HEIGHT))
         height = max(1, min(height, self.max_height))
-        png = await _screenshot(context, page, self.viewport[0], height)
+        png = await _screenshot(page, self.viewport[0], height)
         captured_at = datetime.now(UTC)
         final_url = page.url
         if urlsplit(final_url).scheme not in WEB_SCHEMES:
@@ -725,14 +770,14 @@ class _InFlight:
             await asyncio.sleep(0.02)
 
 
-async def _screenshot(context: Any, page: Any, width: int, height: int) -> bytes:
+async def _screenshot(page: Any, width: int, height: int) -> bytes:
     """The page from its top, ``width`` x ``height`` CSS pixels, as PNG.
 
     Chromium's screenshot command directly rather than ``page.screenshot``: with
     ``optimizeForSpeed`` Chromium encodes the PNG with fast zlib settings, about four times
     faster on a page-sized shot (it is decoded and written again with the banner anyway).
     """
-    cdp = await context.new_cdp_session(page)
+    cdp = await page.context.new_cdp_session(page)
     try:
         shot = await cdp.send(
             "Page.captureScreenshot",
