@@ -22,10 +22,10 @@ from PIL import Image
 
 from monitor.config import FetchConfig
 from monitor.demo.photos import photo_bytes
-from monitor.evidence import Screenshotter, chromium_path
+from monitor.evidence import Screenshotter, chromium_path, screenshot
 from monitor.testing.web import LoopbackWeb, Request, Response
 
-SHOOTER_TIMEOUT = float(os.environ.get("SHOOTER_TIMEOUT", "60"))
+SHOOTER_TIMEOUT = 60.0
 needs_chromium = pytest.mark.skipif(
     chromium_path() is None,
     reason="no Chromium at /usr/bin/chromium (apt-get install chromium), $MONITOR_CHROMIUM or "
@@ -103,10 +103,19 @@ class UdpListener:
         self.sock.close()
 
 
-@pytest.mark.parametrize("javascript", [False, True], ids=["javascript-off", "javascript-on"])
-async def test_webrtc_sends_no_udp_packet(web, tmp_path, javascript):
+@pytest.mark.parametrize(
+    ("javascript", "constructors_removed"),
+    [(False, True), (True, True), (True, False)],
+    ids=["javascript-off", "javascript-on", "javascript-on-flags-only"],
+)
+async def test_webrtc_sends_no_udp_packet(
+    web, tmp_path, monkeypatch, javascript, constructors_removed
+):
     """A page's script asks for STUN and TURN servers on a loopback UDP port: nothing arrives,
-    with scripts off (the default) and on."""
+    with scripts off (the default) and on; and on, even if WebRTC's constructors were left in
+    place (Chromium's flags alone keep it off UDP)."""
+    if not constructors_removed:
+        monkeypatch.setattr(screenshot, "_NO_WEBRTC_SCRIPT", "/* constructors kept */")
     udp = UdpListener()
     try:
         url = web.add("/rtc.html", RTC_PAGE % {"port": udp.port})
@@ -119,8 +128,13 @@ async def test_webrtc_sends_no_udp_packet(web, tmp_path, javascript):
     finally:
         udp.close()
     reports = [v for r in web.requests if r.path == "/js-ran" for v in r.query.get("r", [])]
-    if javascript:  # the script did run; WebRTC was not there for it
-        assert "page:no-RTCPeerConnection" in reports, reports
+    if javascript and constructors_removed:  # the script ran; WebRTC was not there for it
+        assert sorted(reports) == [
+            "blank-iframe:no-RTCPeerConnection",
+            "page:no-RTCPeerConnection",
+        ]
+    elif javascript:  # the offer was made, ICE gathering started: still no packet
+        assert "page:offer-set" in reports, reports
     else:
         assert reports == []
 
