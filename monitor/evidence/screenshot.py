@@ -6,32 +6,45 @@ time. A screenshot shows a person, a site or a court what the page looked like; 
 
 How it is taken:
 
-* Debian's Chromium (``/usr/bin/chromium``, or ``$MONITOR_CHROMIUM``) driven by Playwright,
-  headless, with :data:`CHROMIUM_ARGS`. Playwright gives it a new, empty, temporary
-  user-data-dir (deleted when the browser closes), and every capture runs in a fresh
-  off-the-record browser context: no cookies, no logins, and the HTTP cache is kept in memory,
-  so the browser writes no image to disk.
-* Unless ``allow_private_networks``, the browser reaches the network only through a
-  :class:`~monitor.evidence.proxy.GuardProxy` on loopback (``--proxy-server``, loopback not
-  bypassed, Chromium's own name resolution switched off with ``--host-resolver-rules``, WebRTC
-  kept off UDP). The proxy resolves each host once, refuses private, loopback, link-local and
-  reserved addresses and connects to the very address it checked, with the fetcher's
-  :class:`~monitor.fetch.GuardedNetworkBackend`: the check applies to the address connected
-  to, for the page, every image, script and frame, every redirect hop and WebSockets, so a
-  name that answers a public address to the check and a private one afterwards (DNS rebinding)
-  reaches nothing. HTTPS is tunnelled (Chromium checks the certificate against the name).
-  Requests other than GET and HEAD are aborted: a screenshot only reads.
+* Chromium (:func:`~monitor.evidence.browser.chromium_path`: ``$MONITOR_CHROMIUM``, Debian's
+  ``/usr/bin/chromium``, or Playwright's own) driven by Playwright, headless, with
+  :data:`CHROMIUM_ARGS`, **sandboxed**: never ``--no-sandbox``; as root it runs as an
+  unprivileged user (see :mod:`monitor.evidence.browser`). Playwright gives it a new, empty,
+  temporary user-data-dir (deleted when the browser closes), and every capture runs in a fresh
+  off-the-record browser context: no cookies, no logins, nothing shared with another capture,
+  and the HTTP cache is kept in memory, so the browser writes no image to disk. One browser
+  serves many captures, at most ``max_concurrent`` at once.
+* **No JavaScript** by default (``java_script_enabled=False``): the page is shown as served.
+  ``javascript=True`` (``[cases] screenshot_javascript``) runs its scripts; WebRTC's
+  constructors (``RTCPeerConnection``...) are then deleted before any of the page's scripts
+  run, in every frame, and Chromium keeps WebRTC off UDP anyway
+  (``--webrtc-ip-handling-policy=disable_non_proxied_udp``; an HTTP proxy carries no UDP).
+  No service workers, no downloads. The User-Agent is the tool's (``[fetch] user_agent``).
+* The browser reaches the network only through a :class:`~monitor.evidence.proxy.GuardProxy`
+  on loopback (``--proxy-server``, loopback not bypassed, Chromium's own name resolution
+  switched off with ``--host-resolver-rules``), with ``allow_private_networks`` too (then the
+  proxy refuses no address). The proxy resolves each host once, refuses private, loopback,
+  link-local and reserved addresses and connects to the very address it checked, with the
+  fetcher's :class:`~monitor.fetch.GuardedNetworkBackend`: the check applies to the address
+  connected to, for the page, every image, script and frame, every redirect hop and
+  WebSockets, so a name that answers a public address to the check and a private one
+  afterwards (DNS rebinding) reaches nothing. HTTPS is tunnelled (Chromium checks the
+  certificate against the name). A request filter in the browser lets through only GET and
+  HEAD of ``http``/``https`` URLs, and the top frame loads only the page asked for and its
+  redirects: a later navigation (``<meta http-equiv=refresh>``, a script, a download link) is
+  dropped, so the shot shows the page at the address in its banner.
 
   Why a proxy: fulfilling each request from Python (``route.fulfill``) was tried and rejected,
   because Chromium follows a fulfilled redirect without asking the route again (the next hop
   would go out unchecked, or, with name resolution off, fail), and ``--host-resolver-rules``
   alone is fixed at launch while the hosts a page uses are not known in advance.
-* After the ``load`` event (and a short wait for the network to go quiet), every image is
-  blurred with a CSS ``filter: blur()`` stronger for larger images: ``img``, ``picture``,
-  ``video``, ``canvas``, ``svg image``, ``iframe``/``embed``/``object``, ``input type=image``
-  and every element (or ``::before``/``::after``) with a ``url(...)`` background image,
-  including inside open shadow roots. A stylesheet inserted at document start blurs images
-  from the first paint on.
+* Once the page's ``load`` event has fired (and, with JavaScript on, its network has been
+  quiet for :data:`QUIET_SECONDS`, at most :data:`MAX_SETTLE_SECONDS`), every image is
+  blurred with a CSS ``filter: blur()`` stronger for larger images, transitions and animations
+  off: ``img``, ``picture``, ``video``, ``canvas``, ``svg image``, ``iframe``/``embed``/
+  ``object``, ``input type=image`` and every element (or ``::before``/``::after``) with a
+  ``url(...)`` background image, including inside open shadow roots. (With JavaScript on, a
+  stylesheet inserted at document start also blurs images from the first paint on.)
 * The picture is the page from its top, as tall as the page up to ``max_height`` pixels.
 * The banner is drawn with Pillow onto the PNG **after** the capture, in a strip added *above*
   the page: the page's own CSS or scripts can neither hide it nor be hidden by it. It shows the
@@ -105,7 +118,8 @@ MINOR_REFUSAL = (
     "Foundation, report.iwf.org.uk)"
 )
 
-# Inserted at document start (and again after load): images are blurred from the first paint.
+# Inserted at document start (and again after load): with JavaScript on, images are blurred
+# from the first paint; with it off (the default) the blur script after load does it all.
 BLUR_CSS = f"""
 img, picture, video, canvas, svg image, svg feImage, iframe, embed, object,
 input[type="image"], [style*="url("] {{
