@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pwd
 import shlex
 import shutil
 import stat
@@ -35,6 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from monitor.evidence.errors import ScreenshotError
+
+try:
+    import pwd
+except ImportError:  # pragma: no cover - Windows: never root, no users to switch to
+    pwd = None  # type: ignore[assignment]
 
 __all__ = [
     "BROWSER_USER",
@@ -102,7 +106,7 @@ class BrowserUser:
 
 def browser_user() -> BrowserUser | None:
     """Who Chromium runs as: None when this process is not root (then: ourselves)."""
-    if not _is_root():
+    if not _is_root() or pwd is None:
         return None
     names = [os.environ["MONITOR_BROWSER_USER"]] if os.environ.get("MONITOR_BROWSER_USER") else []
     names += [BROWSER_USER, FALLBACK_USER]

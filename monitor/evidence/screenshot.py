@@ -313,12 +313,6 @@ class Screenshotter:
     ) -> None:
         await self.aclose()
 
-    @property
-    def browser_pid(self) -> int | None:
-        """The process id of the browser Playwright started (tests look at it), if known."""
-        process = getattr(getattr(self._browser, "_impl_obj", None), "_process", None)
-        return getattr(process, "pid", None)
-
     async def start(self) -> None:
         """Start the guard proxy, Playwright and Chromium (called by ``async with``)."""
         if self._browser is not None:
