@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 import pytest
 
-from monitor.evidence import ScreenshotError, browser
+from monitor.evidence import ScreenshotError, Screenshotter, browser
 from monitor.evidence.browser import BrowserUser, Launcher, browser_user, chromium_path
 
 ASK_PLAYWRIGHT = browser.playwright_chromium  # cached: cleared around each test
@@ -185,3 +187,31 @@ def test_as_root_a_chromium_the_user_cannot_reach_is_refused(monkeypatch, tmp_pa
     chromium = executable(closed / "chrome")
     with pytest.raises(ScreenshotError, match="cannot be run by user nobody"):
         Launcher(chromium)
+
+
+NO_SANDBOX = """#!/bin/sh
+echo "[1206/084700.000000:FATAL:zygote_host_impl_linux.cc(128)] No usable sandbox! Update \
+your kernel or see https://chromium.googlesource.com/chromium/src/+/main/docs/linux/suid_sandbox_development.md" >&2
+exit 1
+"""
+
+
+async def test_a_chromium_that_cannot_sandbox_itself_is_a_clear_error():
+    """Where user namespaces are forbidden Chromium cannot build its sandbox: the browser is
+    not started without it, and the error says what it needs."""
+    pytest.importorskip("playwright.async_api")
+    folder = Path(tempfile.mkdtemp())  # under /tmp: reachable by the browser's user as root
+    try:
+        folder.chmod(0o755)
+        fake = folder / "chromium"
+        fake.write_text(NO_SANDBOX)
+        fake.chmod(0o755)
+        shooter = Screenshotter(executable_path=str(fake), timeout=30)
+        with pytest.raises(ScreenshotError) as info:
+            await shooter.start()
+        message = str(info.value)
+        assert "could not be started" in message and "sandboxed" in message
+        assert "No usable sandbox!" in message
+        assert "unprivileged user namespaces" in message
+    finally:
+        shutil.rmtree(folder)

@@ -66,6 +66,7 @@ import hashlib
 import io
 import ipaddress
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -247,6 +248,26 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _launch_problem(exc: BaseException) -> str:
+    """Why Chromium did not start: Playwright's first line, and what the browser said about
+    its sandbox (which is never turned off to make it start)."""
+    text = str(exc)
+    problem = _first_line(exc)
+    said = [  # "[pid=12][err] [1206/084700.0:FATAL:zygote_host_impl_linux.cc(128)] No usable..."
+        re.sub(r"^.*?\[err\]\s*(\[[^\]]*\]\s*)?", "", line)
+        for line in text.splitlines()
+        if "[err]" in line and "sandbox" in line.lower()
+    ]
+    if said or "sandboxing failed" in text.lower():
+        problem += f" ({said[0][:200]})" if said else ""
+        problem += (
+            "; Chromium's sandbox needs unprivileged user namespaces (sysctl"
+            " kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0,"
+            " or a container that allows them)"
+        )
+    return problem
+
+
 class Screenshotter:
     """One headless Chromium for many screenshots: ``async with Screenshotter() as s:``.
 
@@ -362,7 +383,8 @@ class Screenshotter:
             await self.aclose()
             who = f" as user {launcher.user.name}" if launcher.user is not None else ""
             raise ScreenshotError(
-                f"Chromium ({executable}) could not be started{who}, sandboxed: {_first_line(exc)}"
+                f"Chromium ({executable}) could not be started{who}, sandboxed: "
+                f"{_launch_problem(exc)}"
             ) from exc
         self.browser_version = f"Chromium {self._browser.version}"
         self._make_spare()
