@@ -330,6 +330,25 @@ async def test_the_page_cannot_navigate_download_or_register_a_service_worker(
         assert found.suffix == ".png", found
 
 
+async def test_a_page_opens_no_other_page(web, tmp_path):
+    """With scripts on, window.open, a scripted click on a target=_blank link and a form posted
+    to a new window open nothing: Chromium's popup blocker is on (Playwright turns it off)."""
+    web.add("/popup.html", "<h1>popup</h1>")
+    web.route("/post-target", lambda _r: Response(200, b"posted"))
+    url = web.add(
+        "/p.html",
+        "<h1>p</h1><form id=f method=post action='/post-target' target=_blank>"
+        "<input name=a value=1></form><a id=l href='/popup.html?via=link' target=_blank>x</a>"
+        "<script>window.open('/popup.html?via=open');"
+        "document.getElementById('f').submit(); document.getElementById('l').click();</script>",
+    )
+    async with shooter(javascript=True) as s:
+        info = await s.capture(url, tmp_path / "p.png", may_show_minor=False)
+        await asyncio.sleep(1.0)
+    assert info.final_url == url
+    assert paths(web) == ["/p.html"]
+
+
 # --- many captures at once, one browser, separate contexts ------------------------------------
 
 

@@ -371,6 +371,8 @@ class Screenshotter:
                 self._browser = await self._playwright.chromium.launch(
                     executable_path=launcher.executable,
                     args=args,
+                    # Chromium's popup blocker stays on: a page opens no other page by itself
+                    ignore_default_args=["--disable-popup-blocking"],
                     chromium_sandbox=True,
                     timeout=self.timeout * 1000,
                 )
@@ -458,7 +460,9 @@ class Screenshotter:
             await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
             if self.javascript:
                 await context.add_init_script(_NO_WEBRTC_SCRIPT)
-            return context, await context.new_page()
+            page = await context.new_page()
+            context.on("page", _close_popup)  # any other page (a popup): closed at once
+            return context, page
         except BaseException:
             with contextlib.suppress(Exception):
                 await context.close()
@@ -829,6 +833,11 @@ async def _images_settled(page: Any, at_most: float) -> None:
     deadline = time.monotonic() + at_most
     while await page.evaluate(_IMAGES_PENDING) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+
+
+def _close_popup(page: Any) -> None:
+    task = asyncio.ensure_future(page.close())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _allow_any(_ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
