@@ -98,12 +98,17 @@ __all__ = [
 CHROMIUM_ARGS = (  # never --no-sandbox (see monitor.evidence.browser)
     "--headless",
     "--disable-gpu",
+    "--disable-3d-apis",  # no WebGL for pages' scripts: less of the browser within their reach
     "--disable-background-networking",
     "--disable-quic",
     "--no-first-run",
     "--disable-component-update",
     "--disable-sync",
 )
+# Playwright's default arguments the screenshot browser does without: Chromium's popup blocker
+# stays on (a page opens no other page by itself), and no software WebGL/WebGPU fallback
+# (SwiftShader; Chromium calls enabling it for web content unsafe)
+PLAYWRIGHT_ARGS_REFUSED = ["--disable-popup-blocking", "--enable-unsafe-swiftshader"]
 DEFAULT_USER_AGENT: str = FetchConfig.model_fields["user_agent"].default
 # zlib level of the written PNG: 1 is several times faster than Pillow's 6 on a page-sized
 # image and the file only a little larger (screenshots of pages compress well either way)
@@ -371,8 +376,7 @@ class Screenshotter:
                 self._browser = await self._playwright.chromium.launch(
                     executable_path=launcher.executable,
                     args=args,
-                    # Chromium's popup blocker stays on: a page opens no other page by itself
-                    ignore_default_args=["--disable-popup-blocking"],
+                    ignore_default_args=PLAYWRIGHT_ARGS_REFUSED,
                     chromium_sandbox=True,
                     timeout=self.timeout * 1000,
                 )
