@@ -349,6 +349,27 @@ async def test_a_page_opens_no_other_page(web, tmp_path):
     assert paths(web) == ["/p.html"]
 
 
+async def test_scripts_get_no_webgl_or_webgpu(web, tmp_path):
+    web.add("/r", b"", "image/gif")
+    url = web.add(
+        "/gl.html",
+        "<canvas id=c></canvas><script>"
+        "const gl = document.getElementById('c').getContext('webgl');"
+        "new Image().src = '/r?webgl=' + (gl ? 'yes' : 'no');"
+        "(async () => { let a = null;"
+        "  try { a = navigator.gpu && await navigator.gpu.requestAdapter(); } catch (e) {}"
+        "  new Image().src = '/r?webgpu=' + (a ? 'yes' : 'no'); })();"
+        "</script>",
+    )
+    async with shooter(javascript=True) as s:
+        await s.capture(url, tmp_path / "gl.png", may_show_minor=False)
+        await asyncio.sleep(0.5)
+    answers = sorted(
+        f"{k}={v[0]}" for r in web.requests if r.path == "/r" for k, v in r.query.items()
+    )
+    assert answers == ["webgl=no", "webgpu=no"]
+
+
 # --- many captures at once, one browser, separate contexts ------------------------------------
 
 
