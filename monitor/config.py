@@ -218,6 +218,7 @@ class CasesConfig(_Section):
     capture_evidence: bool = True  # capture evidence (WARC, blurred screenshot) at first sighting
     screenshots: bool = True  # part of the evidence: a blurred screenshot (needs Chromium)
     screenshot_timeout: float = Field(default=45.0, gt=0)  # seconds per screenshot
+    screenshot_javascript: bool = False  # run pages' scripts for screenshots (WebRTC stays off)
     recheck_every: Duration = timedelta(hours=24)  # how often every open case is fetched again
     max_recheck_images: int = Field(default=50, ge=1)  # images per page compared on a re-check
     reply_to: str = ""  # contact address in removal requests (a relay); empty: ask per notice

@@ -248,6 +248,8 @@ async def _open_screenshotter(settings: Settings) -> tuple[Any, str | None]:
         shooter = Screenshotter(
             timeout=settings.cases.screenshot_timeout,
             allow_private_networks=settings.fetch.allow_private_networks,
+            user_agent=settings.fetch.user_agent,
+            javascript=settings.cases.screenshot_javascript,
         )
         await shooter.__aenter__()
         return shooter, None

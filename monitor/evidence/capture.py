@@ -104,6 +104,7 @@ async def capture_sighting(
                     allow_private_networks=settings.fetch.allow_private_networks,
                     resolver=resolver,
                     is_blocked=is_blocked,
+                    user_agent=settings.fetch.user_agent,
                 ) as own:
                     shot = await own.capture(page_url, png_path, may_show_minor=False)
         except ScreenshotError as exc:

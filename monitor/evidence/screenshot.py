@@ -6,32 +6,45 @@ time. A screenshot shows a person, a site or a court what the page looked like; 
 
 How it is taken:
 
-* Debian's Chromium (``/usr/bin/chromium``, or ``$MONITOR_CHROMIUM``) driven by Playwright,
-  headless, with :data:`CHROMIUM_ARGS`. Playwright gives it a new, empty, temporary
-  user-data-dir (deleted when the browser closes), and every capture runs in a fresh
-  off-the-record browser context: no cookies, no logins, and the HTTP cache is kept in memory,
-  so the browser writes no image to disk.
-* Unless ``allow_private_networks``, the browser reaches the network only through a
-  :class:`~monitor.evidence.proxy.GuardProxy` on loopback (``--proxy-server``, loopback not
-  bypassed, Chromium's own name resolution switched off with ``--host-resolver-rules``, WebRTC
-  kept off UDP). The proxy resolves each host once, refuses private, loopback, link-local and
-  reserved addresses and connects to the very address it checked, with the fetcher's
-  :class:`~monitor.fetch.GuardedNetworkBackend`: the check applies to the address connected
-  to, for the page, every image, script and frame, every redirect hop and WebSockets, so a
-  name that answers a public address to the check and a private one afterwards (DNS rebinding)
-  reaches nothing. HTTPS is tunnelled (Chromium checks the certificate against the name).
-  Requests other than GET and HEAD are aborted: a screenshot only reads.
+* Chromium (:func:`~monitor.evidence.browser.chromium_path`: ``$MONITOR_CHROMIUM``, Debian's
+  ``/usr/bin/chromium``, or Playwright's own) driven by Playwright, headless, with
+  :data:`CHROMIUM_ARGS`, **sandboxed**: never ``--no-sandbox``; as root it runs as an
+  unprivileged user (see :mod:`monitor.evidence.browser`). Playwright gives it a new, empty,
+  temporary user-data-dir (deleted when the browser closes), and every capture runs in a fresh
+  off-the-record browser context: no cookies, no logins, nothing shared with another capture,
+  and the HTTP cache is kept in memory, so the browser writes no image to disk. One browser
+  serves many captures, at most ``max_concurrent`` at once.
+* **No JavaScript** by default (``java_script_enabled=False``): the page is shown as served.
+  ``javascript=True`` (``[cases] screenshot_javascript``) runs its scripts; WebRTC's
+  constructors (``RTCPeerConnection``...) are then deleted before any of the page's scripts
+  run, in every frame, and Chromium keeps WebRTC off UDP anyway
+  (``--webrtc-ip-handling-policy=disable_non_proxied_udp``; an HTTP proxy carries no UDP).
+  No service workers, no downloads. The User-Agent is the tool's (``[fetch] user_agent``).
+* The browser reaches the network only through a :class:`~monitor.evidence.proxy.GuardProxy`
+  on loopback (``--proxy-server``, loopback not bypassed, Chromium's own name resolution
+  switched off with ``--host-resolver-rules``), with ``allow_private_networks`` too (then the
+  proxy refuses no address). The proxy resolves each host once, refuses private, loopback,
+  link-local and reserved addresses and connects to the very address it checked, with the
+  fetcher's :class:`~monitor.fetch.GuardedNetworkBackend`: the check applies to the address
+  connected to, for the page, every image, script and frame, every redirect hop and
+  WebSockets, so a name that answers a public address to the check and a private one
+  afterwards (DNS rebinding) reaches nothing. HTTPS is tunnelled (Chromium checks the
+  certificate against the name). A request filter in the browser lets through only GET and
+  HEAD of ``http``/``https`` URLs, and the top frame loads only the page asked for and its
+  redirects: a later navigation (``<meta http-equiv=refresh>``, a script, a download link) is
+  dropped, so the shot shows the page at the address in its banner.
 
   Why a proxy: fulfilling each request from Python (``route.fulfill``) was tried and rejected,
   because Chromium follows a fulfilled redirect without asking the route again (the next hop
   would go out unchecked, or, with name resolution off, fail), and ``--host-resolver-rules``
   alone is fixed at launch while the hosts a page uses are not known in advance.
-* After the ``load`` event (and a short wait for the network to go quiet), every image is
-  blurred with a CSS ``filter: blur()`` stronger for larger images: ``img``, ``picture``,
-  ``video``, ``canvas``, ``svg image``, ``iframe``/``embed``/``object``, ``input type=image``
-  and every element (or ``::before``/``::after``) with a ``url(...)`` background image,
-  including inside open shadow roots. A stylesheet inserted at document start blurs images
-  from the first paint on.
+* Once the page's ``load`` event has fired (and, with JavaScript on, its network has been
+  quiet for :data:`QUIET_SECONDS`, at most :data:`MAX_SETTLE_SECONDS`), every image is
+  blurred with a CSS ``filter: blur()`` stronger for larger images, transitions and animations
+  off: ``img``, ``picture``, ``video``, ``canvas``, ``svg image``, ``iframe``/``embed``/
+  ``object``, ``input type=image`` and every element (or ``::before``/``::after``) with a
+  ``url(...)`` background image, including inside open shadow roots. (With JavaScript on, a
+  stylesheet inserted at document start also blurs images from the first paint on.)
 * The picture is the page from its top, as tall as the page up to ``max_height`` pixels.
 * The banner is drawn with Pillow onto the PNG **after** the capture, in a strip added *above*
   the page: the page's own CSS or scripts can neither hide it nor be hidden by it. It shows the
@@ -47,11 +60,13 @@ hotline instead.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
 import ipaddress
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +78,8 @@ from urllib.parse import urlsplit
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 import monitor
+from monitor.config import FetchConfig
+from monitor.evidence.browser import DEFAULT_CHROMIUM, Launcher, chromium_path
 from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
 from monitor.evidence.proxy import GuardProxy
 from monitor.evidence.store import write_new_file
@@ -78,17 +95,24 @@ __all__ = [
     "chromium_path",
 ]
 
-CHROMIUM_ARGS = (
+CHROMIUM_ARGS = (  # never --no-sandbox (see monitor.evidence.browser)
     "--headless",
-    "--no-sandbox",
     "--disable-gpu",
+    "--disable-3d-apis",  # no WebGL for pages' scripts: less of the browser within their reach
     "--disable-background-networking",
     "--disable-quic",
     "--no-first-run",
     "--disable-component-update",
     "--disable-sync",
 )
-DEFAULT_CHROMIUM = "/usr/bin/chromium"
+# Playwright's default arguments the screenshot browser does without: Chromium's popup blocker
+# stays on (a page opens no other page by itself), and no software WebGL/WebGPU fallback
+# (SwiftShader; Chromium calls enabling it for web content unsafe)
+PLAYWRIGHT_ARGS_REFUSED = ["--disable-popup-blocking", "--enable-unsafe-swiftshader"]
+DEFAULT_USER_AGENT: str = FetchConfig.model_fields["user_agent"].default
+# zlib level of the written PNG: 1 is several times faster than Pillow's 6 on a page-sized
+# image and the file only a little larger (screenshots of pages compress well either way)
+PNG_COMPRESS_LEVEL = 1
 BANNER_BACKGROUND = (255, 214, 0)  # a signal yellow no page is likely to fill a strip with
 BANNER_FOREGROUND = (0, 0, 0)
 BANNER_RULE = (200, 0, 0)  # a red line between the banner and the page
@@ -100,10 +124,13 @@ MINOR_REFUSAL = (
     "Foundation, report.iwf.org.uk)"
 )
 
-# Inserted at document start (and again after load): images are blurred from the first paint.
+# Inserted at document start (and again after load): with JavaScript on, images are blurred
+# from the first paint; with it off (the default) the blur script after load does it all.
 BLUR_CSS = f"""
 img, picture, video, canvas, svg image, svg feImage, iframe, embed, object,
 input[type="image"], [style*="url("] {{
+  transition: none !important;
+  animation: none !important;
   filter: blur({MIN_BLUR_PX}px) !important;
 }}
 """
@@ -127,6 +154,9 @@ _BLUR_SCRIPT = """
   const blur = (el) => {
     const r = el.getBoundingClientRect();
     const px = Math.max(minBlur, Math.round(0.08 * Math.max(r.width, r.height)));
+    // no transition or animation may delay the blur (or undo it) before the shot
+    el.style.setProperty('transition', 'none', 'important');
+    el.style.setProperty('animation', 'none', 'important');
     el.style.setProperty('filter', `blur(${px}px)`, 'important');
     count += 1;
   };
@@ -161,35 +191,44 @@ _BLUR_SCRIPT = """
 }
 """
 
-_NEXT_PAINT = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
-_IMAGES_SETTLED = """
-() => Promise.all([...document.images].filter(i => !i.complete).map(
-  i => new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))
-"""
+# Polled from Python: with the page's JavaScript off, no event listener, timer or animation
+# frame callback ever runs, so nothing here may wait for one.
+_READY_STATE = "() => document.readyState"
+_IMAGES_PENDING = "() => [...document.images].filter(i => !i.complete).length"
 _PAGE_HEIGHT = (
     "() => Math.max(document.documentElement.scrollHeight,"
     " document.body ? document.body.scrollHeight : 0)"
 )
 
 
-def chromium_path() -> str | None:
-    """The Chromium to use: ``$MONITOR_CHROMIUM``, else ``/usr/bin/chromium``; None if absent."""
-    path = os.environ.get("MONITOR_CHROMIUM") or DEFAULT_CHROMIUM
-    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-
-
 READ_METHODS = frozenset({"GET", "HEAD"})
+WEB_SCHEMES = frozenset({"http", "https"})
+MAX_CONCURRENT_CAPTURES = 3
+QUIET_SECONDS = 0.3  # with JavaScript on: the network counts as quiet after this long idle
+MAX_SETTLE_SECONDS = 5.0  # ... but a page that never goes quiet is shot after this long
+
+# With JavaScript on (``[cases] screenshot_javascript``), run in every frame before the page's
+# own scripts: WebRTC's constructors are gone (the flags above keep it off UDP anyway).
+_NO_WEBRTC_SCRIPT = """
+(() => {
+  for (const name of Object.getOwnPropertyNames(window)) {
+    if (/^(webkit|moz)?RTC/.test(name)) { try { delete window[name]; } catch (e) {} }
+  }
+})();
+"""
 
 
 def guard_args(proxy_port: int) -> list[str]:
     """Chromium flags that send every connection through the guard proxy on ``proxy_port``:
     loopback included (``<-loopback>``), names never resolved by Chromium itself (only the
-    proxy's address is), WebRTC never on UDP outside the proxy."""
+    proxy's address is), WebRTC never on UDP (``disable_non_proxied_udp``: no STUN, no
+    TURN/UDP, no host candidates; an HTTP proxy carries no UDP). Chromium 156 knows no
+    ``--force-webrtc-ip-handling-policy``: that flag did nothing."""
     return [
         f"--proxy-server=http://127.0.0.1:{proxy_port}",
         "--proxy-bypass-list=<-loopback>",
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        "--webrtc-ip-handling-policy=disable_non_proxied_udp",
     ]
 
 
@@ -214,15 +253,39 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _launch_problem(exc: BaseException) -> str:
+    """Why Chromium did not start: Playwright's first line, and what the browser said about
+    its sandbox (which is never turned off to make it start)."""
+    text = str(exc)
+    problem = _first_line(exc)
+    said = [  # "[pid=12][err] [1206/084700.0:FATAL:zygote_host_impl_linux.cc(128)] No usable..."
+        re.sub(r"^.*?\[err\]\s*(\[[^\]]*\]\s*)?", "", line)
+        for line in text.splitlines()
+        if "[err]" in line and "sandbox" in line.lower()
+    ]
+    if said or "sandboxing failed" in text.lower():
+        problem += f" ({said[0][:200]})" if said else ""
+        problem += (
+            "; Chromium's sandbox needs unprivileged user namespaces (sysctl"
+            " kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0,"
+            " or a container that allows them)"
+        )
+    return problem
+
+
 class Screenshotter:
     """One headless Chromium for many screenshots: ``async with Screenshotter() as s:``.
 
     ``timeout`` bounds starting the browser and each whole capture (load, blur, shot), in
-    seconds. ``allow_private_networks`` lets pages on private or loopback addresses load (tests
-    and the demo); the browser then connects by itself, with no proxy. ``resolver``/
-    ``is_blocked`` replace the system resolver and the address rule as in
-    :class:`monitor.fetch.Fetcher`; the guard proxy uses them for every connection.
-    ``max_connection_bytes`` bounds what one connection may bring from a server.
+    seconds. Every connection the browser makes goes through a
+    :class:`~monitor.evidence.proxy.GuardProxy`; ``allow_private_networks`` lets it reach
+    private and loopback addresses (tests and the demo). ``resolver``/``is_blocked`` replace
+    the system resolver and the address rule as in :class:`monitor.fetch.Fetcher`; the guard
+    proxy uses them for every connection. ``max_connection_bytes`` bounds what one connection
+    may bring from a server. ``user_agent`` is sent instead of Chromium's own (the fetcher's,
+    ``[fetch] user_agent``, by default). ``javascript`` runs the page's scripts (off by
+    default: ``[cases] screenshot_javascript``). At most ``max_concurrent`` captures run at
+    once, each in its own browser context.
     """
 
     def __init__(
@@ -236,9 +299,14 @@ class Screenshotter:
         resolver: Resolver | None = None,
         is_blocked: AddressPredicate | None = None,
         max_connection_bytes: int = 50_000_000,
+        user_agent: str | None = None,
+        javascript: bool = False,
+        max_concurrent: int = MAX_CONCURRENT_CAPTURES,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         self.timeout = timeout
         self.viewport = viewport
         self.max_height = max_height
@@ -248,9 +316,15 @@ class Screenshotter:
         self._is_blocked = is_blocked
         self._resolver = resolver or system_resolver
         self.max_connection_bytes = max_connection_bytes
+        self.user_agent = user_agent or DEFAULT_USER_AGENT
+        self.javascript = javascript
+        self.max_concurrent = max_concurrent
+        self._slots = asyncio.Semaphore(max_concurrent)
         self._proxy: GuardProxy | None = None
+        self._launcher: Launcher | None = None
         self._playwright: Any = None
         self._browser: Any = None
+        self._spare: asyncio.Task[tuple[Any, Any]] | None = None
         self.browser_version = ""
 
     async def __aenter__(self) -> Self:
@@ -266,35 +340,44 @@ class Screenshotter:
         await self.aclose()
 
     async def start(self) -> None:
-        """Start Playwright and Chromium (called by ``async with``)."""
+        """Start the guard proxy, Playwright and Chromium (called by ``async with``)."""
         if self._browser is not None:
             return
         executable = self.executable_path or chromium_path()
         if executable is None or not os.path.isfile(executable):
             raise ScreenshotError(
                 f"Chromium is not installed at {executable or DEFAULT_CHROMIUM}: install "
-                "Debian's package (apt-get install chromium) or set $MONITOR_CHROMIUM"
+                "Debian's package (apt-get install chromium), or Playwright's "
+                "(playwright install chromium), or set $MONITOR_CHROMIUM"
             )
         try:
             from playwright.async_api import async_playwright
         except ImportError:  # pragma: no cover - a dependency
             raise ScreenshotError("Playwright is not installed: pip install playwright") from None
+        launcher = Launcher(executable)  # raises ScreenshotError when it cannot drop root
+        self._launcher = launcher
         try:
             async with asyncio.timeout(self.timeout):
-                args = list(CHROMIUM_ARGS)
-                if self._is_blocked is not None:
-                    self._proxy = GuardProxy(
-                        self._is_blocked,
-                        self._resolver,
-                        connect_timeout=min(self.timeout, 20.0),
-                        idle_timeout=self.timeout,
-                        max_bytes=self.max_connection_bytes,
-                    )
-                    args += guard_args(await self._proxy.start())
+                self._proxy = GuardProxy(
+                    self._is_blocked or _allow_any,
+                    self._resolver,
+                    connect_timeout=min(self.timeout, 20.0),
+                    idle_timeout=self.timeout,
+                    max_bytes=self.max_connection_bytes,
+                )
+                args = [
+                    *CHROMIUM_ARGS,
+                    *guard_args(await self._proxy.start()),
+                    # browser-wide: every frame and worker. (Playwright's per-context
+                    # user_agent would add made-up client hints: Sec-CH-UA-Platform "Windows")
+                    f"--user-agent={self.user_agent}",
+                ]
                 self._playwright = await async_playwright().start()
                 self._browser = await self._playwright.chromium.launch(
-                    executable_path=executable,
+                    executable_path=launcher.executable,
                     args=args,
+                    ignore_default_args=PLAYWRIGHT_ARGS_REFUSED,
+                    chromium_sandbox=True,
                     timeout=self.timeout * 1000,
                 )
         except TimeoutError:
@@ -304,16 +387,21 @@ class Screenshotter:
             ) from None
         except Exception as exc:
             await self.aclose()
+            who = f" as user {launcher.user.name}" if launcher.user is not None else ""
             raise ScreenshotError(
-                f"Chromium ({executable}) could not be started: {_first_line(exc)}"
+                f"Chromium ({executable}) could not be started{who}, sandboxed: "
+                f"{_launch_problem(exc)}"
             ) from exc
         self.browser_version = f"Chromium {self._browser.version}"
+        self._make_spare()
 
     async def aclose(self) -> None:
-        """Close the browser and Playwright."""
+        """Close the browser, Playwright and the guard proxy."""
+        await self._drop_spare()
         browser, self._browser = self._browser, None
         pw, self._playwright = self._playwright, None
         proxy, self._proxy = self._proxy, None
+        launcher, self._launcher = self._launcher, None
         if browser is not None:
             with contextlib.suppress(Exception):  # already gone
                 await browser.close()
@@ -322,6 +410,8 @@ class Screenshotter:
                 await pw.stop()
         if proxy is not None:
             await proxy.close()
+        if launcher is not None:
+            launcher.close()
 
     async def capture(
         self,
@@ -334,34 +424,85 @@ class Screenshotter:
         """Load ``url``, blur its images, take the shot, stamp the banner, write ``out_path``.
 
         ``out_path`` (a ``.png``) is created owner-only and must not exist. ``timeout``
-        (seconds) replaces the Screenshotter's for this capture. Raises
-        :class:`MinorSafetyRefusal` if ``may_show_minor`` (before anything is loaded),
-        :class:`ScreenshotError` with a readable reason if the address is refused or the page
-        cannot be loaded and shot in time.
+        (seconds) replaces the Screenshotter's for this capture (waiting for a free slot not
+        included). Raises :class:`MinorSafetyRefusal` if ``may_show_minor`` (before anything
+        is loaded), :class:`ScreenshotError` with a readable reason if the address is refused
+        or the page cannot be loaded and shot in time.
         """
         timeout = timeout or self.timeout
         if may_show_minor:
             raise MinorSafetyRefusal(MINOR_REFUSAL)
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in WEB_SCHEMES or not parts.hostname:
             raise ScreenshotError(f"{url}: only http and https URLs are captured")
         if Path(out_path).exists():
             raise ScreenshotError(f"{out_path} exists already; evidence is never overwritten")
         await self._check_host(url, parts.hostname, parts.port or _default_port(parts.scheme))
         if self._browser is None:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
-        started = time.monotonic()
+        async with self._slots:
+            try:
+                png, final_url, blurred, captured_at = await self._load_and_shoot(url, timeout)
+            finally:
+                self._make_spare()  # while the shot is written, not while the page loads
+        return await asyncio.to_thread(
+            self._write, png, url, final_url, blurred, captured_at, Path(out_path)
+        )
 
+    # --- internals --------------------------------------------------------------------------
+
+    async def _new_tab(self) -> tuple[Any, Any]:
+        """A new browser context (nothing shared with any other) and an empty page in it."""
         context = await self._browser.new_context(
             viewport={"width": self.viewport[0], "height": self.viewport[1]},
+            java_script_enabled=self.javascript,
             service_workers="block",
             accept_downloads=False,
         )
         try:
+            await context.route("**/*", _RequestFilter())
+            await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
+            if self.javascript:
+                await context.add_init_script(_NO_WEBRTC_SCRIPT)
+            page = await context.new_page()
+            context.on("page", _close_popup)  # any other page (a popup): closed at once
+            return context, page
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await context.close()
+            raise
+
+    def _make_spare(self) -> None:
+        """Prepare the next capture's context and page in the background (a new page costs
+        Chromium a renderer process, about 0.3 s): one spare at a time, never used twice."""
+        if self._browser is not None and self._spare is None:
+            self._spare = asyncio.create_task(self._new_tab())
+
+    async def _take_tab(self) -> tuple[Any, Any]:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(Exception):
+                return await spare
+        return await self._new_tab()
+
+    async def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if not spare.done():
+            spare.cancel()
+        with contextlib.suppress(BaseException):
+            context, _page = await spare
+            await context.close()
+
+    async def _load_and_shoot(self, url: str, timeout: float) -> tuple[bytes, str, int, datetime]:
+        """The page's PNG in a fresh context of its own (closed afterwards)."""
+        started = time.monotonic()
+        context: Any = None
+        try:
             async with asyncio.timeout(timeout):
-                png, final_url, blurred, captured_at = await self._shoot(
-                    context, url, timeout, started
-                )
+                context, page = await self._take_tab()
+                return await self._shoot(page, url, timeout, started)
         except TimeoutError:
             raise ScreenshotError(
                 f"{url}: gave up after {timeout:g} s (the page did not finish loading)"
@@ -379,9 +520,20 @@ class Screenshotter:
                 f"{url}: could not take a screenshot: {_first_line(exc)}"
             ) from exc
         finally:
-            with contextlib.suppress(Exception):
-                await context.close()
+            if context is not None:
+                with contextlib.suppress(Exception):
+                    await context.close()
 
+    def _write(
+        self,
+        png: bytes,
+        url: str,
+        final_url: str,
+        blurred: int,
+        captured_at: datetime,
+        out_path: Path,
+    ) -> ScreenshotInfo:
+        """Stamp the banner, write the PNG (in a worker thread: Pillow's work is CPU-bound)."""
         stamped, banner_height = stamp_banner(png, url, final_url, captured_at)
         del png
         meta = PngImagePlugin.PngInfo()
@@ -392,13 +544,13 @@ class Screenshotter:
         meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
         meta.add_text("Comment", "Every image on the page is blurred.")
         buffer = io.BytesIO()
-        stamped.save(buffer, format="PNG", pnginfo=meta)
+        stamped.save(buffer, format="PNG", pnginfo=meta, compress_level=PNG_COMPRESS_LEVEL)
         data = buffer.getvalue()
 
         def write(fh: IO[bytes]) -> None:
             fh.write(data)
 
-        path = write_new_file(Path(out_path), write)
+        path = write_new_file(out_path, write)
         return ScreenshotInfo(
             path=path,
             url=url,
@@ -412,41 +564,36 @@ class Screenshotter:
             blurred_elements=blurred,
         )
 
-    # --- internals --------------------------------------------------------------------------
-
     async def _shoot(
-        self, context: Any, url: str, timeout: float, started: float
+        self, page: Any, url: str, timeout: float, started: float
     ) -> tuple[bytes, str, int, datetime]:
-        if self._proxy is not None:
-            await context.route("**/*", _only_reads)
-        await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
-        page = await context.new_page()
         page.set_default_timeout(timeout * 1000)
-        response = await page.goto(url, wait_until="load")
+        in_flight = _InFlight(page)
+        # Up to the commit only: Playwright's own wait for `load` can hang for good when the
+        # page starts a navigation that the request filter then drops.
+        response = await page.goto(url, wait_until="commit")
         if response is not None and response.status >= 400:
             # a redirect to a refused address is answered 403 by the guard proxy
             refused = self._refused(url, started, hop=response.url)
             if refused is not None:
                 raise refused
             raise ScreenshotError(f"{url}: the server answered HTTP {response.status}")
-        settle = min(5.0, timeout / 4)
-        # give late images a moment; a page that never goes quiet is shot anyway
-        with contextlib.suppress(Exception):
-            await page.wait_for_load_state("networkidle", timeout=settle * 1000)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(page.evaluate(_IMAGES_SETTLED), timeout=settle)
+        while await page.evaluate(_READY_STATE) != "complete":  # the `load` event has fired
+            await asyncio.sleep(0.02)
+        # Give late requests (scripts, lazy images) a moment; a page that never goes quiet is
+        # shot anyway. Without JavaScript nothing starts after `load`: no wait at all.
+        settle = min(MAX_SETTLE_SECONDS, timeout / 4)
+        await in_flight.quiet(QUIET_SECONDS if self.javascript else 0.0, settle)
+        await _images_settled(page, settle)
         blurred = int(await page.evaluate(_BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX]))
-        await page.evaluate(_NEXT_PAINT)
         height = int(await page.evaluate(_PAGE_HEIGHT))
         height = max(1, min(height, self.max_height))
-        png = await page.screenshot(
-            type="png",
-            full_page=True,
-            clip={"x": 0, "y": 0, "width": self.viewport[0], "height": height},
-            animations="disabled",
-        )
+        png = await _screenshot(page, self.viewport[0], height)
         captured_at = datetime.now(UTC)
-        return png, page.url, blurred, captured_at
+        final_url = page.url
+        if urlsplit(final_url).scheme not in WEB_SCHEMES:
+            raise ScreenshotError(f"{url}: the page went to {final_url[:200]}; not captured")
+        return png, final_url, blurred, captured_at
 
     def _refused(self, url: str, since: float, *, hop: str = "") -> ScreenshotError | None:
         """The error for a capture of ``url`` whose page (or redirect ``hop``) the guard proxy
@@ -499,14 +646,21 @@ async def capture_screenshot(
     may_show_minor: bool,
     timeout: float = 45.0,
     allow_private_networks: bool = False,
+    user_agent: str | None = None,
+    javascript: bool = False,
 ) -> ScreenshotInfo:
-    """One screenshot with its own browser (starting Chromium takes a second or two).
+    """One screenshot with its own browser (starting Chromium takes about half a second).
 
     For several pages, keep one :class:`Screenshotter` open instead.
     """
     if may_show_minor:  # refuse before starting a browser
         raise MinorSafetyRefusal(MINOR_REFUSAL)
-    shooter = Screenshotter(timeout=timeout, allow_private_networks=allow_private_networks)
+    shooter = Screenshotter(
+        timeout=timeout,
+        allow_private_networks=allow_private_networks,
+        user_agent=user_agent,
+        javascript=javascript,
+    )
     async with shooter:
         return await shooter.capture(url, out_path, may_show_minor=may_show_minor)
 
@@ -587,12 +741,112 @@ def _js_string(text: str) -> str:
     return json.dumps(text)
 
 
-async def _only_reads(route: Any) -> None:
-    """Route handler: GET and HEAD go on (through the guard proxy); anything else is aborted."""
-    if route.request.method.upper() in READ_METHODS:
-        await route.continue_()
-    else:
-        await route.abort("blockedbyclient")
+class _RequestFilter:
+    """Route handler of one capture. Only GET and HEAD of http(s) URLs go on (through the guard
+    proxy). The top frame loads the page asked for and follows its redirects, nothing else: a
+    later navigation (``<meta http-equiv=refresh>``, a script, a download) is aborted, so the
+    shot shows the page at the address in the banner and nothing is downloaded."""
+
+    def __init__(self) -> None:
+        self._chain: list[Any] = []  # the top frame's first request and its redirect hops
+
+    async def __call__(self, route: Any) -> None:
+        request = route.request
+        if urlsplit(request.url).scheme not in WEB_SCHEMES or (
+            request.method.upper() not in READ_METHODS
+        ):
+            await route.abort("blockedbyclient")
+        elif self._in_top_frame(request) and not self._first_navigation(request):
+            # "aborted": the navigation is dropped and the page stays (a blocked one would
+            # replace it with Chromium's error page)
+            await route.abort("aborted")
+        else:
+            await route.continue_()
+
+    @staticmethod
+    def _in_top_frame(request: Any) -> bool:
+        if not request.is_navigation_request():
+            return False
+        try:
+            return request.frame.parent_frame is None
+        except Exception:  # no frame (a worker's request): not a page navigation
+            return False
+
+    def _first_navigation(self, request: Any) -> bool:
+        if not self._chain or any(request.redirected_from is hop for hop in self._chain):
+            self._chain.append(request)
+            return True
+        return False
+
+
+class _InFlight:
+    """Counts a page's requests that have not finished, to see when its network is quiet."""
+
+    def __init__(self, page: Any) -> None:
+        self.count = 0
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _started(self, _request: Any) -> None:
+        self.count += 1
+
+    def _ended(self, _request: Any) -> None:
+        self.count = max(0, self.count - 1)
+
+    async def quiet(self, for_seconds: float, at_most: float) -> None:
+        """Return once no request has been open for ``for_seconds``, or after ``at_most``."""
+        deadline = time.monotonic() + at_most
+        calm_since: float | None = None
+        while (now := time.monotonic()) < deadline:
+            if self.count:
+                calm_since = None
+            else:
+                calm_since = calm_since if calm_since is not None else now
+                if now - calm_since >= for_seconds:
+                    return
+            await asyncio.sleep(0.02)
+
+
+async def _screenshot(page: Any, width: int, height: int) -> bytes:
+    """The page from its top, ``width`` x ``height`` CSS pixels, as PNG.
+
+    Chromium's screenshot command directly rather than ``page.screenshot``: with
+    ``optimizeForSpeed`` Chromium encodes the PNG with fast zlib settings, about four times
+    faster on a page-sized shot (it is decoded and written again with the banner anyway).
+    """
+    cdp = await page.context.new_cdp_session(page)
+    try:
+        shot = await cdp.send(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+                "captureBeyondViewport": True,
+                "optimizeForSpeed": True,
+            },
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await cdp.detach()
+    return base64.b64decode(shot["data"])
+
+
+async def _images_settled(page: Any, at_most: float) -> None:
+    """Return once every ``<img>`` has loaded or failed, or after ``at_most`` seconds."""
+    deadline = time.monotonic() + at_most
+    while await page.evaluate(_IMAGES_PENDING) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def _close_popup(page: Any) -> None:
+    task = asyncio.ensure_future(page.close())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def _allow_any(_ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """The guard proxy's address rule with ``allow_private_networks``: nothing is refused."""
+    return False
 
 
 def _default_port(scheme: str) -> int:
