@@ -409,19 +409,3 @@ async def test_one_browser_serves_concurrent_captures_in_separate_contexts(web, 
             assert "cookie" not in r.headers, r.headers
         else:
             assert r.headers.get("cookie") == f"visited={r.path[5:-4]}", (r.path, r.headers)
-
-
-async def test_a_simple_page_is_captured_quickly(web, tmp_path):
-    """Once the browser runs, a simple page takes well under a second (it took about one
-    second before: a fixed 500 ms wait for network idle and Chromium's slow PNG encoder)."""
-    url = web.add("/simple.html", "<h1>hello</h1><p>a simple page</p><img src='/x.jpg'>")
-    web.add("/x.jpg", photo_bytes(5, (400, 300)), "image/jpeg")
-    async with shooter() as s:
-        await s.capture(url, tmp_path / "warm.png", may_show_minor=False)
-        took = []
-        for i in range(5):
-            started = time.monotonic()
-            await s.capture(url, tmp_path / f"{i}.png", may_show_minor=False)
-            took.append(time.monotonic() - started)
-    # generous for a loaded CI machine; typically 0.3-0.6 s here
-    assert min(took) < 0.9, took
