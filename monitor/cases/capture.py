@@ -12,8 +12,11 @@ encrypted (:mod:`monitor.cases.image_copies`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +30,14 @@ from monitor.db import Database
 from monitor.db.models import Image, Match, Sighting, SightingState, Subject, utcnow
 from monitor.types import iso_utc as _iso
 
-__all__ = ["MAX_ATTEMPTS", "CaptureReport", "capture_pending", "evidence_key"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "PAGE_REUSE_SECONDS",
+    "CaptureReport",
+    "ScannedPage",
+    "capture_pending",
+    "evidence_key",
+]
 
 log = logging.getLogger("monitor.cases.capture")
 
@@ -43,12 +53,44 @@ def evidence_key(case_id: int) -> str:
     return f"case-{case_id}"
 
 
+PAGE_REUSE_SECONDS = 600.0
+"""A page the scan fetched this recently is archived as the scan received it (not fetched
+again): the WARC then shows the page in which the image was found, at the time it was found."""
+
+
 @dataclass
 class CaptureReport:
-    captured: int = 0
-    failed: int = 0
+    captured: int = 0  # sightings with every part of their evidence
+    failed: int = 0  # sightings with a part missing (recorded; retried on re-check)
     skipped: int = 0  # minors
     errors: list[str] = field(default_factory=list)
+    # Per part, over the sightings tried (captured + failed):
+    archives: int = 0  # web archives (WARC) written
+    pages_reused: int = 0  # of those, pages archived as the scan received them
+    screenshots: int = 0  # blurred screenshots written
+    screenshot_note: str = ""  # why no screenshot was taken at all ("" when some were tried)
+    seconds: float = 0.0
+
+    @property
+    def tried(self) -> int:
+        return self.captured + self.failed
+
+    def parts(self) -> str:
+        """``archives 6/6, screenshots 0/6: Chromium is not installed ...``."""
+        shots = f"screenshots {self.screenshots}/{self.tried}"
+        if self.screenshot_note:
+            shots += f": {self.screenshot_note}"
+        return f"archives {self.archives}/{self.tried}, {shots}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedPage:
+    """A matched page as the scan received it, kept in memory (never on disk) for its WARC:
+    the exchanges (redirect hops, then the page with its body, see
+    :class:`monitor.evidence.HttpExchange`) and when they were received (monotonic clock)."""
+
+    exchanges: tuple[Any, ...]
+    received: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +107,20 @@ class _Job:
 async def _capture_one(
     settings: Settings,
     job: _Job,
-    screenshotter: Any,
+    browser: Awaitable[tuple[Any, str | None]] | None,
     now: datetime,
     keystore: Any = None,
+    page: ScannedPage | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Capture one sighting: ``(files written, problems)``."""
+    """Capture one sighting: ``(files written, problems)``. The WARC and the screenshot (in
+    the browser ``browser`` yields, once it has started) are taken at the same time. With
+    ``page`` (the scan's own response, still fresh) the WARC archives it instead of fetching
+    the page again."""
     from monitor.cases.image_copies import CopyOutcome, copy_hook
     from monitor.evidence import evidence_dir, fetch_and_capture_warc
     from monitor.evidence.store import capture_file_name
 
     folder = evidence_dir(settings, evidence_key(job.case_id))
-    files: list[dict[str, Any]] = []
-    problems: list[str] = []
     copy = CopyOutcome()
     hook = None
     if job.keep_copy and keystore is not None:
@@ -90,52 +134,63 @@ async def _capture_one(
             now=now,
             outcome=copy,
         )
-    try:
-        warc = await fetch_and_capture_warc(
-            settings.fetch,
-            job.page_url,
-            job.image_url,
-            folder / capture_file_name("page", now, f"-s{job.sighting_id}.warc.gz"),
-            description=f"case {job.case_id}, sighting {job.sighting_id}",
-            on_image_bytes=hook,
-            matched_offset=job.frame_offset,
-        )
-        files.append(
-            {
-                "kind": "warc",
-                "path": str(warc.warc.path),
-                "sha256": warc.warc.sha256,
-                "url": job.page_url,
-                "captured_at": _iso(warc.warc.created_at),
-            }
-        )
-    except Exception as exc:
-        problems.append(f"WARC: {_reason(exc)}")
-    if copy.entry is not None:
-        files.append(copy.entry)
-    if copy.error:
-        problems.append(f"image copy: {copy.error}")
-    elif copy.note:
-        log.info("sighting %d: %s", job.sighting_id, copy.note)
-    if screenshotter is not None:
+
+    async def archive() -> tuple[list[dict[str, Any]], list[str]]:
+        files: list[dict[str, Any]] = []
+        problems: list[str] = []
+        try:
+            warc = await fetch_and_capture_warc(
+                settings.fetch,
+                job.page_url,
+                job.image_url,
+                folder / capture_file_name("page", now, f"-s{job.sighting_id}.warc.gz"),
+                description=f"case {job.case_id}, sighting {job.sighting_id}",
+                on_image_bytes=hook,
+                matched_offset=job.frame_offset,
+                page_exchanges=page.exchanges if page is not None else None,
+            )
+            files.append(
+                {
+                    "kind": "warc",
+                    "path": str(warc.warc.path),
+                    "sha256": warc.warc.sha256,
+                    "url": job.page_url,
+                    "captured_at": _iso(warc.warc.created_at),
+                }
+            )
+        except Exception as exc:
+            problems.append(f"WARC: {_reason(exc)}")
+        if copy.entry is not None:
+            files.append(copy.entry)
+        if copy.error:
+            problems.append(f"image copy: {copy.error}")
+        elif copy.note:
+            log.info("sighting %d: %s", job.sighting_id, copy.note)
+        return files, problems
+
+    async def shoot() -> tuple[list[dict[str, Any]], list[str]]:
+        screenshotter = (await browser)[0] if browser is not None else None
+        if screenshotter is None:
+            return [], []
         try:
             shot = await screenshotter.capture(
                 job.page_url,
                 folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
                 may_show_minor=False,
             )
-            files.append(
-                {
-                    "kind": "screenshot",
-                    "path": str(shot.path),
-                    "sha256": shot.sha256,
-                    "url": job.page_url,
-                    "captured_at": _iso(shot.captured_at),
-                }
-            )
         except Exception as exc:
-            problems.append(f"screenshot: {_reason(exc)}")
-    return files, problems
+            return [], [f"screenshot: {_reason(exc)}"]
+        file = {
+            "kind": "screenshot",
+            "path": str(shot.path),
+            "sha256": shot.sha256,
+            "url": job.page_url,
+            "captured_at": _iso(shot.captured_at),
+        }
+        return [file], []
+
+    (files, problems), (shot_files, shot_problems) = await asyncio.gather(archive(), shoot())
+    return files + shot_files, problems + shot_problems
 
 
 def _reason(exc: BaseException) -> str:
@@ -200,27 +255,54 @@ async def capture_pending(
     subject_id: int | None = None,
     force: bool = False,
     now: datetime | None = None,
+    pages: Mapping[str, ScannedPage] | None = None,
 ) -> CaptureReport:
     """Capture evidence for sightings that have none yet (or whose capture failed).
 
     Does nothing unless ``[cases] capture_evidence`` (or ``force``). Never raises for a failed
-    capture: it is recorded with its reason and retried later."""
+    capture: it is recorded with its reason and retried later. One browser serves every
+    screenshot of the call, and up to :data:`CONCURRENT_CAPTURES` pages are captured at once.
+    ``pages``: matched pages as a scan just received them, by URL; one received less than
+    :data:`PAGE_REUSE_SECONDS` ago is archived as it is, not fetched again."""
     report = CaptureReport()
     if not (settings.cases.capture_evidence or force):
         return report
     jobs = _jobs(db, case_ids, subject_id)
     if not jobs:
         return report
-    screenshotter, problem = await _open_screenshotter(settings)
+    started = time.monotonic()
+    # The browser starts while the first web archives are written.
+    browser = asyncio.ensure_future(_open_screenshotter(settings))
+    if not settings.cases.screenshots:
+        report.screenshot_note = "off ([cases] screenshots = false)"
     slots = asyncio.Semaphore(CONCURRENT_CAPTURES)
+    shot_problems: list[str] = []
+
+    def fresh(url: str) -> ScannedPage | None:
+        page = (pages or {}).get(url)
+        if page is None or time.monotonic() - page.received > PAGE_REUSE_SECONDS:
+            return None
+        return page
 
     async def one(job: _Job) -> None:
         async with slots:
             at = now or utcnow()
-            files, problems = await _capture_one(settings, job, screenshotter, at, db.keystore)
+            page = fresh(job.page_url)
+            files, problems = await _capture_one(settings, job, browser, at, db.keystore, page)
+        problem = (await browser)[1]
         if problem:
             problems.append(problem)
+            report.screenshot_note = problem.removeprefix("screenshot: ")
         _record(db, job, files, problems, at)
+        kinds = [f["kind"] for f in files]
+        report.archives += "warc" in kinds
+        report.pages_reused += "warc" in kinds and page is not None
+        report.screenshots += "screenshot" in kinds
+        shot_problems.extend(
+            p.removeprefix("screenshot: ")
+            for p in problems
+            if p.startswith("screenshot: ") and p != problem
+        )
         if problems:
             report.failed += 1
             report.errors.extend(f"sighting {job.sighting_id}: {p}" for p in problems)
@@ -230,11 +312,19 @@ async def capture_pending(
     try:
         await asyncio.gather(*(one(job) for job in jobs))
     finally:
+        if not browser.done():  # cancelled while the browser was starting
+            browser.cancel()
+        screenshotter = None
+        with contextlib.suppress(BaseException):
+            screenshotter = (await browser)[0]
         if screenshotter is not None:
             try:
                 await screenshotter.__aexit__(None, None, None)
             except Exception as exc:  # pragma: no cover - closing a browser that already died
                 log.info("closing the screenshot browser failed: %s", exc)
+        report.seconds = round(time.monotonic() - started, 3)
+    if not report.screenshot_note and report.screenshots == 0 and shot_problems:
+        report.screenshot_note = shot_problems[0]  # none taken: the first reason
     return report
 
 
