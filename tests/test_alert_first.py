@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 from warcio.archiveiterator import ArchiveIterator
 
-from monitor import alerts, evidence, store
+from monitor import alerts, cases, evidence, store
 from monitor.cases import capture
 from monitor.cli import main
 from monitor.config import Settings
@@ -285,3 +285,55 @@ def test_a_page_received_too_long_ago_is_fetched_again(
     summary = scan_subject(world.settings, world.db, NAME)
     assert summary.evidence_archives == 3 and summary.evidence_pages_reused == 0
     assert world.page_requests() == 4 + 3
+
+
+def test_a_redirected_page_is_archived_with_its_redirect(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.testing.web import Response
+
+    world.settings.cases.screenshots = False
+    target = world.web.add("/post/9.html", PAGE.format(n=9).replace("me.jpg", "me.jpg?nine"))
+    world.web.route("/go/9", lambda req: Response(302, b"", "text/plain", {"Location": target}))
+    world.search.add_result(NAME, "general", {"url": world.web.url("/go/9")})
+    summary = scan_subject(world.settings, world.db, NAME)
+    assert summary.evidence_archives == 4 and summary.evidence_pages_reused == 4
+    assert sum(1 for r in world.web.requests if r.path in ("/go/9", "/post/9.html")) == 2
+    for warc in (world.settings.data_dir / "evidence").rglob("*.warc.gz"):
+        with warc.open("rb") as fh:
+            records = [
+                (r.rec_type, r.rec_headers.get_header("WARC-Target-URI"), r.http_headers)
+                for r in ArchiveIterator(fh)
+            ]
+        if ("response", target) in [(kind, uri) for kind, uri, _ in records]:
+            break
+    else:
+        raise AssertionError("no archive of the redirected page")
+    (hop,) = [h for kind, uri, h in records if (kind, uri) == ("response", world.web.url("/go/9"))]
+    assert hop.get_statuscode() == "302" and hop.get_header("Location") == target
+
+
+def test_a_page_with_several_sightings_is_shot_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shooter = FakeScreenshotter(world.smtp)
+    _use(monkeypatch, shooter)
+    two = "<html><body><img src='/img/me.jpg?a'><img src='/img/me.jpg?b'></body></html>"
+    world.web.add("/post/7.html", two)
+    world.search.add_result(NAME, "general", {"url": world.web.url("/post/7.html")})
+    summary = scan_subject(world.settings, world.db, NAME)
+    assert summary.new_sightings == 5
+    assert (summary.evidence_archives, summary.evidence_screenshots) == (5, 5)
+    assert len(shooter.delivered_at_capture) == 1 + 4  # the browser, then 4 pages
+    with world.db.session() as s:
+        (case,) = cases.list_cases(s)
+        detail = cases.case_detail(s, world.settings, case.id)
+    shots = {
+        x.image_url: f
+        for x in detail.sightings
+        for f in x.evidence_files
+        if f["kind"] == "screenshot" and x.page_url.endswith("/post/7.html")
+    }
+    a, b = shots[world.web.url("/img/me.jpg?a")], shots[world.web.url("/img/me.jpg?b")]
+    assert a["path"] != b["path"] and a["sha256"] == b["sha256"]
+    assert Path(a["path"]).read_bytes() == Path(b["path"]).read_bytes() == b"png"

@@ -45,7 +45,7 @@ MAX_ATTEMPTS = 5
 """A capture that failed this many times is not tried again automatically."""
 
 CONCURRENT_CAPTURES = 3
-"""Captures run at the same time (pages load in parallel in one browser)."""
+"""Pages captured at the same time (they load in parallel in one browser)."""
 
 
 def evidence_key(case_id: int) -> str:
@@ -104,18 +104,41 @@ class _Job:
     frame_offset: float | None = None  # a video or animation: the time of the frame matched
 
 
-async def _capture_one(
+async def _capture_page(
     settings: Settings,
-    job: _Job,
+    jobs: list[_Job],
     browser: Awaitable[tuple[Any, str | None]] | None,
     now: datetime,
     keystore: Any = None,
     page: ScannedPage | None = None,
+) -> list[tuple[list[dict[str, Any]], list[str]]]:
+    """Capture the sightings of one page: ``(files written, problems)`` for each job.
+
+    Each sighting gets its WARC (the page and its own image); the page is shot once (in the
+    browser ``browser`` yields, once started), at the same time, and every sighting gets its
+    own copy of that screenshot in its case's folder. With ``page`` (the scan's own response,
+    still fresh) the WARCs archive it instead of fetching the page again."""
+    results = await asyncio.gather(
+        _screenshot(settings, jobs[0], browser, now),
+        *(_archive(settings, job, now, keystore, page) for job in jobs),
+    )
+    shot, shot_problems = results[0]
+    out: list[tuple[list[dict[str, Any]], list[str]]] = []
+    for job, (files, problems) in zip(jobs, results[1:], strict=True):
+        problems = problems + shot_problems
+        if shot is not None:
+            try:
+                files = files + [shot if job is jobs[0] else _copy_shot(settings, shot, job, now)]
+            except Exception as exc:
+                problems.append(f"screenshot: {_reason(exc)}")
+        out.append((files, problems))
+    return out
+
+
+async def _archive(
+    settings: Settings, job: _Job, now: datetime, keystore: Any, page: ScannedPage | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Capture one sighting: ``(files written, problems)``. The WARC and the screenshot (in
-    the browser ``browser`` yields, once it has started) are taken at the same time. With
-    ``page`` (the scan's own response, still fresh) the WARC archives it instead of fetching
-    the page again."""
+    """The sighting's WARC (and, opted in, its encrypted image copy)."""
     from monitor.cases.image_copies import CopyOutcome, copy_hook
     from monitor.evidence import evidence_dir, fetch_and_capture_warc
     from monitor.evidence.store import capture_file_name
@@ -134,63 +157,86 @@ async def _capture_one(
             now=now,
             outcome=copy,
         )
+    files: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        warc = await fetch_and_capture_warc(
+            settings.fetch,
+            job.page_url,
+            job.image_url,
+            folder / capture_file_name("page", now, f"-s{job.sighting_id}.warc.gz"),
+            description=f"case {job.case_id}, sighting {job.sighting_id}",
+            on_image_bytes=hook,
+            matched_offset=job.frame_offset,
+            page_exchanges=page.exchanges if page is not None else None,
+        )
+        files.append(
+            {
+                "kind": "warc",
+                "path": str(warc.warc.path),
+                "sha256": warc.warc.sha256,
+                "url": job.page_url,
+                "captured_at": _iso(warc.warc.created_at),
+            }
+        )
+    except Exception as exc:
+        problems.append(f"WARC: {_reason(exc)}")
+    if copy.entry is not None:
+        files.append(copy.entry)
+    if copy.error:
+        problems.append(f"image copy: {copy.error}")
+    elif copy.note:
+        log.info("sighting %d: %s", job.sighting_id, copy.note)
+    return files, problems
 
-    async def archive() -> tuple[list[dict[str, Any]], list[str]]:
-        files: list[dict[str, Any]] = []
-        problems: list[str] = []
-        try:
-            warc = await fetch_and_capture_warc(
-                settings.fetch,
-                job.page_url,
-                job.image_url,
-                folder / capture_file_name("page", now, f"-s{job.sighting_id}.warc.gz"),
-                description=f"case {job.case_id}, sighting {job.sighting_id}",
-                on_image_bytes=hook,
-                matched_offset=job.frame_offset,
-                page_exchanges=page.exchanges if page is not None else None,
-            )
-            files.append(
-                {
-                    "kind": "warc",
-                    "path": str(warc.warc.path),
-                    "sha256": warc.warc.sha256,
-                    "url": job.page_url,
-                    "captured_at": _iso(warc.warc.created_at),
-                }
-            )
-        except Exception as exc:
-            problems.append(f"WARC: {_reason(exc)}")
-        if copy.entry is not None:
-            files.append(copy.entry)
-        if copy.error:
-            problems.append(f"image copy: {copy.error}")
-        elif copy.note:
-            log.info("sighting %d: %s", job.sighting_id, copy.note)
-        return files, problems
 
-    async def shoot() -> tuple[list[dict[str, Any]], list[str]]:
-        screenshotter = (await browser)[0] if browser is not None else None
-        if screenshotter is None:
-            return [], []
-        try:
-            shot = await screenshotter.capture(
-                job.page_url,
-                folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
-                may_show_minor=False,
-            )
-        except Exception as exc:
-            return [], [f"screenshot: {_reason(exc)}"]
-        file = {
-            "kind": "screenshot",
-            "path": str(shot.path),
-            "sha256": shot.sha256,
-            "url": job.page_url,
-            "captured_at": _iso(shot.captured_at),
-        }
-        return [file], []
+async def _screenshot(
+    settings: Settings,
+    job: _Job,
+    browser: Awaitable[tuple[Any, str | None]] | None,
+    now: datetime,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The page's screenshot, into the folder of ``job``'s case: (file, problems)."""
+    from monitor.evidence import evidence_dir
+    from monitor.evidence.store import capture_file_name
 
-    (files, problems), (shot_files, shot_problems) = await asyncio.gather(archive(), shoot())
-    return files + shot_files, problems + shot_problems
+    screenshotter = (await browser)[0] if browser is not None else None
+    if screenshotter is None:
+        return None, []
+    folder = evidence_dir(settings, evidence_key(job.case_id))
+    try:
+        shot = await screenshotter.capture(
+            job.page_url,
+            folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
+            may_show_minor=False,
+        )
+    except Exception as exc:
+        return None, [f"screenshot: {_reason(exc)}"]
+    file = {
+        "kind": "screenshot",
+        "path": str(shot.path),
+        "sha256": shot.sha256,
+        "url": job.page_url,
+        "captured_at": _iso(shot.captured_at),
+    }
+    return file, []
+
+
+def _copy_shot(
+    settings: Settings, shot: dict[str, Any], job: _Job, now: datetime
+) -> dict[str, Any]:
+    """An exact copy of a page's screenshot for another sighting on it, in its case's folder
+    (each case's evidence stands alone: it can be bundled or erased by itself)."""
+    from monitor.evidence import evidence_dir
+    from monitor.evidence.store import capture_file_name, write_new_file
+
+    data = Path(shot["path"]).read_bytes()
+    folder = evidence_dir(settings, evidence_key(job.case_id))
+    path = write_new_file(
+        folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
+        lambda fh: fh.write(data),
+    )
+    return {**shot, "path": str(path)}
 
 
 def _reason(exc: BaseException) -> str:
@@ -261,7 +307,8 @@ async def capture_pending(
 
     Does nothing unless ``[cases] capture_evidence`` (or ``force``). Never raises for a failed
     capture: it is recorded with its reason and retried later. One browser serves every
-    screenshot of the call, and up to :data:`CONCURRENT_CAPTURES` pages are captured at once.
+    screenshot of the call, up to :data:`CONCURRENT_CAPTURES` pages are captured at once, and
+    a page with several sightings is shot once (each sighting gets a copy in its case).
     ``pages``: matched pages as a scan just received them, by URL; one received less than
     :data:`PAGE_REUSE_SECONDS` ago is archived as it is, not fetched again."""
     report = CaptureReport()
@@ -284,33 +331,37 @@ async def capture_pending(
             return None
         return page
 
-    async def one(job: _Job) -> None:
+    async def one(group: list[_Job]) -> None:
         async with slots:
             at = now or utcnow()
-            page = fresh(job.page_url)
-            files, problems = await _capture_one(settings, job, browser, at, db.keystore, page)
+            page = fresh(group[0].page_url)
+            results = await _capture_page(settings, group, browser, at, db.keystore, page)
         problem = (await browser)[1]
-        if problem:
-            problems.append(problem)
-            report.screenshot_note = problem.removeprefix("screenshot: ")
-        _record(db, job, files, problems, at)
-        kinds = [f["kind"] for f in files]
-        report.archives += "warc" in kinds
-        report.pages_reused += "warc" in kinds and page is not None
-        report.screenshots += "screenshot" in kinds
-        shot_problems.extend(
-            p.removeprefix("screenshot: ")
-            for p in problems
-            if p.startswith("screenshot: ") and p != problem
-        )
-        if problems:
-            report.failed += 1
-            report.errors.extend(f"sighting {job.sighting_id}: {p}" for p in problems)
-        else:
-            report.captured += 1
+        for job, (files, problems) in zip(group, results, strict=True):
+            if problem:
+                problems.append(problem)
+                report.screenshot_note = problem.removeprefix("screenshot: ")
+            _record(db, job, files, problems, at)
+            kinds = [f["kind"] for f in files]
+            report.archives += "warc" in kinds
+            report.pages_reused += "warc" in kinds and page is not None
+            report.screenshots += "screenshot" in kinds
+            shot_problems.extend(
+                p.removeprefix("screenshot: ")
+                for p in problems
+                if p.startswith("screenshot: ") and p != problem
+            )
+            if problems:
+                report.failed += 1
+                report.errors.extend(f"sighting {job.sighting_id}: {p}" for p in problems)
+            else:
+                report.captured += 1
 
+    by_page: dict[str, list[_Job]] = {}
+    for job in jobs:  # a page is shot once, however many sightings it holds
+        by_page.setdefault(job.page_url, []).append(job)
     try:
-        await asyncio.gather(*(one(job) for job in jobs))
+        await asyncio.gather(*(one(group) for group in by_page.values()))
     finally:
         if not browser.done():  # cancelled while the browser was starting
             browser.cancel()
