@@ -33,6 +33,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -370,18 +371,21 @@ def command_benchmark(args: argparse.Namespace) -> int:
     }
     per_sighting: list[float] = []
     ok, parts = True, ""
+    maildir = Path(tempfile.mkdtemp(prefix="bench-maildir-"))
     try:
-        with LoopbackSMTP(Path(tempfile.mkdtemp(prefix="bench-maildir-"))) as smtp:
+        with LoopbackSMTP(maildir) as smtp:
             for run in range(args.repeat):
                 sent = len(smtp.messages)
                 data, config = _camera_world(base_url, smtp.port, reference)
                 quick, sm, _ = _scan_command(
                     data, config, smtp, MONITOR_CASES__CAPTURE_EVIDENCE="false"
                 )
+                shutil.rmtree(config.parent)
                 rows["no evidence"].append(quick)
                 rows["scan"].append(sm["seconds"])
                 data, config = _camera_world(base_url, smtp.port, reference)
                 wall, sm, alert_after = _scan_command(data, config, smtp)
+                shutil.rmtree(config.parent)  # its evidence too
                 rows["whole"].append(wall)
                 rows["alert"].append(alert_after or float("nan"))
                 tried = sm["evidence_captured"] + sm["evidence_failed"]
@@ -404,6 +408,7 @@ def command_benchmark(args: argparse.Namespace) -> int:
     finally:
         parent.send("stop")
         server.join(timeout=10)
+        shutil.rmtree(maildir, ignore_errors=True)
 
     med = {k: median(v) for k, v in rows.items()}
     print(
