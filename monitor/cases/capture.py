@@ -366,7 +366,7 @@ async def capture_pending(
         if not browser.done():  # cancelled while the browser was starting
             browser.cancel()
         screenshotter = None
-        with contextlib.suppress(BaseException):
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             screenshotter = (await browser)[0]
         if screenshotter is not None:
             try:
