@@ -1,14 +1,25 @@
-"""Scan throughput: images per second for a whole scan, against hashing the same images alone.
+"""Scan throughput: the scan command as a person waits for it, and images per second for a
+whole scan against hashing the same images alone.
 
-A loopback web (in a separate process) serves N distinct images on P pages, listed by a
-SearXNG-compatible search. In the same run we time (1) a full scan — search, fetch, extract,
-hash in the process pool, match, record — and (2) hashing the same image bytes alone in the same
-pool, and print their ratio (aim: >= 0.7 on two cores), where the CPU time went, and the
+``--part command`` (the default): a loopback web of 20 pages with 103 camera-size JPEGs, 3 of
+them edited copies of the person's photo (``naive_scanner.CameraPhotos``). Each run, on a fresh
+database, times the ``scan`` command in a subprocess as a person waits for it (search, scan,
+alert to a loopback SMTP server, evidence: web archives and Chromium screenshots), when the
+alert reached the mail server, the same command without evidence, and the naive sequential
+scanner (``naive_scanner.naive_scan``); it prints evidence seconds per sighting and the ratios
+whole command / command without evidence (aim <= 1.5) and naive / our scan (aim >= 3).
+
+    python benchmarks/scan_throughput.py [--repeat 2] [--camera-pages 20] [--camera-images 103]
+
+``--part throughput``: a loopback web (in a separate process) serves N distinct images on P
+pages, listed by a SearXNG-compatible search. In the same run we time (1) a full scan — search,
+fetch, extract, hash in the process pool, match, record — and (2) hashing the same image bytes
+alone in the same pool, and print their ratio (aim: >= 0.7 on two cores), where the CPU time went, and the
 scanner's peak memory (the main process plus its hashing workers; aim: < 300 MB), both as
 proportional set size (sampled) and as the sum of each process's peak RSS (exact, but counting
 pages the processes share once per process).
 
-    python benchmarks/scan_throughput.py [--images 2000] [--pages 200]
+    python benchmarks/scan_throughput.py --part throughput [--images 2000] [--pages 200]
 
 Photos come from ../shared/corpus/distractors when present (generated in code otherwise); each
 image served is distinct (a unique trailer after the JPEG's end marker), so no cache can help.
@@ -19,14 +30,18 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import multiprocessing
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,16 +90,26 @@ def serve(
     etag: bool = False,
     cache_control: str = "",
     page_kb: int = 0,
+    photos: str = "distractors",
+    planted: int = 0,
 ) -> None:  # runs in a child process
     """The loopback web; pages and images get an ETag (answered with 304) and a Cache-Control
     if asked, and ``page_kb`` KB of text (as real pages have). Sent "requests" on the pipe, it answers with the requests for pages and images
-    so far, by status; sent "stop", it stops."""
+    so far, by status; sent "stop", it stops.
+
+    ``photos="camera"``: camera-size photos (:class:`naive_scanner.CameraPhotos`), ``planted``
+    of them edited copies of the reference, instead of the 800 px distractors."""
     from monitor.testing.searxng import FakeSearxng
     from monitor.testing.web import LoopbackWeb, Response
 
-    bases = base_photos()
+    camera = planted_at = None
+    if photos == "camera":
+        photo_set = _naive_scanner().CameraPhotos
+        camera = photo_set.build()
+        planted_at = photo_set.planted_at(n_images, planted)
+    else:
+        bases = base_photos()
     web = LoopbackWeb().start()
-    per_page = n_images // n_pages
     fake = FakeSearxng(results_per_page=n_pages)
     results = []
     answered: dict[str, int] = {}  # "page 200", "image 304"... -> requests so far
@@ -104,7 +129,8 @@ def serve(
         headers = {**page_headers, "ETag": f'"page-{p}-v1"'} if etag else page_headers
         if etag and req.headers.get("if-none-match") == headers["ETag"]:
             return count("page", Response(304, b"", "text/html; charset=utf-8", headers))
-        imgs = "".join(f'<img src="/img/{p * per_page + k}.jpg" alt="">' for k in range(per_page))
+        numbers = range(p * n_images // n_pages, (p + 1) * n_images // n_pages)
+        imgs = "".join(f'<img src="/img/{i}.jpg" alt="">' for i in numbers)
         body = f"<html><body><h1>{p}</h1>{imgs}{text}</body></html>".encode()
         return count("page", Response(200, body, "text/html; charset=utf-8", headers))
 
@@ -122,7 +148,8 @@ def serve(
             headers["Cache-Control"] = cache_control
         if etag and req.headers.get("if-none-match") == headers["ETag"]:
             return count("image", Response(304, b"", "image/jpeg", headers))
-        return count("image", Response(200, image_bytes(bases, i), "image/jpeg", headers))
+        body = camera.image(i, planted_at) if camera is not None else image_bytes(bases, i)
+        return count("image", Response(200, body, "image/jpeg", headers))
 
     for i in range(n_images):
         web.route(f"/img/{i}.jpg", image)
@@ -131,6 +158,25 @@ def serve(
         with lock:
             conn.send(dict(answered))
     web.stop()
+
+
+def _naive_scanner():  # noqa: ANN202
+    """benchmarks/naive_scanner.py (the baseline, and the camera-size photos)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import naive_scanner
+
+    return naive_scanner
+
+
+def start_web(n_images: int, n_pages: int, **serve_options):  # noqa: ANN201
+    """Start the loopback web in a child process: (pipe to stop it, its process, its URL)."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(
+        target=serve, args=(child, n_images, n_pages), kwargs=serve_options, daemon=True
+    )
+    server.start()
+    return parent, server, parent.recv()
 
 
 def start_world(n_images: int, n_pages: int, prefix: str, **serve_options):  # noqa: ANN201
@@ -143,13 +189,7 @@ def start_world(n_images: int, n_pages: int, prefix: str, **serve_options):  # n
     from monitor.db import Database
     from monitor.enrol import enrol_images
 
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    server = ctx.Process(
-        target=serve, args=(child, n_images, n_pages), kwargs=serve_options, daemon=True
-    )
-    server.start()
-    base_url = parent.recv()
+    parent, server, base_url = start_web(n_images, n_pages, **serve_options)
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     settings = Settings(
         data_dir=tmp,
@@ -241,14 +281,185 @@ def peak_rss(pids: list[int]) -> int:
     return total
 
 
-def main() -> int:
-    from monitor.pipeline import hashing_pool, scan_subject
+def _camera_world(base_url: str, smtp_port: int, reference: bytes) -> tuple[Path, Path]:
+    """A fresh data folder with the subject enrolled (with ``reference``) and a config file for
+    the ``scan`` command: (data folder, config file)."""
+    from monitor import store
+    from monitor.config import Settings
+    from monitor.db import Database
+    from monitor.enrol import enrol_images
 
+    tmp = Path(tempfile.mkdtemp(prefix="bench-command-"))
+    config = tmp / "monitor.toml"
+    config.write_text(
+        f'[[search.backends]]\nkind = "searxng"\nurl = "{base_url}"\n\n'
+        "[search]\nmax_queries_per_scan = 2\n\n"
+        "[fetch]\nallow_private_networks = true\n\n"
+        f'[mail]\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp_port}\nstarttls = false\n\n'
+        '[cases]\nrdap_domain_url = ""\nrdap_ip_url = ""\n'
+    )
+    settings = Settings(data_dir=tmp / "data")
+    settings.data_dir.mkdir(mode=0o700)
+    db = Database(settings.database_url)
+    with db.session() as s:
+        subject = store.add_subject(s, NAME, email="bench@example.invalid", interval=timedelta(1))
+        assert enrol_images(s, subject, [("ref", reference)]).enrolled == 1
+    db.dispose()
+    return settings.data_dir, config
+
+
+def _scan_command(
+    data_dir: Path,
+    config: Path,
+    smtp,
+    **env: str,  # noqa: ANN001
+) -> tuple[float, dict, float | None]:
+    """Run ``run_monitor.py scan NAME --json`` as a person would: (wall seconds, summary,
+    seconds until the alert reached the mail server, watched from here)."""
+    environ = {**os.environ, "MONITOR_DATA_DIR": str(data_dir), **env}
+    environ.pop("MONITOR_CONFIG", None)
+    command = [sys.executable, str(REPO / "run_monitor.py"), "--config", str(config)]
+    sent, arrived, done_event = len(smtp.messages), [], threading.Event()
+
+    def watch() -> None:
+        while not done_event.wait(0.02):
+            if len(smtp.messages) > sent:
+                arrived.append(time.perf_counter() - t0)
+                return
+
+    t0 = time.perf_counter()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    done = subprocess.run(
+        [*command, "scan", NAME, "--json"], env=environ, capture_output=True, text=True, cwd=REPO
+    )
+    wall = time.perf_counter() - t0
+    done_event.set()
+    watcher.join()
+    if done.returncode != 0:
+        raise SystemExit(f"the scan command failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return wall, json.loads(done.stdout), arrived[0] if arrived else None
+
+
+def _parts(sm: dict) -> str:
+    tried = sm["evidence_captured"] + sm["evidence_failed"]
+    if "evidence_archives" not in sm:  # before evidence was counted per part
+        return f"{sm['evidence_captured']} captured, {sm['evidence_failed']} failed"
+    note = f": {sm['evidence_note']}" if sm.get("evidence_note") else ""
+    return (
+        f"archives {sm['evidence_archives']}/{tried}, "
+        f"screenshots {sm['evidence_screenshots']}/{tried}{note}"
+    )
+
+
+def command_benchmark(args: argparse.Namespace) -> int:
+    """The ``scan`` command as a person waits for it (alert and evidence included) on a web of
+    camera-size photos, beside the same command without evidence and the naive scanner, each
+    run on a fresh database (else the caches and the known sightings would help)."""
+    from monitor.testing.smtp import LoopbackSMTP
+
+    naive = _naive_scanner()
+    n_images, n_pages, planted = args.camera_images, args.camera_pages, args.planted
+    parent, server, base_url = start_web(n_images, n_pages, photos="camera", planted=planted)
+    reference = naive.CameraPhotos.reference_only()
+    rows: dict[str, list[float]] = {
+        "whole": [],
+        "alert": [],
+        "no evidence": [],
+        "scan": [],
+        "naive": [],
+    }
+    per_sighting: list[float] = []
+    ok, parts = True, ""
+    maildir = Path(tempfile.mkdtemp(prefix="bench-maildir-"))
+    try:
+        with LoopbackSMTP(maildir) as smtp:
+            for run in range(args.repeat):
+                sent = len(smtp.messages)
+                data, config = _camera_world(base_url, smtp.port, reference)
+                quick, sm, _ = _scan_command(
+                    data, config, smtp, MONITOR_CASES__CAPTURE_EVIDENCE="false"
+                )
+                shutil.rmtree(config.parent)
+                rows["no evidence"].append(quick)
+                rows["scan"].append(sm["seconds"])
+                data, config = _camera_world(base_url, smtp.port, reference)
+                wall, sm, alert_after = _scan_command(data, config, smtp)
+                shutil.rmtree(config.parent)  # its evidence too
+                rows["whole"].append(wall)
+                rows["alert"].append(alert_after or float("nan"))
+                tried = sm["evidence_captured"] + sm["evidence_failed"]
+                parts = _parts(sm)
+                evidence_s = sm.get("evidence_seconds", wall - quick)  # (estimated before)
+                if tried:
+                    per_sighting.append(evidence_s / tried)
+                ok &= len(smtp.messages) == sent + 2 and sm["new_sightings"] == planted == tried
+                result = naive.naive_scan(base_url, NAME, reference)
+                rows["naive"].append(result.seconds)
+                print(
+                    f"run {run + 1}: command {wall:.2f} s (scan {sm['seconds']:.2f} s, alert "
+                    f"arrived after {alert_after or float('nan'):.2f} s, {sm['new_sightings']} new "
+                    f"sightings, evidence {evidence_s:.2f} s: {parts}); without "
+                    f"evidence {quick:.2f} s (scan {rows['scan'][-1]:.2f} s); naive "
+                    f"{result.seconds:.2f} s ({result.images} images, "
+                    f"{len(result.matches)} matched)",
+                    flush=True,
+                )
+    finally:
+        parent.send("stop")
+        server.join(timeout=10)
+        shutil.rmtree(maildir, ignore_errors=True)
+
+    med = {k: median(v) for k, v in rows.items()}
+    print(
+        f"camera web: {n_pages} pages, {n_images} camera-size JPEGs, {planted} planted copies "
+        f"(median of {args.repeat} run(s)):"
+    )
+    print(f"  scan command, alert and evidence: {med['whole']:6.2f} s")
+    print(f"  ... the alert arrived after:      {med['alert']:6.2f} s")
+    print(f"  scan command without evidence:    {med['no evidence']:6.2f} s")
+    print(f"  its scan (summary seconds):       {med['scan']:6.2f} s")
+    print(f"  naive sequential scanner:         {med['naive']:6.2f} s")
+    if per_sighting:
+        print(f"  evidence: {median(per_sighting):.2f} s per sighting ({parts})")
+    print(
+        f"ratio whole command / command without evidence: "
+        f"{med['whole'] / med['no evidence']:.2f}  (aim <= 1.5)"
+    )
+    print(
+        f"ratio naive / our scan: {med['naive'] / med['scan']:.1f}  (aim >= 3); "
+        f"naive / our command without evidence: {med['naive'] / med['no evidence']:.1f}"
+    )
+    return 0 if ok else 1
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--pages", type=int, default=200)
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the scan to FILE")
+    ap.add_argument(
+        "--part",
+        choices=("all", "throughput", "command"),
+        default="command",
+        help="throughput: the scan against hashing alone; command: the scan command as a "
+        "person waits for it (alert, evidence) on camera-size photos, beside the naive scanner",
+    )
+    ap.add_argument("--camera-pages", type=int, default=20)
+    ap.add_argument("--camera-images", type=int, default=103)
+    ap.add_argument("--planted", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of the command part (median)")
     args = ap.parse_args()
+    code = 0
+    if args.part in ("all", "throughput"):
+        code |= throughput_benchmark(args)
+    if args.part in ("all", "command"):
+        code |= command_benchmark(args)
+    return code
+
+
+def throughput_benchmark(args: argparse.Namespace) -> int:
+    from monitor.pipeline import hashing_pool, scan_subject
 
     parent, server, settings, db, n_bases = start_world(args.images, args.pages, "bench-scan-")
     expected_matches = len(range(0, args.images, n_bases))

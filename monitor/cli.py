@@ -388,14 +388,11 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                 where = ", ".join(sorted(set(sm.alert_destinations))) or "still queued"
                 out.print(f"  alert: {sm.alerts_sent}/{sm.alerts_queued} delivered ({esc(where)})")
             if sm.evidence_captured or sm.evidence_failed:
+                retried = " (missing parts retried on re-check)" if sm.evidence_failed else ""
                 out.print(
-                    f"  evidence: {sm.evidence_captured} new sighting(s) captured"
-                    + (
-                        f", {sm.evidence_failed} failed (retried on re-check)"
-                        if sm.evidence_failed
-                        else ""
-                    )
-                    + " - see `cases`"
+                    f"  evidence: {sm.evidence_parts()} in {sm.evidence_seconds:.1f}s{retried}"
+                    " - see `cases`",
+                    markup=False,
                 )
             for sample in sm.error_samples[:5]:
                 err.print(f"  [dim]{esc(sample)}[/dim]")

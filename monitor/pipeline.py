@@ -15,10 +15,11 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import httpx
 from sqlalchemy import select, update
@@ -85,11 +86,26 @@ class ScanSummary:
     alert_destinations: list[str] = field(default_factory=list)
     evidence_captured: int = 0  # sightings whose evidence (WARC, screenshot) was captured
     evidence_failed: int = 0  # captures that failed (recorded; retried on re-check)
+    # Evidence per part, over the sightings tried (evidence_captured + evidence_failed):
+    evidence_archives: int = 0  # web archives (WARC) written
+    evidence_pages_reused: int = 0  # of those, pages archived as this scan received them
+    evidence_screenshots: int = 0  # blurred screenshots written
+    evidence_note: str = ""  # why no screenshot was taken (Chromium missing, turned off...)
+    evidence_seconds: float = 0.0  # capturing, after the alert was sent (not in ``seconds``)
+    alert_seconds: float | None = None  # from the start until the alert was delivered
     seconds: float = 0.0
     error_samples: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
+
+    def evidence_parts(self) -> str:
+        """``archives 6/6, screenshots 0/6: Chromium is not installed ...``"""
+        tried = self.evidence_captured + self.evidence_failed
+        shots = f"screenshots {self.evidence_screenshots}/{tried}"
+        if self.evidence_note:
+            shots += f": {self.evidence_note}"
+        return f"archives {self.evidence_archives}/{tried}, {shots}"
 
 
 Progress = Callable[[ScanSummary, int], None]
@@ -193,6 +209,11 @@ class _Scan:
         self.page_hits: dict[str, store.CachedPage] = {}
         self.fetched_pages: list[store.FetchedPage] = []
         self.in_flight = asyncio.Semaphore(settings.fetch.max_concurrency)
+        # Evidence: the exchanges of pages as received (when capturing is on), kept for the
+        # pages where a match was seen, so their WARC needs no second fetch (HTML only).
+        self.recorder: Any = None
+        self.matched_pages: set[str] = set()
+        self.scanned_pages: dict[str, Any] = {}  # page URL -> cases.capture.ScannedPage
 
     # -- recording
 
@@ -284,12 +305,13 @@ class _Scan:
             await self._page_candidates(fetcher, cached.image_candidates(limit=limit))
             return
         try:
-            res = await fetcher.fetch_page(
-                url,
-                partial=True,
-                etag=cached.etag if cached else None,
-                last_modified=cached.last_modified if cached else None,
-            )
+            with self.recorder.recording() if self.recorder else nullcontext([]) as hops:
+                res = await fetcher.fetch_page(
+                    url,
+                    partial=True,
+                    etag=cached.etag if cached else None,
+                    last_modified=cached.last_modified if cached else None,
+                )
         except FetchError as exc:
             self.error(url, "page", exc.reason)
             return
@@ -305,6 +327,8 @@ class _Scan:
             res.headers.get("etag"),
             res.headers.get("last-modified"),
         )
+        as_received = self.recorder.exchanges(hops, res) if self.recorder else None
+        received = time.monotonic()
         if isinstance(res, PartialResource):  # padded past the cap: still look at the start
             size = format_size(res.limit)
             self.error(
@@ -331,6 +355,10 @@ class _Scan:
                 store.FetchedPage.of(url, final_url, etag, modified, fresh_until, candidates)
             )
         await self._page_candidates(fetcher, candidates)
+        if as_received is not None and final_url in self.matched_pages:
+            from monitor.cases.capture import ScannedPage
+
+            self.scanned_pages[final_url] = ScannedPage(as_received, received)
 
     async def _page_candidates(self, fetcher: Fetcher, candidates: list[ImageCandidate]) -> None:
         self._look_up_cache(candidates)
@@ -351,6 +379,8 @@ class _Scan:
         if hashes is None:
             return
         match, frame_offset, reference_offset = self._match(hashes)
+        if match is not None:
+            self.matched_pages.add(cand.page_url)
         if match is not None and hashes.sha256 not in self.matched_images:
             self.matched_images.add(hashes.sha256)
             self.summary.matches += 1
@@ -576,6 +606,10 @@ class _Scan:
             httpx.AsyncClient(headers=search_headers, verify=shared_ssl_context()) as search_client,
             self.fetcher_factory(fetch_cfg) as fetcher,
         ):
+            if self.settings.cases.capture_evidence:
+                from monitor.evidence.warc import PageRecorder
+
+                self.recorder = PageRecorder(fetcher)
             hits = await self.search(_backends(self.settings, search_client), name, aliases)
             page_urls: list[str] = []
             seen_pages: set[str] = set()
@@ -666,9 +700,10 @@ async def run_scan(
         refs, thresholds_from_config(settings.match), min_quality=settings.match.min_quality
     )
     status, error = "completed", None
+    scan: _Scan | None = None
     try:
         with _pool_or(pool) as executor:
-            await _Scan(
+            scan = _Scan(
                 settings,
                 db,
                 subject_id,
@@ -678,7 +713,8 @@ async def run_scan(
                 executor,
                 progress,
                 fetcher_factory,
-            ).run(name, aliases)
+            )
+            await scan.run(name, aliases)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -703,16 +739,37 @@ async def run_scan(
             subj = s.get(Subject, subject_id)
             if subj is not None:
                 subj.last_scan_at = utcnow()
-    # Cases: evidence for new sightings, reappearances of removed ones. Never fails the scan.
+    # The alert first: it goes out as soon as the matches are committed. Then the cases:
+    # reappearances of removed places (their alert is sent with it), and evidence for new
+    # sightings, which never delays the alert nor fails the scan.
     from monitor.cases import after_scan
 
-    captured = await after_scan(settings, db, subject_id, scan_id)
-    if captured is not None:
-        summary.evidence_captured, summary.evidence_failed = captured.captured, captured.failed
-    if deliver:
+    def send_alerts() -> None:
         report = alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
         summary.alerts_sent = report.sent
         summary.alert_destinations = list(report.where)
+        if report.sent:
+            summary.alert_seconds = round(time.monotonic() - started, 3)
+
+    captured = await after_scan(
+        settings,
+        db,
+        subject_id,
+        scan_id,
+        before_capture=send_alerts if deliver else None,
+        pages=scan.scanned_pages if scan is not None else None,
+    )
+    if scan is not None:
+        scan.scanned_pages = {}  # the pages' HTML is not needed any more
+    if captured is not None:
+        summary.evidence_captured, summary.evidence_failed = captured.captured, captured.failed
+        summary.evidence_archives, summary.evidence_screenshots = (
+            captured.archives,
+            captured.screenshots,
+        )
+        summary.evidence_pages_reused = captured.pages_reused
+        summary.evidence_note = captured.screenshot_note
+        summary.evidence_seconds = captured.seconds
     return summary
 
 

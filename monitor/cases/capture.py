@@ -12,8 +12,11 @@ encrypted (:mod:`monitor.cases.image_copies`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +30,14 @@ from monitor.db import Database
 from monitor.db.models import Image, Match, Sighting, SightingState, Subject, utcnow
 from monitor.types import iso_utc as _iso
 
-__all__ = ["MAX_ATTEMPTS", "CaptureReport", "capture_pending", "evidence_key"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "PAGE_REUSE_SECONDS",
+    "CaptureReport",
+    "ScannedPage",
+    "capture_pending",
+    "evidence_key",
+]
 
 log = logging.getLogger("monitor.cases.capture")
 
@@ -35,7 +45,7 @@ MAX_ATTEMPTS = 5
 """A capture that failed this many times is not tried again automatically."""
 
 CONCURRENT_CAPTURES = 3
-"""Captures run at the same time (pages load in parallel in one browser)."""
+"""Pages captured at the same time (they load in parallel in one browser)."""
 
 
 def evidence_key(case_id: int) -> str:
@@ -43,12 +53,44 @@ def evidence_key(case_id: int) -> str:
     return f"case-{case_id}"
 
 
+PAGE_REUSE_SECONDS = 600.0
+"""A page the scan fetched this recently is archived as the scan received it (not fetched
+again): the WARC then shows the page in which the image was found, at the time it was found."""
+
+
 @dataclass
 class CaptureReport:
-    captured: int = 0
-    failed: int = 0
+    captured: int = 0  # sightings with every part of their evidence
+    failed: int = 0  # sightings with a part missing (recorded; retried on re-check)
     skipped: int = 0  # minors
     errors: list[str] = field(default_factory=list)
+    # Per part, over the sightings tried (captured + failed):
+    archives: int = 0  # web archives (WARC) written
+    pages_reused: int = 0  # of those, pages archived as the scan received them
+    screenshots: int = 0  # blurred screenshots written
+    screenshot_note: str = ""  # why no screenshot was taken at all ("" when some were tried)
+    seconds: float = 0.0
+
+    @property
+    def tried(self) -> int:
+        return self.captured + self.failed
+
+    def parts(self) -> str:
+        """``archives 6/6, screenshots 0/6: Chromium is not installed ...``."""
+        shots = f"screenshots {self.screenshots}/{self.tried}"
+        if self.screenshot_note:
+            shots += f": {self.screenshot_note}"
+        return f"archives {self.archives}/{self.tried}, {shots}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedPage:
+    """A matched page as the scan received it, kept in memory (never on disk) for its WARC:
+    the exchanges (redirect hops, then the page with its body, see
+    :class:`monitor.evidence.HttpExchange`) and when they were received (monotonic clock)."""
+
+    exchanges: tuple[Any, ...]
+    received: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,21 +104,46 @@ class _Job:
     frame_offset: float | None = None  # a video or animation: the time of the frame matched
 
 
-async def _capture_one(
+async def _capture_page(
     settings: Settings,
-    job: _Job,
-    screenshotter: Any,
+    jobs: list[_Job],
+    browser: Awaitable[tuple[Any, str | None]] | None,
     now: datetime,
     keystore: Any = None,
+    page: ScannedPage | None = None,
+) -> list[tuple[list[dict[str, Any]], list[str]]]:
+    """Capture the sightings of one page: ``(files written, problems)`` for each job.
+
+    Each sighting gets its WARC (the page and its own image); the page is shot once (in the
+    browser ``browser`` yields, once started), at the same time, and every sighting gets its
+    own copy of that screenshot in its case's folder. With ``page`` (the scan's own response,
+    still fresh) the WARCs archive it instead of fetching the page again."""
+    results = await asyncio.gather(
+        _screenshot(settings, jobs[0], browser, now),
+        *(_archive(settings, job, now, keystore, page) for job in jobs),
+    )
+    shot, shot_problems = results[0]
+    out: list[tuple[list[dict[str, Any]], list[str]]] = []
+    for job, (files, problems) in zip(jobs, results[1:], strict=True):
+        problems = problems + shot_problems
+        if shot is not None:
+            try:
+                files = files + [shot if job is jobs[0] else _copy_shot(settings, shot, job, now)]
+            except Exception as exc:
+                problems.append(f"screenshot: {_reason(exc)}")
+        out.append((files, problems))
+    return out
+
+
+async def _archive(
+    settings: Settings, job: _Job, now: datetime, keystore: Any, page: ScannedPage | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Capture one sighting: ``(files written, problems)``."""
+    """The sighting's WARC (and, opted in, its encrypted image copy)."""
     from monitor.cases.image_copies import CopyOutcome, copy_hook
     from monitor.evidence import evidence_dir, fetch_and_capture_warc
     from monitor.evidence.store import capture_file_name
 
     folder = evidence_dir(settings, evidence_key(job.case_id))
-    files: list[dict[str, Any]] = []
-    problems: list[str] = []
     copy = CopyOutcome()
     hook = None
     if job.keep_copy and keystore is not None:
@@ -90,6 +157,8 @@ async def _capture_one(
             now=now,
             outcome=copy,
         )
+    files: list[dict[str, Any]] = []
+    problems: list[str] = []
     try:
         warc = await fetch_and_capture_warc(
             settings.fetch,
@@ -99,6 +168,7 @@ async def _capture_one(
             description=f"case {job.case_id}, sighting {job.sighting_id}",
             on_image_bytes=hook,
             matched_offset=job.frame_offset,
+            page_exchanges=page.exchanges if page is not None else None,
         )
         files.append(
             {
@@ -117,25 +187,56 @@ async def _capture_one(
         problems.append(f"image copy: {copy.error}")
     elif copy.note:
         log.info("sighting %d: %s", job.sighting_id, copy.note)
-    if screenshotter is not None:
-        try:
-            shot = await screenshotter.capture(
-                job.page_url,
-                folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
-                may_show_minor=False,
-            )
-            files.append(
-                {
-                    "kind": "screenshot",
-                    "path": str(shot.path),
-                    "sha256": shot.sha256,
-                    "url": job.page_url,
-                    "captured_at": _iso(shot.captured_at),
-                }
-            )
-        except Exception as exc:
-            problems.append(f"screenshot: {_reason(exc)}")
     return files, problems
+
+
+async def _screenshot(
+    settings: Settings,
+    job: _Job,
+    browser: Awaitable[tuple[Any, str | None]] | None,
+    now: datetime,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The page's screenshot, into the folder of ``job``'s case: (file, problems)."""
+    from monitor.evidence import evidence_dir
+    from monitor.evidence.store import capture_file_name
+
+    screenshotter = (await browser)[0] if browser is not None else None
+    if screenshotter is None:
+        return None, []
+    folder = evidence_dir(settings, evidence_key(job.case_id))
+    try:
+        shot = await screenshotter.capture(
+            job.page_url,
+            folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
+            may_show_minor=False,
+        )
+    except Exception as exc:
+        return None, [f"screenshot: {_reason(exc)}"]
+    file = {
+        "kind": "screenshot",
+        "path": str(shot.path),
+        "sha256": shot.sha256,
+        "url": job.page_url,
+        "captured_at": _iso(shot.captured_at),
+    }
+    return file, []
+
+
+def _copy_shot(
+    settings: Settings, shot: dict[str, Any], job: _Job, now: datetime
+) -> dict[str, Any]:
+    """An exact copy of a page's screenshot for another sighting on it, in its case's folder
+    (each case's evidence stands alone: it can be bundled or erased by itself)."""
+    from monitor.evidence import evidence_dir
+    from monitor.evidence.store import capture_file_name, write_new_file
+
+    data = Path(shot["path"]).read_bytes()
+    folder = evidence_dir(settings, evidence_key(job.case_id))
+    path = write_new_file(
+        folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
+        lambda fh: fh.write(data),
+    )
+    return {**shot, "path": str(path)}
 
 
 def _reason(exc: BaseException) -> str:
@@ -200,41 +301,81 @@ async def capture_pending(
     subject_id: int | None = None,
     force: bool = False,
     now: datetime | None = None,
+    pages: Mapping[str, ScannedPage] | None = None,
 ) -> CaptureReport:
     """Capture evidence for sightings that have none yet (or whose capture failed).
 
     Does nothing unless ``[cases] capture_evidence`` (or ``force``). Never raises for a failed
-    capture: it is recorded with its reason and retried later."""
+    capture: it is recorded with its reason and retried later. One browser serves every
+    screenshot of the call, up to :data:`CONCURRENT_CAPTURES` pages are captured at once, and
+    a page with several sightings is shot once (each sighting gets a copy in its case).
+    ``pages``: matched pages as a scan just received them, by URL; one received less than
+    :data:`PAGE_REUSE_SECONDS` ago is archived as it is, not fetched again."""
     report = CaptureReport()
     if not (settings.cases.capture_evidence or force):
         return report
     jobs = _jobs(db, case_ids, subject_id)
     if not jobs:
         return report
-    screenshotter, problem = await _open_screenshotter(settings)
+    started = time.monotonic()
+    # The browser starts while the first web archives are written.
+    browser = asyncio.ensure_future(_open_screenshotter(settings))
+    if not settings.cases.screenshots:
+        report.screenshot_note = "off ([cases] screenshots = false)"
     slots = asyncio.Semaphore(CONCURRENT_CAPTURES)
+    shot_problems: list[str] = []
 
-    async def one(job: _Job) -> None:
+    def fresh(url: str) -> ScannedPage | None:
+        page = (pages or {}).get(url)
+        if page is None or time.monotonic() - page.received > PAGE_REUSE_SECONDS:
+            return None
+        return page
+
+    async def one(group: list[_Job]) -> None:
         async with slots:
             at = now or utcnow()
-            files, problems = await _capture_one(settings, job, screenshotter, at, db.keystore)
-        if problem:
-            problems.append(problem)
-        _record(db, job, files, problems, at)
-        if problems:
-            report.failed += 1
-            report.errors.extend(f"sighting {job.sighting_id}: {p}" for p in problems)
-        else:
-            report.captured += 1
+            page = fresh(group[0].page_url)
+            results = await _capture_page(settings, group, browser, at, db.keystore, page)
+        problem = (await browser)[1]
+        for job, (files, problems) in zip(group, results, strict=True):
+            if problem:
+                problems.append(problem)
+                report.screenshot_note = problem.removeprefix("screenshot: ")
+            _record(db, job, files, problems, at)
+            kinds = [f["kind"] for f in files]
+            report.archives += "warc" in kinds
+            report.pages_reused += "warc" in kinds and page is not None
+            report.screenshots += "screenshot" in kinds
+            shot_problems.extend(
+                p.removeprefix("screenshot: ")
+                for p in problems
+                if p.startswith("screenshot: ") and p != problem
+            )
+            if problems:
+                report.failed += 1
+                report.errors.extend(f"sighting {job.sighting_id}: {p}" for p in problems)
+            else:
+                report.captured += 1
 
+    by_page: dict[str, list[_Job]] = {}
+    for job in jobs:  # a page is shot once, however many sightings it holds
+        by_page.setdefault(job.page_url, []).append(job)
     try:
-        await asyncio.gather(*(one(job) for job in jobs))
+        await asyncio.gather(*(one(group) for group in by_page.values()))
     finally:
+        if not browser.done():  # cancelled while the browser was starting
+            browser.cancel()
+        screenshotter = None
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            screenshotter = (await browser)[0]
         if screenshotter is not None:
             try:
                 await screenshotter.__aexit__(None, None, None)
             except Exception as exc:  # pragma: no cover - closing a browser that already died
                 log.info("closing the screenshot browser failed: %s", exc)
+        report.seconds = round(time.monotonic() - started, 3)
+    if not report.screenshot_note and report.screenshots == 0 and shot_problems:
+        report.screenshot_note = shot_problems[0]  # none taken: the first reason
     return report
 
 

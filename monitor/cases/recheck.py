@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
 
 from monitor import alerts
-from monitor.cases.capture import CaptureReport, capture_pending
+from monitor.cases.capture import CaptureReport, ScannedPage, capture_pending
 from monitor.cases.contacts import page_language
 from monitor.cases.core import OPEN_STATES, add_event, case_sightings, get_case, sighting_states
 from monitor.config import Settings
@@ -352,17 +353,30 @@ def run_due_rechecks(settings: Settings, db: Database) -> list[RecheckReport]:
 
 
 async def after_scan(
-    settings: Settings, db: Database, subject_id: int, scan_id: int
+    settings: Settings,
+    db: Database,
+    subject_id: int,
+    scan_id: int,
+    *,
+    before_capture: Callable[[], object] | None = None,
+    pages: Mapping[str, ScannedPage] | None = None,
 ) -> CaptureReport | None:
     """After a scan's matches are committed: removed places seen again are reappearances (a
-    discreet alert), and new sightings get their evidence captured. Never raises; returns the
+    discreet alert), then ``before_capture()`` (the scan sends its alerts: capturing never
+    delays them, and a failure to send does not stop it), then new sightings get their
+    evidence captured (``pages``: see :func:`capture_pending`). Never raises; returns the
     capture report (None if capturing itself broke)."""
     try:
         _reappeared_in_scan(settings, db, subject_id, scan_id)
     except Exception:
         log.exception("scan %d: checking for reappearances failed", scan_id)
+    if before_capture is not None:
+        try:
+            before_capture()
+        except Exception:
+            log.exception("scan %d: sending alerts failed; they stay queued", scan_id)
     try:
-        report = await capture_pending(settings, db, subject_id=subject_id)
+        report = await capture_pending(settings, db, subject_id=subject_id, pages=pages)
         if report.failed:
             log.info(
                 "scan %d: %d evidence capture(s) failed; retried on re-check",

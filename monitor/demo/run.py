@@ -129,11 +129,13 @@ def _run(folder: Path, as_json: bool, console: Console) -> int:
             f"false matches: {len(false_hits)}."
         )
         if summary.evidence_captured or summary.evidence_failed:
+            tried = summary.evidence_captured + summary.evidence_failed
             console.print(
-                f"Evidence captured for {summary.evidence_captured} sighting(s) "
-                f"({summary.evidence_failed} failed) under {folder / 'data' / 'evidence'}: a web "
-                "archive of each page with the image withheld (only its hashes), and a screenshot "
-                "with every image blurred and the address and time stamped on it."
+                f"Evidence for {tried} sighting(s), under {folder / 'data' / 'evidence'}, "
+                f"after the alert was sent: {summary.evidence_parts()}. A web archive holds the "
+                "page with the image withheld (only its hashes); a screenshot has every image "
+                "blurred and the address and time stamped on it.",
+                markup=False,
             )
         if messages:
             msg = messages[0]

@@ -45,12 +45,14 @@ hashing the image in memory and never writing its bytes anywhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import io
 import json
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -78,7 +80,7 @@ from monitor.fetch import (
     PartialResource,
     Resolver,
 )
-from monitor.types import ImageHashes
+from monitor.types import FetchedResource, ImageHashes
 from monitor.video import VIDEO_EXTENSIONS, FrameHashes, hash_media, is_video
 
 __all__ = [
@@ -632,26 +634,90 @@ class _RecordingFetcher(Fetcher):
         request.headers["Accept-Encoding"] = "identity"
 
     async def _on_response(self, response: httpx.Response) -> None:
-        request = response.request
-        if request.headers.get("accept") == ACCEPT_ROBOTS:
-            return
-        self.hops.append(
-            _Hop(
-                url=str(request.url),
-                method=request.method,
-                request_headers=_raw_headers(request.headers),
-                status=response.status_code,
-                reason=response.reason_phrase,
-                http_version=response.http_version,
-                response_headers=_raw_headers(response.headers),
-                at=datetime.now(UTC),
-                ip_address=_peer_ip(response),
-            )
-        )
+        if (hop := _hop_of(response)) is not None:
+            self.hops.append(hop)
 
     def take_hops(self) -> list[_Hop]:
         hops, self.hops = self.hops, []
         return hops
+
+
+def _hop_of(response: httpx.Response) -> _Hop | None:
+    """The exchange of a response as received (None for robots.txt)."""
+    request = response.request
+    if request.headers.get("accept") == ACCEPT_ROBOTS:
+        return None
+    return _Hop(
+        url=str(request.url),
+        method=request.method,
+        request_headers=_raw_headers(request.headers),
+        status=response.status_code,
+        reason=response.reason_phrase,
+        http_version=response.http_version,
+        response_headers=_raw_headers(response.headers),
+        at=datetime.now(UTC),
+        ip_address=_peer_ip(response),
+    )
+
+
+_PAGE_HOPS: contextvars.ContextVar[list[_Hop] | None] = contextvars.ContextVar(
+    "monitor_page_hops", default=None
+)
+
+
+class PageRecorder:
+    """Notes the exchanges (request and response headers, redirect hops, server address) of
+    pages a running :class:`Fetcher` fetches, so a page a scan already received can be
+    archived as it was received instead of being fetched again.
+
+    ``PageRecorder(fetcher)`` once the fetcher is entered; then, in the task fetching a page::
+
+        with recorder.recording() as hops:
+            res = await fetcher.fetch_page(url)
+        exchanges = PageRecorder.exchanges(hops, res)   # for fetch_and_capture_warc(page_exchanges=)
+
+    Only headers are noted; the body is the caller's (the page's HTML, never an image).
+    """
+
+    def __init__(self, fetcher: Fetcher) -> None:
+        client = fetcher._client
+        if client is None:
+            raise RuntimeError("PageRecorder needs an entered Fetcher")
+        hooks = client.event_hooks
+        client.event_hooks = {**hooks, "response": [*hooks.get("response", []), self._note]}
+
+    @staticmethod
+    async def _note(response: httpx.Response) -> None:
+        hops = _PAGE_HOPS.get()
+        if hops is not None and (hop := _hop_of(response)) is not None:
+            hops.append(hop)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[_Hop]]:
+        """Note the exchanges of the fetches this task makes inside the block."""
+        hops: list[_Hop] = []
+        token = _PAGE_HOPS.set(hops)
+        try:
+            yield hops
+        finally:
+            _PAGE_HOPS.reset(token)
+
+    @staticmethod
+    def exchanges(hops: list[_Hop], page: FetchedResource) -> tuple[HttpExchange, ...] | None:
+        """The page's exchanges for a WARC (redirects, then the page with its body), or None
+        when they cannot stand for it (a 304, a body cut at the cap, a hop not noted)."""
+        if (
+            page.status != 200
+            or isinstance(page, PartialResource)
+            or not hops
+            or hops[-1].status != page.status
+            or hops[-1].url != page.final_url
+        ):
+            return None
+        return (
+            *(hop.exchange(truncated=True) for hop in hops[:-1]),
+            hops[-1].exchange(body=page.body),
+        )
 
 
 async def fetch_and_capture_warc(
@@ -665,6 +731,7 @@ async def fetch_and_capture_warc(
     description: str = "",
     on_image_bytes: ImageBytesHook | None = None,
     matched_offset: float | None = None,
+    page_exchanges: Sequence[HttpExchange] | None = None,
 ) -> WarcCapture:
     """Fetch ``page_url`` and ``image_url`` and write both exchanges (and redirects) as a WARC.
 
@@ -683,27 +750,34 @@ async def fetch_and_capture_warc(
     ``on_image_bytes``, when given, is called with the image's bytes (held in memory only) and
     its hashes, so an opted-in encrypted copy needs no second download; an exception it raises
     propagates and no WARC is written. Never for a video: no copy of one is kept.
+
+    ``page_exchanges`` (see :class:`PageRecorder`): the page as a scan already received it
+    (redirect hops, then the page with its body); it is archived as it is, not fetched again.
     """
-    exchanges: list[HttpExchange] = []
+    exchanges: list[HttpExchange] = list(page_exchanges or ())
     image: HttpExchange | None = None
     image_error: str | None = None
     async with _RecordingFetcher(config, resolver=resolver, is_blocked=is_blocked) as fetcher:
-        await fetcher.can_fetch(page_url)  # load robots.txt first: its exchange is not noted
-        fetcher.take_hops()
-        try:
-            page = await fetcher.fetch_page(page_url)
-        except FetchError as exc:
-            raise EvidenceError(f"could not capture the page {page_url}: {exc.reason}") from exc
-        hops = fetcher.take_hops()
-        if not hops or hops[-1].status != page.status:
-            raise EvidenceError(f"could not capture the page {page_url}: exchange not recorded")
-        exchanges += [hop.exchange(truncated=True) for hop in hops[:-1]]
-        page_exchange = hops[-1].exchange(body=page.body)
-        exchanges.append(page_exchange)
+        if exchanges:
+            page_exchange = exchanges[-1]
+        else:
+            await fetcher.can_fetch(page_url)  # load robots.txt first: its exchange is not noted
+            fetcher.take_hops()
+            try:
+                page = await fetcher.fetch_page(page_url)
+            except FetchError as exc:
+                raise EvidenceError(f"could not capture the page {page_url}: {exc.reason}") from exc
+            hops = fetcher.take_hops()
+            if not hops or hops[-1].status != page.status:
+                raise EvidenceError(f"could not capture the page {page_url}: exchange not recorded")
+            exchanges += [hop.exchange(truncated=True) for hop in hops[:-1]]
+            page_exchange = hops[-1].exchange(body=page.body)
+            exchanges.append(page_exchange)
+            del page
 
         image_on_page: bool | None = None
         if image_url:
-            found = extract_images(page.body, page.final_url, limit=10_000)
+            found = extract_images(page_exchange.body, page_exchange.url, limit=10_000)
             on_page = [c for c in found if c.image_url == image_url]
             image_on_page = bool(on_page)
             video = any(c.source in VIDEO_SOURCES for c in on_page) or _named_like_video(image_url)
