@@ -250,7 +250,7 @@ async def recheck_case(
             return report
         image = s.get(Image, case.image_id)
         assert image is not None
-        known = image_hashes(image)
+        known = image_hashes(s, image)
         places = [(x.id, x.page_url, x.image_url) for x in case_sightings(s, case)]
     thresholds = thresholds_from_config(settings.match)
     results = [
