@@ -590,6 +590,15 @@ class _Scan:
                 self.summary.bytes_downloaded = fetcher.bytes_downloaded
         self.flush()
         self._write_pages()
+        self._forget_old_hashes()
+
+    def _forget_old_hashes(self) -> None:
+        """Delete the hashes of images no person matched and no scan saw for ``[match]
+        keep_seen_days`` (kept till then so that a photo enrolled later is matched against
+        them, see monitor/retro.py)."""
+        keep = timedelta(days=self.settings.match.keep_seen_days)
+        with self.db.session() as s:
+            store.forget_unmatched_hashes(s, keep=keep)
 
 
 def _recover_interrupted(db: Database, settings: Settings, subject_id: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +33,7 @@ from monitor.db.models import (
     Scan,
     Sighting,
     Subject,
+    UTCDateTime,
     utcnow,
 )
 from monitor.errors import MonitorError, SubjectNotFound
@@ -553,6 +554,90 @@ def _image_ids(session: Session, shas: set[str]) -> dict[str, int]:
             select(Image.sha256, Image.id).where(Image.sha256.in_(shas))
         )
     )
+
+
+# ---------------------------------------------------------------- images seen before
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """An image seen before, by its stored hashes (and sampled frames, for a video or an
+    animation): what an enrolment matches against without downloading anything."""
+
+    image_id: int
+    hashes: ImageHashes
+    frames: tuple[FrameHashes, ...] = ()
+
+
+def stored_images(
+    session: Session, *, skip_matched_by: int | None = None, chunk: int = 500
+) -> Iterator[StoredImage]:
+    """Every found image whose hashes are kept, in id order, a chunk of rows at a time;
+    without those ``skip_matched_by`` (a subject id) already matched."""
+    last = 0
+    while True:
+        query = select(Image.id, Image.sha256, Image.width, Image.height).where(
+            Image.id > last, exists().where(ImageHash.image_id == Image.id)
+        )
+        if skip_matched_by is not None:
+            query = query.where(
+                ~exists().where(Match.image_id == Image.id, Match.subject_id == skip_matched_by)
+            )
+        rows = session.execute(query.order_by(Image.id).limit(chunk)).all()
+        if not rows:
+            return
+        last = rows[-1].id
+        values = _hash_values(session, [r.id for r in rows])
+        frames = known_frames(session, [r.sha256 for r in rows])
+        for r in rows:
+            hashes = ImageHashes(r.sha256, r.width, r.height, tuple(values.get(r.id, ())))
+            yield StoredImage(r.id, hashes, frames.get(r.sha256, ()))
+
+
+def places_of(session: Session, image_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
+    """Where images were seen, by any person's scan: ``(page URL, image URL)`` pairs by image
+    id, first seen first."""
+    found: dict[int, list[tuple[str, str]]] = {}
+    wanted = list(dict.fromkeys(image_ids))
+    for i in range(0, len(wanted), CACHE_LOOKUP_CHUNK):
+        for image_id, page_url, image_url in session.execute(
+            select(Sighting.image_id, Sighting.page_url, Sighting.image_url)
+            .where(Sighting.image_id.in_(wanted[i : i + CACHE_LOOKUP_CHUNK]))
+            .order_by(Sighting.first_seen, Sighting.id)
+        ):
+            pairs = found.setdefault(image_id, [])
+            if (page_url, image_url) not in pairs:
+                pairs.append((page_url, image_url))
+    return found
+
+
+def forget_unmatched_hashes(
+    session: Session, *, keep: timedelta, now: datetime | None = None
+) -> int:
+    """Delete the hashes (rows of ``image_hashes``, sampled frames and the image URL's cache
+    entries) of found images that no person matched and that no scan has seen for ``keep``
+    (``[match] keep_seen_days``). The image row and its sightings (URLs and SHA-256) stay; an
+    image seen again is hashed again. Returns how many images' hashes were deleted."""
+    cutoff = (now or utcnow()) - keep
+    last_seen = (
+        select(func.max(Sighting.last_seen)).where(Sighting.image_id == Image.id).scalar_subquery()
+    )
+    stale = list(
+        session.scalars(
+            select(Image.id).where(
+                exists().where(ImageHash.image_id == Image.id),
+                ~exists().where(Match.image_id == Image.id),
+                func.coalesce(last_seen, Image.first_fetched_at)
+                < bindparam("cutoff", cutoff, type_=UTCDateTime()),
+            )
+        )
+    )
+    for i in range(0, len(stale), CACHE_LOOKUP_CHUNK):
+        ids = stale[i : i + CACHE_LOOKUP_CHUNK]
+        session.execute(delete(ImageHash).where(ImageHash.image_id.in_(ids)))
+        session.execute(delete(MediaFrames).where(MediaFrames.image_id.in_(ids)))
+        session.execute(delete(FetchCacheEntry).where(FetchCacheEntry.image_id.in_(ids)))
+    return len(stale)
 
 
 def finish_scan(
