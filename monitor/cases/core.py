@@ -284,7 +284,11 @@ def _summary(
         first_seen=case.first_seen,
         last_seen=max((s.last_seen for s, _ in sightings), default=None),
         sightings=len(sightings),
-        online=sum(1 for _, st in sightings if st is None or st.state in ("online", "unreachable")),
+        online=sum(
+            1
+            for _, st in sightings
+            if st is None or st.state in ("online", "unreachable", "missing")
+        ),
         evidence=sum(
             1 for _, st in sightings if st is not None and st.evidence_status == "captured"
         ),

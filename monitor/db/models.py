@@ -345,7 +345,9 @@ class SightingState(Base):
     sighting_id: Mapped[int] = mapped_column(
         ForeignKey("sightings.id", ondelete="CASCADE"), primary_key=True
     )
-    # online | gone (page or image no longer there) | changed (no longer matches) | unreachable
+    # online | gone (the image's address answers 404/410) | changed (no longer matches) |
+    # unreachable | missing (found gone or changed once; confirmed by a later check, see
+    # monitor/cases/recheck.py)
     state: Mapped[str] = mapped_column(String(20), default="online")
     detail: Mapped[str] = mapped_column(Text, default="")
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
