@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, inspect, select, text
 
 from monitor import store
 from monitor.config import Settings
@@ -274,9 +274,10 @@ def test_a_match_is_explained_in_words() -> None:
     assert explain_match(None) == "" and explain_match("not json") == ""
 
 
-def test_migration_0011_copies_the_stored_hashes_into_rows(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = make_engine(url)
+def test_migration_0011_copies_the_stored_hashes_into_rows(
+    database_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(database_url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
@@ -285,19 +286,18 @@ def test_migration_0011_copies_the_stored_hashes_into_rows(tmp_path: Path) -> No
         conn.execute(
             text(
                 "INSERT INTO images (sha256, width, height, pdq, pdq_quality, phash, "
-                "first_fetched_at) VALUES (:sha, 1, 1, :pdq, 77, :ph, '2026-01-01 00:00:00')"
+                "first_fetched_at) VALUES (:sha, 1, 1, :pdq, 77, :ph, :at)"
             ),
-            {"sha": "ab" * 32, "pdq": "cd" * 32, "ph": "ef" * 8},
+            {"sha": "ab" * 32, "pdq": "cd" * 32, "ph": "ef" * 8, "at": utcnow()},
         )
     engine.dispose()
-    db = Database(url, key_file=tmp_path / "key")
+    db = Database(database_url, key_file=tmp_path / "key")
     try:
         with db.engine.connect() as conn:
             known = store.known_image(conn, "ab" * 32)
+            columns = {c["name"] for c in inspect(conn).get_columns("images")}
         assert known is not None
         assert set(known.hashes) == {HashValue("pdq", "cd" * 32, 77), HashValue("phash", "ef" * 8)}
-        with db.engine.connect() as conn:
-            columns = {c[1] for c in conn.exec_driver_sql("PRAGMA table_info(images)")}
         assert not columns & {"pdq", "pdq_quality", "phash"}
     finally:
         db.dispose()
@@ -313,3 +313,36 @@ def test_the_index_matches_stored_region_hashes() -> None:
     assert index.match(only_whole) is None  # what the image row used to keep
     detail = index.match_detail(padded)
     assert detail is not None and detail.found == "pdq.region"
+
+
+def test_enroll_on_the_command_line_says_how_many_earlier_images_it_checked(
+    world: Callable[[str], tuple[Settings, Database, LoopbackWeb]],
+    tmp_path: Path,
+    pool: ProcessPoolExecutor,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from monitor.cli import main
+
+    settings, db, web = world(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        scan_subject(settings, db, FINDER, pool=pool, deliver=False)
+    finally:
+        db.dispose()
+    cfg = tmp_path / "monitor.toml"
+    cfg.write_text(
+        f'data_dir = "{settings.data_dir}"\n'
+        f'[database]\nurl = "{settings.database_url}"\nkey_file = "{settings.key_path}"\n'
+    )
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(photo_bytes(5200))
+    assert main(["--config", str(cfg), "subject", "add", LATE]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "enroll", LATE, str(photo), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["earlier_images_checked"] == 2 and report["earlier_matches"] == 1
+    assert main(["--config", str(cfg), "cases", "--json"]) == 0
+    (case,) = [c for c in json.loads(capsys.readouterr().out) if c["subject"] == LATE]
+    assert main(["--config", str(cfg), "case", "show", str(case["id"])]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "How it matched: the photo inside a border, letterbox or screenshot" in out
+    assert "found when a photo was enrolled" in out
