@@ -139,3 +139,70 @@ def test_recording_the_same_batch_twice_is_idempotent(db: Database) -> None:
         assert not any(o.new_match or o.new_sighting or o.alerted for o in again)
         assert s.scalar(select(func.count()).select_from(Sighting)) == 3
         assert s.scalar(select(OutboxMessage.new_items)) == 3
+
+
+def test_two_peoples_scans_running_at_once_both_record_the_matches(
+    database_url: str, tmp_path
+) -> None:
+    """The same thing end to end: two scans in two threads find the same new copies."""
+    from monitor.demo.photos import photo_bytes
+    from monitor.demo.transforms import decode, encode, pad, resize
+    from monitor.enrol import enrol_images
+    from monitor.pipeline import hashing_pool, scan_subject
+    from monitor.testing.searxng import FakeSearxng
+    from monitor.testing.web import LoopbackWeb
+    from tests.conftest import loopback_settings
+
+    ref = photo_bytes(5300)
+    copies = {
+        "/a.jpg": encode(resize(decode(ref), 0.5), "JPEG", 80),
+        "/b.jpg": encode(pad(decode(ref), 0.2), "JPEG", 85),
+    }
+    names = ("Dee Parallel", "Eve Parallel")
+    fake = FakeSearxng()
+    with LoopbackWeb() as web, hashing_pool(2) as pool:
+        url = fake.install(web)
+        for path, body in copies.items():
+            web.add(path, body, content_type="image/jpeg")
+        web.add("/page.html", "".join(f"<img src='{p}'>" for p in copies))
+        for name in names:
+            fake.add_result(name, "general", {"url": web.url("/page.html")})
+        settings = loopback_settings(tmp_path, url)
+        settings.database = settings.database.model_copy(update={"url": database_url})
+        settings.cases = settings.cases.model_copy(update={"capture_evidence": False})
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = Database(settings.database_url, key_file=settings.key_path)
+        try:
+            with db.session() as s:
+                for name in names:
+                    enrol_images(s, store.add_subject(s, name, interval=DAY), [("ref", ref)])
+            results: dict[str, object] = {}
+            start = threading.Barrier(2)
+
+            def scan(name: str) -> None:
+                start.wait()
+                try:
+                    results[name] = scan_subject(settings, db, name, pool=pool, deliver=False)
+                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                    results[name] = exc
+
+            threads = [threading.Thread(target=scan, args=(n,)) for n in names]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            for name in names:
+                summary = results[name]
+                assert not isinstance(summary, Exception), summary
+                assert summary.matches == 2 and summary.new_matches == 2  # type: ignore[attr-defined]
+            with db.session() as s:
+                assert s.scalar(select(func.count()).select_from(Image)) == 2
+                for name in names:
+                    subject = store.get_subject(s, name)
+                    matches = s.scalars(select(Match).where(Match.subject_id == subject.id)).all()
+                    alert = s.scalars(
+                        select(OutboxMessage).where(OutboxMessage.subject_id == subject.id)
+                    ).one()
+                    assert len(matches) == 2 and alert.new_items == 2
+        finally:
+            db.dispose()
