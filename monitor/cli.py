@@ -761,7 +761,7 @@ def _print_case(d: cases.CaseDetail) -> None:
         f"{sm.status}; first seen {_fmt_time(sm.first_seen)}, {d.algorithm} distance "
         f"{d.distance}, image SHA-256 {d.sha256[:16]}..."
     )
-    out.print(f"How it matched: {d.how}") if d.how else None
+    out.print(f"How it matched: {d.how or 'not recorded (matched before this was kept)'}")
     t = Table("place", "first seen", "last seen", "state", "evidence", title="Where it was seen")
     for x in d.sightings:
         t.add_row(

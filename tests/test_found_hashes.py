@@ -346,3 +346,27 @@ def test_enroll_on_the_command_line_says_how_many_earlier_images_it_checked(
     out = " ".join(capsys.readouterr().out.split())
     assert "How it matched: the photo inside a border, letterbox or screenshot" in out
     assert "found when a photo was enrolled" in out
+
+
+def test_a_scan_forgets_the_hashes_of_images_nobody_matched_for_keep_seen_days(
+    world: Callable[[str], tuple[Settings, Database, LoopbackWeb]],
+    tmp_path: Path,
+    pool: ProcessPoolExecutor,
+) -> None:
+    from sqlalchemy import update
+
+    settings, db, web = world(f"sqlite:///{tmp_path / 'forget.db'}")
+    try:
+        scan_subject(settings, db, FINDER, pool=pool, deliver=False)
+        with db.session() as s:
+            assert s.scalar(select(func.count(func.distinct(ImageHash.image_id)))) == 2
+            long_ago = utcnow() - timedelta(days=settings.match.keep_seen_days + 1)
+            s.execute(update(Sighting).values(first_seen=long_ago, last_seen=long_ago))
+            s.execute(update(Image).values(first_fetched_at=long_ago))
+        _enrol(db, "Ned Nothing", photo_bytes(5204))  # found nothing: sees none of them
+        scan_subject(settings, db, "Ned Nothing", pool=pool, deliver=False)
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(ImageHash)) == 0
+            assert s.scalar(select(func.count()).select_from(Sighting)) == 2  # places stay
+    finally:
+        db.dispose()
