@@ -597,8 +597,11 @@ class _Scan:
         keep_seen_days`` (kept till then so that a photo enrolled later is matched against
         them, see monitor/retro.py)."""
         keep = timedelta(days=self.settings.match.keep_seen_days)
-        with self.db.session() as s:
-            store.forget_unmatched_hashes(s, keep=keep)
+        try:
+            with self.db.session() as s:
+                store.forget_unmatched_hashes(s, keep=keep)
+        except Exception:  # housekeeping: the scan's results are committed; try next scan
+            log.warning("scan %s: forgetting old hashes failed", self.scan_id, exc_info=True)
 
 
 def _recover_interrupted(db: Database, settings: Settings, subject_id: int) -> None:

@@ -330,6 +330,21 @@ def record_image(
     return outcome
 
 
+def _dialect_insert(session: Session) -> Any:
+    """The database's own ``insert`` (with ``ON CONFLICT``): PostgreSQL's or SQLite's; None
+    for another database."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    return None  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+
+
 def _insert_ignoring(
     session: Session,
     model: type,
@@ -342,12 +357,8 @@ def _insert_ignoring(
     ... ON CONFLICT DO NOTHING). With ``returning``: those columns of the rows inserted."""
     if not rows:
         return []
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+    dialect_insert = _dialect_insert(session)
+    if dialect_insert is None:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
         stmt = insert(model)
         if returning:
             return list(session.execute(stmt.returning(*returning), rows))
@@ -753,12 +764,8 @@ def _upsert(session: Session, model: type, key: str, rows: list[dict[str, object
     if not rows:
         return
     column = getattr(model, key)
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+    upsert = _dialect_insert(session)
+    if upsert is None:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
         session.execute(delete(model).where(column.in_([r[key] for r in rows])))
         session.execute(insert(model), rows)
         return
