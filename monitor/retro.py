@@ -83,7 +83,7 @@ def match_seen_images(
                     match_how(detail, "retro"),
                 )
             )
-    outcomes = store.record_images(session, subject, None, seen, now=now)
+    outcomes = store.record_images(session, subject, None, seen, now=now, hashed=False)
     report.matched = sum(o.new_match for o in outcomes)
     report.alerted = sum(o.alerted for o in outcomes)
     if report.alerted:

@@ -241,19 +241,20 @@ def _hash_values(db: Session | Connection, image_ids: Iterable[int]) -> dict[int
     return found
 
 
-_KNOWN_IMAGE = select(Image.id, Image.sha256, Image.width, Image.height).where(
+_KNOWN_IMAGE = select(Image.id, Image.sha256, Image.width, Image.height, Image.rehash).where(
     Image.sha256 == bindparam("sha")
 )
 
 
 def known_image(db: Session | Connection, sha256: str) -> ImageHashes | None:
     """The stored hashes of an image already seen (by content), so it need not be hashed again:
-    every hash it had (whole picture and content boxes). ``None`` when unknown, or when its
-    hashes were forgotten (:func:`forget_unmatched_hashes`): then it is hashed again.
+    every hash it had (whole picture and content boxes). ``None`` when unknown, when its
+    hashes were forgotten (:func:`forget_unmatched_hashes`), or when it was stored before
+    every hash was kept (``Image.rehash``): then it is hashed again.
 
     Takes a session or, cheaper for one lookup per fetched image, a plain connection."""
     row = db.execute(_KNOWN_IMAGE, {"sha": sha256}).first()
-    if row is None:
+    if row is None or row.rehash:
         return None
     values = _hash_values(db, [row.id]).get(row.id)
     if not values:
@@ -380,6 +381,7 @@ def record_images(
     seen: Sequence[SeenImage],
     *,
     now: datetime | None = None,
+    hashed: bool = True,
 ) -> list[RecordOutcome]:
     """:func:`record_image` for many images at once, in a few set-based statements.
 
@@ -388,7 +390,8 @@ def record_images(
     (``ON CONFLICT DO NOTHING``, then read back): two scans that find the same new image at
     the same time (two people's, or a scan and an enrolment's retro-match) both record their
     sightings and matches instead of one failing on a unique key. ``scan_id`` is ``None`` for
-    matches made outside a scan (:func:`monitor.retro.match_seen_images`).
+    matches made outside a scan (:func:`monitor.retro.match_seen_images`, which passes
+    ``hashed=False``: its hashes were read from the database, not made from the bytes).
     """
     if not seen:
         return []
@@ -417,6 +420,14 @@ def record_images(
             done.add(item.hashes.sha256)
             hash_rows += _hash_rows(image_ids[item.hashes.sha256], item.hashes)
     _insert_ignoring(session, ImageHash, ["image_id", "algorithm", "role"], hash_rows)
+    # An image marked to be hashed again is never reused unhashed (known_image, cached_images):
+    # here it was hashed again, and every hash it has is now stored.
+    if hashed:
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(list(image_ids.values())), Image.rehash.is_(True))
+            .values(rehash=False)
+        )
 
     ids = set(image_ids.values())
     # (image, page, image URL) -> (sighting id, alert id) of the sightings already stored
@@ -833,6 +844,7 @@ _CACHED_COLUMNS = select(
     Image.sha256,
     Image.width,
     Image.height,
+    Image.rehash,
 ).join(Image, Image.id == FetchCacheEntry.image_id)
 _CACHED_IMAGE = _CACHED_COLUMNS.where(FetchCacheEntry.url_sha256 == bindparam("key"))
 _CACHED_IMAGES = _CACHED_COLUMNS.where(
@@ -853,7 +865,7 @@ def cached_image(db: Session | Connection, url: str) -> CachedImage | None:
     """The validators and hashes stored for an image URL, if it was fetched before (and its
     hashes are still kept)."""
     row = db.execute(_CACHED_IMAGE, {"key": url_key(url)}).first()
-    if row is None or row.url != url:
+    if row is None or row.url != url or row.rehash:
         return None
     values = _hash_values(db, [row.image_id]).get(row.image_id)
     return _cached_from(row, values) if values else None
@@ -867,7 +879,7 @@ def cached_images(db: Session | Connection, urls: Iterable[str]) -> dict[str, Ca
     chunks = list(keys)
     for i in range(0, len(chunks), CACHE_LOOKUP_CHUNK):
         for row in db.execute(_CACHED_IMAGES, {"keys": chunks[i : i + CACHE_LOOKUP_CHUNK]}):
-            if keys.get(row.url_sha256) == row.url:
+            if keys.get(row.url_sha256) == row.url and not row.rehash:
                 rows.append(row)
     values = _hash_values(db, (r.image_id for r in rows))
     return {r.url: _cached_from(r, values[r.image_id]) for r in rows if r.image_id in values}

@@ -294,11 +294,30 @@ def test_migration_0011_copies_the_stored_hashes_into_rows(
     db = Database(database_url, key_file=tmp_path / "key")
     try:
         with db.engine.connect() as conn:
-            known = store.known_image(conn, "ab" * 32)
             columns = {c["name"] for c in inspect(conn).get_columns("images")}
-        assert known is not None
-        assert set(known.hashes) == {HashValue("pdq", "cd" * 32, 77), HashValue("phash", "ef" * 8)}
         assert not columns & {"pdq", "pdq_quality", "phash"}
+        with db.session() as s:
+            image = s.scalars(select(Image)).one()
+            copied = store.image_hashes(s, image)
+            assert set(copied.hashes) == {
+                HashValue("pdq", "cd" * 32, 77),
+                HashValue("phash", "ef" * 8),
+            }
+            # Its content-box hashes were never stored: hashed again when next fetched...
+            assert image.rehash and store.known_image(s, "ab" * 32) is None
+            subject = store.add_subject(s, "Rex Rehash", interval=DAY)
+            # ...but an enrolment already matches it on the rows it has (and leaves the mark).
+            store.record_images(
+                s, subject, None, [store.SeenImage("p", "i", copied, None)], hashed=False
+            )
+            assert image.rehash
+            fresh = ImageHashes(
+                "ab" * 32, 1, 1, (*copied.hashes, HashValue("pdq.region", "12" * 32, 60))
+            )
+            store.record_images(s, subject, None, [store.SeenImage("p", "i", fresh, None)])
+        with db.session() as s:
+            known = store.known_image(s, "ab" * 32)
+            assert known is not None and set(known.hashes) == set(fresh.hashes)
     finally:
         db.dispose()
 

@@ -215,6 +215,9 @@ class Image(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     first_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Stored before every hash was kept (0011: only its whole-image hashes were): hashed again
+    # the next time its bytes are fetched, so its content-box hashes are stored too.
+    rehash: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ImageHash(Base):

@@ -5,7 +5,9 @@
 so a letterboxed, bordered or screenshot copy found once was matched again (by a later scan,
 another person's scan, a later enrolment) without the region hashes it had matched on. The
 existing values are copied into rows (role ``whole``), then the columns are dropped (on SQLite
-by rebuilding ``images``; migrations run with foreign keys off, see ``db.migrate``).
+by rebuilding ``images``; migrations run with foreign keys off, see ``db.migrate``). Images
+stored before are marked ``rehash``: hashed again when next fetched, so their content-box
+hashes are stored too (meanwhile retro-matching uses the whole-image rows).
 
 ``matches.how`` (JSON): which hashes matched, at what distance, in which stage.
 
@@ -54,6 +56,12 @@ def upgrade() -> None:
         batch_op.drop_column("pdq")
         batch_op.drop_column("pdq_quality")
         batch_op.drop_column("phash")
+        batch_op.add_column(
+            sa.Column("rehash", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+    # Their content-box hashes were never stored: hash them again when next fetched.
+    images = sa.table("images", sa.column("rehash", sa.Boolean()))
+    op.execute(images.update().values(rehash=True))
     with op.batch_alter_table("matches", schema=None) as batch_op:
         batch_op.add_column(sa.Column("how", sa.Text(), nullable=True))
 
@@ -62,6 +70,7 @@ def downgrade() -> None:
     with op.batch_alter_table("matches", schema=None) as batch_op:
         batch_op.drop_column("how")
     with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.drop_column("rehash")
         batch_op.add_column(sa.Column("pdq", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("pdq_quality", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("phash", sa.String(length=16), nullable=True))
