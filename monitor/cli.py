@@ -303,6 +303,7 @@ def _fmt_interval(seconds: int) -> str:
 
 def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.enrol import EnrolReport, enrol_hash_file, enrol_paths
+    from monitor.retro import match_seen_images
 
     if not args.paths and not args.hashes:
         raise MonitorError("give photos or folders to enroll, or --hashes FILE")
@@ -317,13 +318,28 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
                 reports.append(enrol_paths(s, subject, args.paths, progress=lambda _p: tick()))
         if args.hashes:
             reports.append(enrol_hash_file(s, subject, args.hashes))
+        # New references are matched against every image seen before (no download).
+        retro = (
+            match_seen_images(s, settings, subject) if any(r.enrolled for r in reports) else None
+        )
+    if retro is not None and retro.alerted:
+        alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
     enrolled = sum(r.enrolled for r in reports)
     duplicates = sum(r.duplicates for r in reports)
     errors = [e for r in reports for e in r.errors]
     low = [q for r in reports for q in r.low_quality]
+    checked = retro.checked if retro else 0
+    matched = retro.matched if retro else 0
     if args.json:
         _print_json(
-            {"enrolled": enrolled, "duplicates": duplicates, "errors": errors, "low_quality": low}
+            {
+                "enrolled": enrolled,
+                "duplicates": duplicates,
+                "errors": errors,
+                "low_quality": low,
+                "earlier_images_checked": checked,
+                "earlier_matches": matched,
+            }
         )
     else:
         for line in errors:
@@ -338,6 +354,11 @@ def cmd_enroll(args: argparse.Namespace, settings: Settings) -> int:
             + (f", {len(errors)} error(s)" if errors else "")
             + ". Only hashes were stored."
         )
+        if retro is not None:
+            out.print(
+                f"Checked {checked} image(s) found earlier: "
+                + (f"{matched} match(es), see `matches`." if matched else "none matched.")
+            )
     return 1 if errors and not enrolled else 0
 
 
@@ -764,6 +785,7 @@ def _print_case(d: cases.CaseDetail) -> None:
         f"{_fmt_time(sm.first_seen)}, {d.algorithm} distance {d.distance}, "
         f"image SHA-256 {d.sha256[:16]}..."
     )
+    out.print(f"How it matched: {d.how or 'not recorded (matched before this was kept)'}")
     t = Table("place", "first seen", "last seen", "state", "evidence", title="Where it was seen")
     for x in d.sightings:
         t.add_row(

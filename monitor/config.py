@@ -172,6 +172,9 @@ class MatchConfig(_Section):
     # The PDQ hash of a found image's content box (padding, letterbox, screenshot of a post).
     regions: bool = True
     region_pdq_threshold: int = Field(default=52, ge=0, le=256)
+    # Hashes of found images no person matched are kept this long after the image was last
+    # seen (a photo enrolled later is matched against them: monitor/retro.py), then deleted.
+    keep_seen_days: int = Field(default=90, ge=1)
 
 
 class MailConfig(_Section):
@@ -220,6 +223,9 @@ class CasesConfig(_Section):
     screenshot_timeout: float = Field(default=45.0, gt=0)  # seconds per screenshot
     screenshot_javascript: bool = False  # run pages' scripts for screenshots (WebRTC stays off)
     recheck_every: Duration = timedelta(hours=24)  # how often every open case is fetched again
+    # A place is only "gone" (the image URL answers 404/410, or its content no longer matches)
+    # when a second check at least this much later still says so.
+    recheck_confirm: Duration = timedelta(hours=6)
     max_recheck_images: int = Field(default=50, ge=1)  # images per page compared on a re-check
     reply_to: str = ""  # contact address in removal requests (a relay); empty: ask per notice
     templates_dir: str = ""  # a folder with your own notice_en.txt.j2 / notice_nl.txt.j2

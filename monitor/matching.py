@@ -37,6 +37,8 @@ __all__ = [
     "MatchDetail",
     "ReferenceHashRecord",
     "ReferenceIndex",
+    "explain_match",
+    "match_how",
     "threshold_for",
     "thresholds_from_config",
 ]
@@ -438,3 +440,95 @@ class ReferenceIndex:
         """
         detail = self.match_detail(hashes)
         return detail.result if detail is not None else None
+
+
+# ---------------------------------------------------------------- how a match matched
+
+
+def match_how(detail: MatchDetail, stage: str = "scan") -> dict[str, object]:
+    """What a match records about how it matched (``matches.how``, JSON): the stage that
+    found it (``scan``, ``retro``: an enrolment matched an image seen before), the hash of the
+    found image (``pdq``, ``pdq.region``) and of the reference (``pdq``, ``pdq.mirror``,
+    ``pdq.crop20-03``...) that matched, their distance, the threshold and the hash's bits; the
+    time offsets for videos."""
+    r = detail.result
+    try:
+        bits = get_algorithm(r.algorithm).bits
+    except ValueError:
+        bits = None
+    how: dict[str, object] = {
+        "stage": stage,
+        "found": detail.found,
+        "reference": detail.reference,
+        "distance": r.distance,
+        "threshold": r.threshold,
+        "bits": bits,
+    }
+    if detail.frame_offset is not None:
+        how["frame_offset"] = detail.frame_offset
+    if detail.reference_offset is not None:
+        how["reference_offset"] = detail.reference_offset
+    return how
+
+
+_DIHEDRAL_WORDS = {
+    "mirror": "mirrored copy",
+    "flipv": "upside-down mirrored copy",
+    "rot90": "copy turned a quarter",
+    "rot180": "copy turned upside down",
+    "rot270": "copy turned a quarter",
+    "transpose": "turned and mirrored copy",
+    "transverse": "turned and mirrored copy",
+}
+
+
+def _reference_words(tag: str) -> str:
+    """Words for a reference variant tag (the part after ``pdq.``)."""
+    if tag in _DIHEDRAL_WORDS:
+        return _DIHEDRAL_WORDS[tag]
+    if tag.startswith("crop30"):
+        return "cropped copy (about 30% cut away)"
+    if tag.startswith("crop"):
+        share = tag[4:].split("-", 1)[0]
+        return f"cropped copy (about {share}% cut away)" if share.isdigit() else "cropped copy"
+    if tag.startswith("rot"):
+        body = tag[3:]
+        how = "straightened" if body.endswith("c") else "turned"
+        degrees = body.rstrip("cw").lstrip("+-")
+        return f"{how} copy (about {degrees} degrees)" if degrees else f"{how} copy"
+    return f"edited copy ({tag})"
+
+
+def explain_match(how: Mapping[str, object] | str | None) -> str:
+    """A match's ``how`` in words: "mirrored copy, 18 of 256 bits", "the photo inside a border,
+    letterbox or screenshot, 12 of 256 bits", "same photo, 3 of 64 bits (pHash)". Empty for a
+    match recorded before this was kept."""
+    if isinstance(how, str):
+        import json
+
+        try:
+            how = json.loads(how)
+        except ValueError:
+            return ""
+    if not isinstance(how, Mapping) or "found" not in how:
+        return ""
+    found, reference = str(how["found"]), str(how.get("reference") or "")
+    base, _, ref_tag = reference.partition(VARIANT_SEPARATOR)
+    words: list[str] = []
+    if VARIANT_SEPARATOR in found:  # a content box of the found image
+        words.append("the photo inside a border, letterbox or screenshot")
+    if ref_tag:
+        words.append(_reference_words(ref_tag))
+    if not words:
+        words.append("same photo")
+    text = ", ".join(words)
+    distance, bits = how.get("distance"), how.get("bits")
+    if distance is not None:
+        text += f", {distance} of {bits} bits" if bits else f", distance {distance}"
+    if base and base != "pdq":
+        text += f" ({base})"
+    if how.get("frame_offset") is not None:
+        text += f", at {float(how['frame_offset']):g} s"  # type: ignore[arg-type]
+    if how.get("stage") == "retro":
+        text += "; found when a photo was enrolled, among images seen before"
+    return text

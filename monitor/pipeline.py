@@ -46,11 +46,11 @@ from monitor.fetch import (
 )
 from monitor.fetch import _size as format_size
 from monitor.leases import scan_lease
-from monitor.matching import ReferenceIndex, thresholds_from_config
+from monitor.matching import MatchDetail, ReferenceIndex, match_how, thresholds_from_config
 from monitor.pool import DeadlinePool, PoolTaskError
 from monitor.queries import build_queries
 from monitor.search import SearchBackend, create_backend
-from monitor.types import ImageCandidate, ImageHashes, MatchResult, ResultKind, SearchHit
+from monitor.types import ImageCandidate, ImageHashes, ResultKind, SearchHit
 from monitor.video import FrameHashes, FrameLimits, hash_media, may_have_frames
 
 log = logging.getLogger("monitor.pipeline")
@@ -378,21 +378,30 @@ class _Scan:
         hashes = await task
         if hashes is None:
             return
-        match, frame_offset, reference_offset = self._match(hashes)
-        if match is not None:
+        detail = self._match(hashes)
+        if detail is not None:
             self.matched_pages.add(cand.page_url)
-        if match is not None and hashes.sha256 not in self.matched_images:
+        if detail is not None and hashes.sha256 not in self.matched_images:
             self.matched_images.add(hashes.sha256)
             self.summary.matches += 1
         self.record(
-            store.SeenImage(
-                cand.page_url, cand.image_url, hashes, match, frame_offset, reference_offset
+            store.SeenImage(cand.page_url, cand.image_url, hashes, None)
+            if detail is None
+            else store.SeenImage(
+                cand.page_url,
+                cand.image_url,
+                hashes,
+                detail.result,
+                detail.frame_offset,
+                detail.reference_offset,
+                match_how(detail),
             )
         )
 
-    def _match(self, hashes: ImageHashes) -> tuple[MatchResult | None, float | None, float | None]:
-        """The best match of an image, or of any sampled frame of a video or animation; with
-        the offsets of the frames that matched (found, reference)."""
+    def _match(self, hashes: ImageHashes) -> MatchDetail | None:
+        """The best match of an image (every hash it has: the whole picture's and its content
+        boxes', fresh or stored), or of any sampled frame of a video or animation; with which
+        hashes matched and the offsets of the frames (found, reference)."""
         frames = self.frames_by_sha.get(hashes.sha256)
         if frames:
             detail = self.index.match_frames(
@@ -400,9 +409,7 @@ class _Scan:
             )
         else:
             detail = self.index.match_detail(hashes)
-        if detail is None:
-            return None, None, None
-        return detail.result, detail.frame_offset, detail.reference_offset
+        return detail
 
     async def image(self, fetcher: Fetcher, url: str, *, video: bool = False) -> ImageHashes | None:
         cached = self._cached(url)
@@ -632,6 +639,18 @@ class _Scan:
                 self.summary.bytes_downloaded = fetcher.bytes_downloaded
         self.flush()
         self._write_pages()
+        self._forget_old_hashes()
+
+    def _forget_old_hashes(self) -> None:
+        """Delete the hashes of images no person matched and no scan saw for ``[match]
+        keep_seen_days`` (kept till then so that a photo enrolled later is matched against
+        them, see monitor/retro.py)."""
+        keep = timedelta(days=self.settings.match.keep_seen_days)
+        try:
+            with self.db.session() as s:
+                store.forget_unmatched_hashes(s, keep=keep)
+        except Exception:  # housekeeping: the scan's results are committed; try next scan
+            log.warning("scan %s: forgetting old hashes failed", self.scan_id, exc_info=True)
 
 
 def _recover_interrupted(db: Database, settings: Settings, subject_id: int) -> None:

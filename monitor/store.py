@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from monitor.db.models import (
     FetchErrorRecord,
     Hit,
     Image,
+    ImageHash,
     Match,
     MediaFrames,
     PageCacheEntry,
@@ -32,9 +33,11 @@ from monitor.db.models import (
     Scan,
     Sighting,
     Subject,
+    UTCDateTime,
     utcnow,
 )
 from monitor.errors import MonitorError, SubjectNotFound
+from monitor.hashing import VARIANT_SEPARATOR
 from monitor.matching import ReferenceHashRecord
 from monitor.types import HashValue, ImageCandidate, ImageHashes, MatchResult, SearchHit
 from monitor.types import iso_utc as _iso
@@ -199,41 +202,87 @@ def record_error(session: Session, scan_id: int, url: str, stage: str, reason: s
     session.add(FetchErrorRecord(scan_id=scan_id, url=url, stage=stage, reason=reason[:2000]))
 
 
-_KNOWN_IMAGE = select(
-    Image.sha256, Image.width, Image.height, Image.pdq, Image.pdq_quality, Image.phash
-).where(Image.sha256 == bindparam("sha"))
+WHOLE = "whole"
+"""The ``role`` of the hash of a whole picture in ``image_hashes`` (else a variant tag such as
+``region``: the hash named ``pdq.region``)."""
+
+
+def hash_row_key(name: str) -> tuple[str, str]:
+    """``(algorithm, role)`` of a hash name: ``pdq`` -> ``(pdq, whole)``, ``pdq.region.2`` ->
+    ``(pdq, region.2)``."""
+    algorithm, _, role = name.partition(VARIANT_SEPARATOR)
+    return algorithm, role or WHOLE
+
+
+def hash_name(algorithm: str, role: str) -> str:
+    """The inverse of :func:`hash_row_key`."""
+    return algorithm if role == WHOLE else f"{algorithm}{VARIANT_SEPARATOR}{role}"
+
+
+_IMAGE_HASHES = (
+    select(
+        ImageHash.image_id, ImageHash.algorithm, ImageHash.role, ImageHash.value, ImageHash.quality
+    )
+    .where(ImageHash.image_id.in_(bindparam("ids", expanding=True)))
+    .order_by(ImageHash.image_id, ImageHash.id)
+)
+
+
+def _hash_values(db: Session | Connection, image_ids: Iterable[int]) -> dict[int, list[HashValue]]:
+    """The stored hashes of these images, by image id (only those with any), in the order they
+    were stored (the whole picture's first, as computed)."""
+    wanted = list(dict.fromkeys(image_ids))
+    found: dict[int, list[HashValue]] = {}
+    for i in range(0, len(wanted), CACHE_LOOKUP_CHUNK):
+        for image_id, alg, role, value, quality in db.execute(
+            _IMAGE_HASHES, {"ids": wanted[i : i + CACHE_LOOKUP_CHUNK]}
+        ):
+            found.setdefault(image_id, []).append(HashValue(hash_name(alg, role), value, quality))
+    return found
+
+
+_KNOWN_IMAGE = select(Image.id, Image.sha256, Image.width, Image.height, Image.rehash).where(
+    Image.sha256 == bindparam("sha")
+)
 
 
 def known_image(db: Session | Connection, sha256: str) -> ImageHashes | None:
-    """The stored hashes of an image already seen (by content), so it need not be hashed again.
+    """The stored hashes of an image already seen (by content), so it need not be hashed again:
+    every hash it had (whole picture and content boxes). ``None`` when unknown, when its
+    hashes were forgotten (:func:`forget_unmatched_hashes`), or when it was stored before
+    every hash was kept (``Image.rehash``): then it is hashed again.
 
     Takes a session or, cheaper for one lookup per fetched image, a plain connection."""
     row = db.execute(_KNOWN_IMAGE, {"sha": sha256}).first()
-    if row is None:
+    if row is None or row.rehash:
         return None
-    return _hashes_from(row.sha256, row.width, row.height, row.pdq, row.pdq_quality, row.phash)
+    values = _hash_values(db, [row.id]).get(row.id)
+    if not values:
+        return None
+    return ImageHashes(row.sha256, row.width, row.height, tuple(values))
 
 
-def _hashes_from(
-    sha256: str,
-    width: int,
-    height: int,
-    pdq: str | None,
-    pdq_quality: int | None,
-    phash: str | None,
-) -> ImageHashes:
-    hashes = []
-    if pdq:
-        hashes.append(HashValue("pdq", pdq, pdq_quality))
-    if phash:
-        hashes.append(HashValue("phash", phash))
-    return ImageHashes(sha256, width, height, tuple(hashes))
+def image_hashes(session: Session, image: Image) -> ImageHashes:
+    """Every stored hash of a found image (none if they were forgotten)."""
+    values = _hash_values(session, [image.id]).get(image.id, [])
+    return ImageHashes(image.sha256, image.width, image.height, tuple(values))
 
 
-def image_hashes(image: Image) -> ImageHashes:
-    return _hashes_from(
-        image.sha256, image.width, image.height, image.pdq, image.pdq_quality, image.phash
-    )
+def _hash_rows(image_id: int, hashes: ImageHashes) -> list[dict[str, object]]:
+    rows: dict[tuple[str, str], dict[str, object]] = {}
+    for h in hashes.hashes:
+        algorithm, role = hash_row_key(h.algorithm)
+        rows.setdefault(
+            (algorithm, role),
+            {
+                "image_id": image_id,
+                "algorithm": algorithm,
+                "role": role,
+                "value": h.value,
+                "quality": h.quality,
+            },
+        )
+    return list(rows.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +297,8 @@ class SeenImage:
     """One image a scan saw on one page, with its hashes and its match (if any).
 
     For a video or animation, ``frame_offset`` is the time of the frame that matched and
-    ``reference_offset`` that of the enrolled video's frame it matched (else ``None``)."""
+    ``reference_offset`` that of the enrolled video's frame it matched (else ``None``).
+    ``how``: which hashes matched (:func:`monitor.matching.match_how`), stored as JSON."""
 
     page_url: str
     image_url: str
@@ -256,12 +306,13 @@ class SeenImage:
     match: MatchResult | None
     frame_offset: float | None = None
     reference_offset: float | None = None
+    how: dict[str, object] | None = None
 
 
 def record_image(
     session: Session,
     subject: Subject,
-    scan_id: int,
+    scan_id: int | None,
     *,
     page_url: str,
     image_url: str,
@@ -280,18 +331,67 @@ def record_image(
     return outcome
 
 
+def _dialect_insert(session: Session) -> Any:
+    """The database's own ``insert`` (with ``ON CONFLICT``): PostgreSQL's or SQLite's; None
+    for another database."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    return None  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+
+
+def _insert_ignoring(
+    session: Session,
+    model: type,
+    keys: Sequence[str],
+    rows: list[dict[str, object]],
+    returning: Sequence[Any] = (),
+) -> list[Row[Any]]:
+    """Insert ``rows``, skipping those whose ``keys`` (a unique constraint) are already stored
+    -- by this or by a concurrent transaction, which it waits for -- instead of failing (INSERT
+    ... ON CONFLICT DO NOTHING). With ``returning``: those columns of the rows inserted."""
+    if not rows:
+        return []
+    dialect_insert = _dialect_insert(session)
+    if dialect_insert is None:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+        stmt = insert(model)
+        if returning:
+            return list(session.execute(stmt.returning(*returning), rows))
+        session.execute(stmt, rows)
+        return []
+    stmt = dialect_insert(model).on_conflict_do_nothing(
+        index_elements=[getattr(model, k) for k in keys]
+    )
+    if returning:
+        return list(session.execute(stmt.returning(*returning), rows))
+    session.execute(stmt, rows)
+    return []
+
+
 def record_images(
     session: Session,
     subject: Subject,
-    scan_id: int,
+    scan_id: int | None,
     seen: Sequence[SeenImage],
     *,
     now: datetime | None = None,
+    hashed: bool = True,
 ) -> list[RecordOutcome]:
     """:func:`record_image` for many images at once, in a few set-based statements.
 
     Outcomes are returned in the order of ``seen``; an image seen twice in the batch is stored
-    once, and a (page, image URL) pair seen twice is one sighting.
+    once, and a (page, image URL) pair seen twice is one sighting. Every insert is idempotent
+    (``ON CONFLICT DO NOTHING``, then read back): two scans that find the same new image at
+    the same time (two people's, or a scan and an enrolment's retro-match) both record their
+    sightings and matches instead of one failing on a unique key. ``scan_id`` is ``None`` for
+    matches made outside a scan (:func:`monitor.retro.match_seen_images`, which passes
+    ``hashed=False``: its hashes were read from the database, not made from the bytes).
     """
     if not seen:
         return []
@@ -302,23 +402,160 @@ def record_images(
     for item in seen:
         h = item.hashes
         if h.sha256 not in image_ids and h.sha256 not in new_images:
-            pdq, phash = h.get("pdq"), h.get("phash")
             new_images[h.sha256] = {
                 "sha256": h.sha256,
                 "width": h.width,
                 "height": h.height,
-                "pdq": pdq.value if pdq else None,
-                "pdq_quality": pdq.quality if pdq else None,
-                "phash": phash.value if phash else None,
                 "first_fetched_at": now,
             }
     if new_images:
-        session.execute(insert(Image), list(new_images.values()))
+        _insert_ignoring(session, Image, ["sha256"], list(new_images.values()))
         image_ids.update(_image_ids(session, set(new_images)))
+    # Every hash of every image (the whole picture's and its content boxes'), one row each;
+    # rows already stored are kept (hashes forgotten after keep_seen_days come back here).
+    hash_rows: list[dict[str, object]] = []
+    done: set[str] = set()
+    for item in seen:
+        if item.hashes.sha256 not in done:
+            done.add(item.hashes.sha256)
+            hash_rows += _hash_rows(image_ids[item.hashes.sha256], item.hashes)
+    _insert_ignoring(session, ImageHash, ["image_id", "algorithm", "role"], hash_rows)
+    # An image marked to be hashed again is never reused unhashed (known_image, cached_images):
+    # here it was hashed again, and every hash it has is now stored.
+    if hashed:
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(list(image_ids.values())), Image.rehash.is_(True))
+            .values(rehash=False)
+        )
 
     ids = set(image_ids.values())
     # (image, page, image URL) -> (sighting id, alert id) of the sightings already stored
-    stored = {
+    stored = _sightings(session, subject.id, ids)
+    matches = {
+        m.image_id: m
+        for m in session.scalars(
+            select(Match).where(Match.subject_id == subject.id, Match.image_id.in_(ids))
+        )
+    }
+
+    # Matches: new ones inserted (idempotently), better ones replace what is stored.
+    new_match_ids: set[int] = set()
+    for item in seen:
+        image_id, match = image_ids[item.hashes.sha256], item.match
+        if match is None:
+            continue
+        existing = matches.get(image_id)
+        how = json.dumps(item.how, separators=(",", ":")) if item.how else None
+        if existing is None:
+            inserted = _insert_ignoring(
+                session,
+                Match,
+                ["subject_id", "image_id"],
+                [
+                    {
+                        "subject_id": subject.id,
+                        "image_id": image_id,
+                        "reference_id": match.reference_id,
+                        "algorithm": match.algorithm,
+                        "distance": match.distance,
+                        "first_seen": now,
+                        "status": "new",
+                        "scan_id": scan_id,
+                        "frame_offset": item.frame_offset,
+                        "reference_offset": item.reference_offset,
+                        "how": how,
+                    }
+                ],
+                returning=[Match.id],
+            )
+            existing = session.scalar(
+                select(Match).where(Match.subject_id == subject.id, Match.image_id == image_id)
+            )
+            assert existing is not None
+            matches[image_id] = existing
+            if inserted:
+                new_match_ids.add(image_id)
+        elif match.distance < existing.distance:
+            existing.distance, existing.algorithm = match.distance, match.algorithm
+            existing.reference_id = match.reference_id
+            existing.frame_offset = item.frame_offset
+            existing.reference_offset = item.reference_offset
+            existing.how = how or existing.how
+
+    # Sightings: the places not stored yet are inserted (idempotently); those this call
+    # inserted are the new ones.
+    rows: dict[tuple[int, str, str], dict[str, object]] = {}
+    for item in seen:
+        key = (image_ids[item.hashes.sha256], item.page_url, item.image_url)
+        if key not in stored and key not in rows:
+            rows[key] = {
+                "subject_id": subject.id,
+                "image_id": key[0],
+                "page_url": item.page_url,
+                "image_url": item.image_url,
+                "first_seen": now,
+                "last_seen": now,
+                "first_scan_id": scan_id,
+                "alert_id": None,
+            }
+    inserted_keys: dict[tuple[int, str, str], int] = {
+        (r.image_id, r.page_url, r.image_url): r.id
+        for r in _insert_ignoring(
+            session,
+            Sighting,
+            ["subject_id", "image_id", "page_url", "image_url"],
+            list(rows.values()),
+            returning=[Sighting.id, Sighting.image_id, Sighting.page_url, Sighting.image_url],
+        )
+    }
+    if len(inserted_keys) < len(rows):  # stored meanwhile by another transaction
+        stored = _sightings(session, subject.id, ids)
+
+    outcomes: list[RecordOutcome] = []
+    reported: set[tuple[int, str, str]] = set()
+    to_alert: list[int] = []  # sightings (never alerted yet) to put in the alert
+    touched: set[int] = set()
+    for item in seen:
+        image_id = image_ids[item.hashes.sha256]
+        key = (image_id, item.page_url, item.image_url)
+        new_sighting = key in inserted_keys and key not in reported
+        sighting_id = inserted_keys.get(key)
+        alert_id = None
+        if sighting_id is None:
+            sighting_id, alert_id = stored[key]
+            touched.add(sighting_id)
+        new_match = image_id in new_match_ids
+        new_match_ids.discard(image_id)
+        existing = matches.get(image_id)
+        alerted = False
+        if (
+            existing is not None
+            and existing.status != "dismissed"
+            and (new_sighting or new_match)
+            and alert_id is None
+            and key not in reported
+        ):
+            to_alert.append(sighting_id)
+            alerted = True
+        reported.add(key)
+        outcomes.append(RecordOutcome(new_sighting, new_match, alerted))
+
+    if to_alert:
+        alert = alerts.hold_alert(session, subject, scan_id, new_items=len(to_alert))  # type: ignore[arg-type]
+        session.flush()
+        session.execute(update(Sighting), [{"id": i, "alert_id": alert.id} for i in to_alert])
+    if touched:
+        session.execute(update(Sighting), [{"id": i, "last_seen": now} for i in touched])
+    session.flush()
+    return outcomes
+
+
+def _sightings(
+    session: Session, subject_id: int, image_ids: set[int]
+) -> dict[tuple[int, str, str], tuple[int, int | None]]:
+    """(image, page, image URL) -> (sighting id, alert id) of a subject's stored sightings."""
+    return {
         (image_id, page_url, image_url): (sid, alert_id)
         for sid, image_id, page_url, image_url, alert_id in session.execute(
             select(
@@ -327,91 +564,9 @@ def record_images(
                 Sighting.page_url,
                 Sighting.image_url,
                 Sighting.alert_id,
-            ).where(Sighting.subject_id == subject.id, Sighting.image_id.in_(ids))
+            ).where(Sighting.subject_id == subject_id, Sighting.image_id.in_(image_ids))
         )
     }
-    matches = {
-        m.image_id: m
-        for m in session.scalars(
-            select(Match).where(Match.subject_id == subject.id, Match.image_id.in_(ids))
-        )
-    }
-
-    outcomes: list[RecordOutcome] = []
-    new_sightings: dict[tuple[int, str, str], dict[str, object]] = {}
-    touched: set[int] = set()
-    alert_new: list[dict[str, object]] = []  # new sightings to put in the alert
-    alert_old: list[int] = []  # stored sightings (never alerted yet) to put in the alert
-    for item in seen:
-        image_id = image_ids[item.hashes.sha256]
-        key = (image_id, item.page_url, item.image_url)
-        old = stored.get(key)
-        row = new_sightings.get(key)
-        new_sighting = old is None and row is None
-        if old is not None:
-            touched.add(old[0])
-        elif row is None:
-            row = {
-                "subject_id": subject.id,
-                "image_id": image_id,
-                "page_url": item.page_url,
-                "image_url": item.image_url,
-                "first_seen": now,
-                "last_seen": now,
-                "first_scan_id": scan_id,
-                "alert_id": None,
-            }
-            new_sightings[key] = row
-
-        match, existing = item.match, matches.get(image_id)
-        new_match = False
-        if existing is None and match is not None:
-            existing = Match(
-                subject_id=subject.id,
-                image_id=image_id,
-                reference_id=match.reference_id,
-                algorithm=match.algorithm,
-                distance=match.distance,
-                first_seen=now,
-                status="new",
-                scan_id=scan_id,
-                frame_offset=item.frame_offset,
-                reference_offset=item.reference_offset,
-            )
-            session.add(existing)
-            matches[image_id] = existing
-            new_match = True
-        elif existing is not None and match is not None and match.distance < existing.distance:
-            existing.distance, existing.algorithm = match.distance, match.algorithm
-            existing.reference_id = match.reference_id
-            existing.frame_offset = item.frame_offset
-            existing.reference_offset = item.reference_offset
-
-        alerted = False
-        if existing is not None and existing.status != "dismissed" and (new_sighting or new_match):
-            if old is None and row is not None and not any(r is row for r in alert_new):
-                alert_new.append(row)
-                alerted = True
-            elif old is not None and old[1] is None and old[0] not in alert_old:
-                alert_old.append(old[0])
-                alerted = True
-        outcomes.append(RecordOutcome(new_sighting, new_match, alerted))
-
-    if alert_new or alert_old:
-        alert = alerts.hold_alert(
-            session, subject, scan_id, new_items=len(alert_new) + len(alert_old)
-        )
-        session.flush()
-        for row in alert_new:
-            row["alert_id"] = alert.id
-        if alert_old:
-            session.execute(update(Sighting), [{"id": i, "alert_id": alert.id} for i in alert_old])
-    if new_sightings:
-        session.execute(insert(Sighting), list(new_sightings.values()))
-    if touched:
-        session.execute(update(Sighting), [{"id": i, "last_seen": now} for i in touched])
-    session.flush()
-    return outcomes
 
 
 def _image_ids(session: Session, shas: set[str]) -> dict[str, int]:
@@ -421,6 +576,90 @@ def _image_ids(session: Session, shas: set[str]) -> dict[str, int]:
             select(Image.sha256, Image.id).where(Image.sha256.in_(shas))
         )
     )
+
+
+# ---------------------------------------------------------------- images seen before
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """An image seen before, by its stored hashes (and sampled frames, for a video or an
+    animation): what an enrolment matches against without downloading anything."""
+
+    image_id: int
+    hashes: ImageHashes
+    frames: tuple[FrameHashes, ...] = ()
+
+
+def stored_images(
+    session: Session, *, skip_matched_by: int | None = None, chunk: int = 500
+) -> Iterator[StoredImage]:
+    """Every found image whose hashes are kept, in id order, a chunk of rows at a time;
+    without those ``skip_matched_by`` (a subject id) already matched."""
+    last = 0
+    while True:
+        query = select(Image.id, Image.sha256, Image.width, Image.height).where(
+            Image.id > last, exists().where(ImageHash.image_id == Image.id)
+        )
+        if skip_matched_by is not None:
+            query = query.where(
+                ~exists().where(Match.image_id == Image.id, Match.subject_id == skip_matched_by)
+            )
+        rows = session.execute(query.order_by(Image.id).limit(chunk)).all()
+        if not rows:
+            return
+        last = rows[-1].id
+        values = _hash_values(session, [r.id for r in rows])
+        frames = known_frames(session, [r.sha256 for r in rows])
+        for r in rows:
+            hashes = ImageHashes(r.sha256, r.width, r.height, tuple(values.get(r.id, ())))
+            yield StoredImage(r.id, hashes, frames.get(r.sha256, ()))
+
+
+def places_of(session: Session, image_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
+    """Where images were seen, by any person's scan: ``(page URL, image URL)`` pairs by image
+    id, first seen first."""
+    found: dict[int, list[tuple[str, str]]] = {}
+    wanted = list(dict.fromkeys(image_ids))
+    for i in range(0, len(wanted), CACHE_LOOKUP_CHUNK):
+        for image_id, page_url, image_url in session.execute(
+            select(Sighting.image_id, Sighting.page_url, Sighting.image_url)
+            .where(Sighting.image_id.in_(wanted[i : i + CACHE_LOOKUP_CHUNK]))
+            .order_by(Sighting.first_seen, Sighting.id)
+        ):
+            pairs = found.setdefault(image_id, [])
+            if (page_url, image_url) not in pairs:
+                pairs.append((page_url, image_url))
+    return found
+
+
+def forget_unmatched_hashes(
+    session: Session, *, keep: timedelta, now: datetime | None = None
+) -> int:
+    """Delete the hashes (rows of ``image_hashes``, sampled frames and the image URL's cache
+    entries) of found images that no person matched and that no scan has seen for ``keep``
+    (``[match] keep_seen_days``). The image row and its sightings (URLs and SHA-256) stay; an
+    image seen again is hashed again. Returns how many images' hashes were deleted."""
+    cutoff = (now or utcnow()) - keep
+    last_seen = (
+        select(func.max(Sighting.last_seen)).where(Sighting.image_id == Image.id).scalar_subquery()
+    )
+    stale = list(
+        session.scalars(
+            select(Image.id).where(
+                exists().where(ImageHash.image_id == Image.id),
+                ~exists().where(Match.image_id == Image.id),
+                func.coalesce(last_seen, Image.first_fetched_at)
+                < bindparam("cutoff", cutoff, type_=UTCDateTime()),
+            )
+        )
+    )
+    for i in range(0, len(stale), CACHE_LOOKUP_CHUNK):
+        ids = stale[i : i + CACHE_LOOKUP_CHUNK]
+        session.execute(delete(ImageHash).where(ImageHash.image_id.in_(ids)))
+        session.execute(delete(MediaFrames).where(MediaFrames.image_id.in_(ids)))
+        session.execute(delete(FetchCacheEntry).where(FetchCacheEntry.image_id.in_(ids)))
+    return len(stale)
 
 
 def finish_scan(
@@ -536,12 +775,8 @@ def _upsert(session: Session, model: type, key: str, rows: list[dict[str, object
     if not rows:
         return
     column = getattr(model, key)
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    else:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+    upsert = _dialect_insert(session)
+    if upsert is None:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
         session.execute(delete(model).where(column.in_([r[key] for r in rows])))
         session.execute(insert(model), rows)
         return
@@ -605,12 +840,11 @@ _CACHED_COLUMNS = select(
     FetchCacheEntry.last_modified,
     FetchCacheEntry.fresh_until,
     FetchCacheEntry.fetched_at,
+    Image.id.label("image_id"),
     Image.sha256,
     Image.width,
     Image.height,
-    Image.pdq,
-    Image.pdq_quality,
-    Image.phash,
+    Image.rehash,
 ).join(Image, Image.id == FetchCacheEntry.image_id)
 _CACHED_IMAGE = _CACHED_COLUMNS.where(FetchCacheEntry.url_sha256 == bindparam("key"))
 _CACHED_IMAGES = _CACHED_COLUMNS.where(
@@ -620,32 +854,35 @@ CACHE_LOOKUP_CHUNK = 500
 """URLs looked up per query by :func:`cached_images` (well under SQLite's variable limit)."""
 
 
-def _cached_from(row: Row[Any]) -> CachedImage:
-    hashes = _hashes_from(row.sha256, row.width, row.height, row.pdq, row.pdq_quality, row.phash)
+def _cached_from(row: Row[Any], values: list[HashValue]) -> CachedImage:
+    hashes = ImageHashes(row.sha256, row.width, row.height, tuple(values))
     return CachedImage(
         row.url, row.etag, row.last_modified, hashes, row.fresh_until, row.fetched_at
     )
 
 
 def cached_image(db: Session | Connection, url: str) -> CachedImage | None:
-    """The validators and hashes stored for an image URL, if it was fetched before."""
+    """The validators and hashes stored for an image URL, if it was fetched before (and its
+    hashes are still kept)."""
     row = db.execute(_CACHED_IMAGE, {"key": url_key(url)}).first()
-    if row is None or row.url != url:
+    if row is None or row.url != url or row.rehash:
         return None
-    return _cached_from(row)
+    values = _hash_values(db, [row.image_id]).get(row.image_id)
+    return _cached_from(row, values) if values else None
 
 
 def cached_images(db: Session | Connection, urls: Iterable[str]) -> dict[str, CachedImage]:
-    """:func:`cached_image` for many URLs in one query (a few for very many): by URL, only
-    those with an entry."""
+    """:func:`cached_image` for many URLs in a few queries: by URL, only those with an entry
+    (and hashes)."""
     keys = {url_key(u): u for u in urls}
-    found: dict[str, CachedImage] = {}
+    rows: list[Row[Any]] = []
     chunks = list(keys)
     for i in range(0, len(chunks), CACHE_LOOKUP_CHUNK):
         for row in db.execute(_CACHED_IMAGES, {"keys": chunks[i : i + CACHE_LOOKUP_CHUNK]}):
-            if keys.get(row.url_sha256) == row.url:
-                found[row.url] = _cached_from(row)
-    return found
+            if keys.get(row.url_sha256) == row.url and not row.rehash:
+                rows.append(row)
+    values = _hash_values(db, (r.image_id for r in rows))
+    return {r.url: _cached_from(r, values[r.image_id]) for r in rows if r.image_id in values}
 
 
 def remember_fetches(session: Session, fetched: Sequence[FetchedImage]) -> list[FetchedImage]:

@@ -34,6 +34,7 @@ from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb
 
 NAME = "Jane Example"
+LATER = timedelta(hours=7)  # past [cases] recheck_confirm (6 h): a second check confirms
 PAGE = '<html lang="{lang}"><body><h1>album</h1><img src="/img/{n}.jpg"><img src="/img/other.jpg"></body></html>'
 
 
@@ -169,7 +170,12 @@ def test_removal_is_detected_and_a_reappearance_alerts_discreetly(world: World) 
     assert report.status == "confirmed" and report.online == 1 and report.reappeared == 0
 
     world.web.remove("/post/1.html")
+    world.web.remove("/img/1.jpg")
     report = asyncio.run(cases.recheck_case(world.settings, world.db, case_id))
+    assert report.status == "confirmed" and report.missing == 1 and report.gone == 0
+    report = asyncio.run(
+        cases.recheck_case(world.settings, world.db, case_id, now=utcnow() + LATER)
+    )
     assert report.status == "removed" and report.gone == 1
     assert "HTTP 404" in report.details[0]
     with world.db.session() as s:
@@ -177,6 +183,7 @@ def test_removal_is_detected_and_a_reappearance_alerts_discreetly(world: World) 
     assert removed_at is not None
     assert len(_alerts(world.db)) == alerts_before  # a removal does not alert
 
+    world.web.add("/img/1.jpg", world.photo, "image/jpeg")
     world.publish("/post/1.html")  # back online
     report = asyncio.run(cases.recheck_case(world.settings, world.db, case_id))
     assert report.status == "still_online" and report.reappeared == 1 and report.alerted == 1
@@ -196,6 +203,10 @@ def test_an_image_that_no_longer_matches_counts_as_removed(world: World) -> None
     case_id = world.case_id()
     world.web.add("/img/1.jpg", photo_bytes(55, (640, 480)), "image/jpeg")  # replaced
     report = asyncio.run(cases.recheck_case(world.settings, world.db, case_id))
+    assert report.status == "new" and report.missing == 1  # to be confirmed
+    report = asyncio.run(
+        cases.recheck_case(world.settings, world.db, case_id, now=utcnow() + LATER)
+    )
     assert report.status == "removed"
     with world.db.session() as s:
         (st,) = s.scalars(select(SightingState)).all()
@@ -219,10 +230,13 @@ def test_a_new_copy_elsewhere_of_a_removed_case_alerts(world: World) -> None:
     world.scan()
     case_id = world.case_id()
     world.web.remove("/post/1.html")
+    world.web.remove("/img/1.jpg")
     asyncio.run(cases.recheck_case(world.settings, world.db, case_id))
+    asyncio.run(cases.recheck_case(world.settings, world.db, case_id, now=utcnow() + LATER))
     assert _state(world.db, case_id) == "removed"
     alerts_before = len(_alerts(world.db))
 
+    world.web.add("/img/1.jpg", world.photo, "image/jpeg")
     world.publish("/post/2.html")  # the same image on another page
     world.scan()
     assert _state(world.db, case_id) == "still_online"
@@ -388,6 +402,8 @@ def test_cli_lists_shows_decides_and_exports_the_evidence_bundle(world: World, c
     assert code == 2 and "no case 999" in err
 
     world.web.remove("/post/1.html")
+    world.web.remove("/img/1.jpg")
+    cfg = _config(world, recheck_confirm="0s")  # no second check to wait for
     code, out, _ = _cli(capsys, cfg, "case", "recheck", str(case_id), "--json")
     assert code == 0 and json.loads(out)["status"] == "removed"
 

@@ -28,7 +28,11 @@ async def test_a_video_case_is_online_while_its_video_is_on_the_page_and_gone_af
             web.add("/clip.mp4", other, "video/mp4")  # swapped for another video
             swapped = await check_sighting(fetcher, page, clip_url, known, THRESHOLDS)
             web.add("/post.html", "<p>removed</p>")
+            web.add("/clip.mp4", clip, "video/mp4")  # unlinked, still served
+            unlinked = await check_sighting(fetcher, page, clip_url, known, THRESHOLDS)
+            web.remove("/clip.mp4")
             removed = await check_sighting(fetcher, page, clip_url, known, THRESHOLDS)
     assert still_there.state == "online", still_there.detail
     assert swapped.state == "changed", swapped.detail
+    assert unlinked.state == "online" and "unlinked" in unlinked.detail, unlinked.detail
     assert removed.state == "gone", removed.detail

@@ -477,6 +477,10 @@ def export_bundle(
         subject = s.get(Subject, case.subject_id)
         image = s.get(Image, case.image_id)
         assert subject is not None and image is not None
+        from monitor.store import image_hashes
+
+        stored = image_hashes(s, image)
+        pdq, phash = stored.get("pdq"), stored.get("phash")
         sightings = case_sightings(s, case)
         states = sighting_states(s, [x.id for x in sightings])
         if include_image_copy and subject.minor:
@@ -515,8 +519,8 @@ def export_bundle(
                     distance=case.distance,
                     threshold=thresholds.get(case.algorithm),
                     sha256=image.sha256,
-                    pdq=image.pdq,
-                    phash=image.phash,
+                    pdq=pdq.value if pdq else None,
+                    phash=phash.value if phash else None,
                     captures=tuple(captures),
                 )
             )

@@ -35,6 +35,7 @@ from monitor.db.models import (
     utcnow,
 )
 from monitor.errors import MonitorError
+from monitor.matching import explain_match
 from monitor.types import iso_utc as _iso
 
 __all__ = [
@@ -221,12 +222,14 @@ class CaseDetail:
     notices: list[dict[str, Any]]
     events: list[dict[str, Any]]
     next_steps: list[str] = field(default_factory=list)
+    how: str = ""  # how it matched, in words (matching.explain_match); "" if not recorded
 
     def as_json(self) -> dict[str, Any]:
         return {
             **self.summary.as_json(),
             "algorithm": self.algorithm,
             "distance": self.distance,
+            "how": self.how,
             "sha256": self.sha256,
             "decided_at": _iso(self.decided_at),
             "sightings": [s.as_json() for s in self.sightings],
@@ -281,7 +284,11 @@ def _summary(
         first_seen=case.first_seen,
         last_seen=max((s.last_seen for s, _ in sightings), default=None),
         sightings=len(sightings),
-        online=sum(1 for _, st in sightings if st is None or st.state in ("online", "unreachable")),
+        online=sum(
+            1
+            for _, st in sightings
+            if st is None or st.state in ("online", "unreachable", "missing")
+        ),
         evidence=sum(
             1 for _, st in sightings if st is not None and st.evidence_status == "captured"
         ),
@@ -352,6 +359,7 @@ def case_detail(session: Session, settings: Settings, case_id: int) -> CaseDetai
         notices=notices,
         events=events,
         next_steps=next_steps(settings, case.id, case.status, minor=subject.minor),
+        how=explain_match(case.how),
     )
 
 

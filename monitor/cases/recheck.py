@@ -3,14 +3,18 @@
 For each sighting (through :class:`~monitor.fetch.Fetcher`, the image hashed in memory with
 :func:`~monitor.hashing.compute_hashes`, never written anywhere):
 
-* ``gone``: the page answers 404/410/451, or the image is no longer on the page (nor any image
-  on it that matches), or the image answers 404/410/451;
-* ``changed``: the image is there but no longer matches the case's image;
-* ``online``: the image (or a matching copy on the same page) is there;
+* ``gone``: the image's own address answers 404/410/451 (whatever the page does);
+* ``changed``: the image's address serves an image that no longer matches the case's image;
+* ``online``: the image (or a matching copy on the same page) is there. A page that no longer
+  shows the image (drawn by script, moved, or the page itself gone) while the image's address
+  still serves it is "online, unlinked": still online;
 * ``unreachable``: anything else (time-out, 5xx, robots.txt...): no conclusion is drawn.
 
-A case whose every place is gone or changed is ``removed``. A place that was gone and is online
-again, or a removed case seen again (also by a scan), is a reappearance: the case becomes
+``gone`` and ``changed`` are only recorded when a second check at least ``[cases]
+recheck_confirm`` after the first still says so; meanwhile the place is ``missing`` (not yet
+confirmed; a case with such a place is checked again once the time has passed). A case whose
+every place is gone or changed is ``removed``. A place that was gone and is online again, or a
+removed case seen again (also by a scan), is a reappearance: the case becomes
 ``still_online`` and the person gets a discreet alert (no name, no URL) through the outbox.
 Re-checks also retry evidence captures that failed.
 """
@@ -21,9 +25,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from monitor import alerts
 from monitor.cases.capture import CaptureReport, ScannedPage, capture_pending
@@ -56,6 +60,10 @@ log = logging.getLogger("monitor.cases.recheck")
 
 GONE_STATUSES = frozenset({404, 410, 451})
 
+MISSING = "missing"
+"""A place a check found gone or changed, not yet confirmed by a second check at least
+``[cases] recheck_confirm`` later (``SightingState.gone_at``: when it was first found so)."""
+
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
@@ -70,6 +78,7 @@ class RecheckReport:
     status: str = ""
     online: int = 0
     gone: int = 0
+    missing: int = 0  # found gone or changed once, to be confirmed by a later check
     unreachable: int = 0
     reappeared: int = 0
     alerted: int = 0
@@ -82,6 +91,7 @@ class RecheckReport:
             "status": self.status,
             "online": self.online,
             "gone": self.gone,
+            "missing": self.missing,
             "unreachable": self.unreachable,
             "reappeared": self.reappeared,
             "alerted": self.alerted,
@@ -145,7 +155,9 @@ async def check_sighting(
         page = await fetcher.fetch_page(page_url)
     except BadStatusError as exc:
         if exc.status in GONE_STATUSES:
-            return CheckResult("gone", f"the page answers HTTP {exc.status}")
+            return await _unlinked(
+                fetcher, image_url, known, thresholds, f"the page answers HTTP {exc.status}", None
+            )
         return CheckResult("unreachable", f"the page: {exc.reason}")
     except FetchError as exc:
         if exc.reason.startswith("not an HTML page"):  # the page address is the image itself
@@ -173,7 +185,27 @@ async def check_sighting(
             return CheckResult("online", f"a matching copy is on the page at {url}", lang)
     if image_url in urls:
         return CheckResult("changed", "the image on the page no longer matches", lang)
-    return CheckResult("gone", "the image is no longer on the page", lang)
+    return await _unlinked(
+        fetcher, image_url, known, thresholds, "the page no longer shows the image", lang
+    )
+
+
+async def _unlinked(
+    fetcher: Fetcher,
+    image_url: str,
+    known: ImageHashes,
+    thresholds: dict[str, int],
+    why: str,
+    lang: str | None,
+) -> CheckResult:
+    """The page no longer shows the image (``why``): whether its own address still serves
+    it decides. Still served: "online, unlinked" (the page may draw it by script, or link it
+    from elsewhere); 404/410/451: gone; another image: changed; else unreachable."""
+    result = await _image_state(fetcher, image_url, known, thresholds)
+    if result.state == "online":
+        detail = f"online, unlinked: {why}, but the image's address still serves it"
+        return CheckResult("online", detail, lang)
+    return CheckResult(result.state, f"{why}, and {result.detail}", lang)
 
 
 # ---------------------------------------------------------------- recording
@@ -193,8 +225,13 @@ def _apply(
     st: SightingState,
     result: CheckResult,
     now: datetime,
+    confirm: timedelta = timedelta(0),
 ) -> bool:
-    """Record one sighting's result; True if it reappeared (was gone/changed, now online)."""
+    """Record one sighting's result; True if it reappeared (was gone/changed, now online).
+
+    A place found gone or changed is first ``missing``; it becomes gone or changed when a
+    check at least ``confirm`` after the first still finds it so (at once if ``confirm`` is
+    zero). Found online meanwhile, it is simply online again (no reappearance)."""
     before = st.state
     st.checked_at = now
     if result.lang:
@@ -202,14 +239,28 @@ def _apply(
     if result.state == "unreachable":
         st.detail = result.detail  # keep the last known state
         return False
+    if result.state in ("gone", "changed"):
+        if before in ("gone", "changed"):
+            st.state, st.detail = result.state, result.detail
+            return False
+        first = st.gone_at if before == MISSING and st.gone_at is not None else now
+        if now - first >= confirm:
+            st.state, st.detail, st.gone_at = result.state, result.detail, first
+            add_event(session, case.id, "gone", f"{sighting.page_url}: {result.detail}", now=now)
+        else:
+            due = first + confirm
+            st.state, st.gone_at = MISSING, first
+            st.detail = (
+                f"{result.detail} (to be confirmed by a check after {due:%Y-%m-%d %H:%M} UTC)"
+            )
+        return False
     st.state, st.detail = result.state, result.detail
-    if result.state in ("gone", "changed") and before not in ("gone", "changed"):
-        st.gone_at = now
-        add_event(session, case.id, "gone", f"{sighting.page_url}: {result.detail}", now=now)
-    elif result.state == "online" and before in ("gone", "changed"):
+    if before in ("gone", "changed"):
         st.gone_at = None
         add_event(session, case.id, "reappeared", f"{sighting.page_url}: {result.detail}", now=now)
         return True
+    if before == MISSING:
+        st.gone_at = None
     return False
 
 
@@ -251,7 +302,7 @@ async def recheck_case(
             return report
         image = s.get(Image, case.image_id)
         assert image is not None
-        known = image_hashes(image)
+        known = image_hashes(s, image)
         places = [(x.id, x.page_url, x.image_url) for x in case_sightings(s, case)]
     thresholds = thresholds_from_config(settings.match)
     results = [
@@ -269,6 +320,7 @@ async def recheck_case(
         for sid, page, img in places
     ]
     at = now or utcnow()
+    confirm = settings.cases.recheck_confirm
     with db.session() as s:
         case = get_case(s, case_id)
         states = sighting_states(s, [sid for sid, _ in results])
@@ -276,7 +328,7 @@ async def recheck_case(
         for sid, result in results:
             if sid not in sightings:
                 continue
-            if _apply(s, case, sightings[sid], states[sid], result, at):
+            if _apply(s, case, sightings[sid], states[sid], result, at, confirm):
                 report.reappeared += 1
             report.details.append(f"{sightings[sid].page_url}: {result.state} ({result.detail})")
         was_removed = case.status == "removed"
@@ -292,6 +344,7 @@ async def recheck_case(
         report.status = case.status
         report.online = sum(1 for sid in sightings if states[sid].state == "online")
         report.gone = sum(1 for sid in sightings if states[sid].state in ("gone", "changed"))
+        report.missing = sum(1 for sid in sightings if states[sid].state == MISSING)
         report.unreachable = sum(1 for _, r in results if r.state == "unreachable")
     if capture:
         captured = await capture_pending(settings, db, case_ids=[case_id])
@@ -299,19 +352,37 @@ async def recheck_case(
     return report
 
 
-def _due_cases(db: Database, now: datetime, every_seconds: float) -> dict[int, list[int]]:
-    """Open cases not checked for ``recheck_every``, by subject id."""
-    from datetime import timedelta
-
+def _due_cases(
+    db: Database, now: datetime, every_seconds: float, confirm_seconds: float = 0.0
+) -> dict[int, list[int]]:
+    """Open cases not checked for ``recheck_every``, and those with a place found missing at
+    least ``recheck_confirm`` ago (to confirm it), by subject id."""
     cutoff = now - timedelta(seconds=every_seconds)
+    confirm_cutoff = now - timedelta(seconds=confirm_seconds)
+    to_confirm = (
+        select(Sighting.id)
+        .join(SightingState, SightingState.sighting_id == Sighting.id)
+        .where(
+            Sighting.subject_id == Match.subject_id,
+            Sighting.image_id == Match.image_id,
+            SightingState.state == MISSING,
+            SightingState.gone_at <= confirm_cutoff,
+        )
+        .exists()
+    )
     with db.session() as s:
         rows = s.execute(
             select(Match.subject_id, Match.id)
             .where(
                 Match.status.in_(OPEN_STATES),
-                Match.last_checked_at.is_(None) | (Match.last_checked_at <= cutoff),
-                # a case is first checked one interval after it was found
-                Match.first_seen <= cutoff,
+                or_(
+                    and_(
+                        Match.last_checked_at.is_(None) | (Match.last_checked_at <= cutoff),
+                        # a case is first checked one interval after it was found
+                        Match.first_seen <= cutoff,
+                    ),
+                    to_confirm,
+                ),
             )
             .order_by(Match.subject_id, Match.id)
         ).all()
@@ -327,7 +398,12 @@ async def recheck_due(
     """Re-check every open case due (``[cases] recheck_every``), one person at a time under
     their scan lease (a person being scanned is skipped until the next round)."""
     at = now or utcnow()
-    due = _due_cases(db, at, settings.cases.recheck_every.total_seconds())
+    due = _due_cases(
+        db,
+        at,
+        settings.cases.recheck_every.total_seconds(),
+        settings.cases.recheck_confirm.total_seconds(),
+    )
     reports: list[RecheckReport] = []
     async with Fetcher(settings.fetch) as fetcher:
         for subject_id, case_ids in due.items():
@@ -422,6 +498,8 @@ def _reappeared_in_scan(settings: Settings, db: Database, subject_id: int, scan_
                 result = CheckResult("online", "found again by a scan")
                 _apply(s, case, sighting, st, result, now)
                 reappeared += 0 if new_place else 1
+            elif st.state == MISSING:  # not confirmed gone: simply online again
+                _apply(s, case, sighting, st, CheckResult("online", "found again by a scan"), now)
             elif case.status == "removed":
                 if not new_place:
                     reappeared += 1

@@ -214,10 +214,34 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    pdq: Mapped[str | None] = mapped_column(String(64))
-    pdq_quality: Mapped[int | None] = mapped_column(Integer)
-    phash: Mapped[str | None] = mapped_column(String(16))
     first_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Stored before every hash was kept (0011: only its whole-image hashes were): hashed again
+    # the next time its bytes are fetched, so its content-box hashes are stored too.
+    rehash: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class ImageHash(Base):
+    """One perceptual hash of a found image (0011): every hash it has, one row each, so a
+    known image is matched again on all of them (region hashes of a letterboxed, bordered or
+    screenshot copy included) without its bytes.
+
+    ``algorithm`` is the base algorithm (``pdq``, ``phash``); ``role`` says what was hashed:
+    ``whole`` (the whole picture), ``region`` / ``region.2`` (a content box). The hash name
+    used in matching is ``algorithm`` for ``whole``, else ``<algorithm>.<role>``
+    (``pdq.region``). Sampled frames of videos stay in ``media_frames``. The hashes of an
+    image no person matched are deleted ``[match] keep_seen_days`` after it was last seen
+    (``store.forget_unmatched_hashes``); the image row and its sightings stay.
+    """
+
+    __tablename__ = "image_hashes"
+    __table_args__ = (UniqueConstraint("image_id", "algorithm", "role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    algorithm: Mapped[str] = mapped_column(String(20))
+    role: Mapped[str] = mapped_column(String(20))
+    value: Mapped[str] = mapped_column(String(128))  # lowercase hex
+    quality: Mapped[int | None] = mapped_column(Integer)
 
 
 class Sighting(Base):
@@ -272,6 +296,10 @@ class Match(Base):
     # into the enrolled video of the reference frame it matched (None for a reference photo).
     frame_offset: Mapped[float | None] = mapped_column(Float)
     reference_offset: Mapped[float | None] = mapped_column(Float)
+    # How it matched (0011), JSON: {"stage": "scan" | "retro", "found": hash name of the found
+    # image ("pdq", "pdq.region"), "reference": the reference's ("pdq.mirror"), "distance",
+    # "threshold", "bits"}; see matching.explain_match. NULL for matches made before.
+    how: Mapped[str | None] = mapped_column(Text)
 
     image: Mapped[Image] = relationship()
     subject: Mapped[Subject] = relationship()
@@ -320,7 +348,9 @@ class SightingState(Base):
     sighting_id: Mapped[int] = mapped_column(
         ForeignKey("sightings.id", ondelete="CASCADE"), primary_key=True
     )
-    # online | gone (page or image no longer there) | changed (no longer matches) | unreachable
+    # online | gone (the image's address answers 404/410) | changed (no longer matches) |
+    # unreachable | missing (found gone or changed once; confirmed by a later check, see
+    # monitor/cases/recheck.py)
     state: Mapped[str] = mapped_column(String(20), default="online")
     detail: Mapped[str] = mapped_column(Text, default="")
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
