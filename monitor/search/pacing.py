@@ -108,7 +108,8 @@ class TokenBucket:
         now = self.clock()
         self._refill(now)
         held = self.held_until - now
-        short = 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        # (a hair short of a whole token is one: float sums of refills can end just below 1)
+        short = 0.0 if self.tokens >= 1 - 1e-9 else (1 - self.tokens) / self.rate
         return max(held, short, 0.0)
 
     async def acquire(self) -> float:
@@ -119,7 +120,7 @@ class TokenBucket:
         async with self._lock:  # first come, first served
             while (wait := self.wait_time()) > 0:
                 await self.sleep(wait)
-            self.tokens -= 1
+            self.tokens = max(self.tokens - 1, 0.0)
         return self.clock() - start
 
     def hold_until(self, when: float) -> None:
