@@ -754,6 +754,8 @@ async def run_scan(
         status = summary.search_status  # completed, partial, or failed (nothing answered)
         if status == "failed":
             error = f"no search was answered: {summary.searched}"
+        if status != "completed":  # backend names and reasons only: no name, no query
+            log.warning("scan %s: %s: %s", scan_id, status, summary.searched)
     finally:
         summary.status = status
         summary.seconds = round(time.monotonic() - started, 3)

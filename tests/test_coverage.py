@@ -484,3 +484,37 @@ def test_the_scheduler_finishes_failed_and_partial_scans_and_delivers_their_aler
         (alert,) = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "matches"))
         assert alert.status == "sent"  # the match of a partial scan is still delivered
     db.dispose()
+
+
+def test_coverage_rows_and_monthly_counts_on_sqlite_and_postgresql(
+    database_url: str, tmp_path: Path
+) -> None:
+    from monitor.coverage import PlannedSearch, SearchOutcome
+    from monitor.types import ResultKind
+
+    db = Database(database_url, key_file=tmp_path / "key")
+    with db.session() as s:
+        subject = store.add_subject(s, NAME, interval=timedelta(hours=24))
+        scan_id = store.start_scan(s, subject.id).id
+        planned = PlannedSearch("alpha", SearchQuery('"x"', ResultKind.IMAGES), 2)
+        outcome = SearchOutcome.of(planned)
+        outcome.reason, outcome.detail = "rate limited", "HTTP 429"
+        store.record_coverage(s, scan_id, [outcome.as_row()])
+        store.add_search_usage(s, {"alpha": 3, "beta": 0}, "2026-12")
+    with db.session() as s:
+        store.add_search_usage(s, {"alpha": 2}, "2026-12")
+        store.add_search_usage(s, {"alpha": 7}, "2027-01")
+        assert store.search_usage(s, ["alpha", "beta"], "2026-12") == {"alpha": 5, "beta": 0}
+        (row,) = store.scan_coverage(s, scan_id)
+        assert (row.backend, row.kind, row.page, row.asked, row.reason) == (
+            "alpha",
+            "images",
+            2,
+            False,
+            "rate limited",
+        )
+        store.erase_subject(s, NAME)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(SearchCoverage)) == 0
+        assert s.scalar(select(func.count()).select_from(SearchUsage)) == 2  # no person in it
+    db.dispose()
