@@ -755,7 +755,8 @@ async def run_scan(
         if status == "failed":
             error = f"no search was answered: {summary.searched}"
         if status != "completed":  # backend names and reasons only: no name, no query
-            log.warning("scan %s: %s: %s", scan_id, status, summary.searched)
+            level = logging.WARNING if status == "failed" else logging.INFO
+            log.log(level, "scan %s: %s: %s", scan_id, status, summary.searched)
     finally:
         summary.status = status
         summary.seconds = round(time.monotonic() - started, 3)
