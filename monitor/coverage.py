@@ -69,12 +69,15 @@ def plan_searches(
     *,
     max_requests: int,
     budget_left: Mapping[str, int | None] | None = None,
+    max_queries: int | None = None,
 ) -> list[PlannedSearch]:
     """Every search of a scan, in the order limits spend them: image queries before web ones,
-    each query's page 1 before any page 2, backends in turn. Those past ``max_requests`` (all
-    backends together) or past a backend's ``budget_left`` (None: no budget) get a ``skip``."""
+    each query's page 1 before any page 2, backends in turn. Those of queries past
+    ``max_queries`` (in the order given), past ``max_requests`` (all backends together) or past
+    a backend's ``budget_left`` (None: no budget) get a ``skip``."""
     budget_left = dict(budget_left or {})
     total_left = max_requests
+    over = set(queries[max_queries:]) if max_queries is not None else set()
     plan: list[PlannedSearch] = []
     for kind in _KIND_ORDER:
         for page in range(1, pages + 1):
@@ -82,7 +85,9 @@ def plan_searches(
                 for backend in backends:
                     left = budget_left.get(backend)
                     skip: str | None = None
-                    if left is not None and left <= 0:
+                    if query in over:
+                        skip = f"over the cap of {max_queries} queries per scan"
+                    elif left is not None and left <= 0:
                         skip = "monthly budget used up"
                     elif total_left <= 0:
                         skip = f"over the cap of {max_requests} requests per scan"

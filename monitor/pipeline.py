@@ -46,7 +46,7 @@ from monitor.fetch import (
 from monitor.fetch import _size as format_size
 from monitor.leases import scan_lease
 from monitor.matching import ReferenceIndex, thresholds_from_config
-from monitor.queries import build_queries
+from monitor.queries import ALL_QUERIES, build_queries
 from monitor.search import SearchBackend, create_backend
 from monitor.search.pacing import PacedBackend, SearchSkipped, limits_for
 from monitor.types import ImageCandidate, ImageHashes, MatchResult, ResultKind, SearchHit
@@ -263,7 +263,7 @@ class _Scan:
         budgets), record what came of each (``search_coverage``), and return the hits merged
         across backends."""
         cfg = self.settings.search
-        queries = build_queries(name, aliases, cfg.max_queries_per_scan)
+        queries = build_queries(name, aliases, ALL_QUERIES)  # those over the cap: skipped
         names = [b.name for b in backends]
         limits = {b.name: limits_for(cfg, b.name, getattr(b, "kind", "")) for b in backends}
         month = coverage.month_of(utcnow())
@@ -278,6 +278,7 @@ class _Scan:
             cfg.pages_per_query,
             max_requests=cfg.max_requests_per_scan,
             budget_left=budget_left,
+            max_queries=cfg.max_queries_per_scan,
         )
         paced = {b.name: PacedBackend(b, limits[b.name]) for b in backends}
         outcomes = [coverage.SearchOutcome.of(p) for p in plan]

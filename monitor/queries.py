@@ -25,7 +25,14 @@ from collections.abc import Sequence
 
 from monitor.types import ResultKind, SearchQuery
 
-__all__ = ["build_queries", "fold_diacritics", "name_forms", "normalize_name", "phrase"]
+__all__ = [
+    "ALL_QUERIES",
+    "build_queries",
+    "fold_diacritics",
+    "name_forms",
+    "normalize_name",
+    "phrase",
+]
 
 # Straight and typographic double quotes; any of them would break the exact-phrase syntax.
 _QUOTES = re.compile(r"[\"\u201c\u201d\u201e\u201f\u00ab\u00bb\u2033]")
@@ -56,6 +63,10 @@ _PLAIN = str.maketrans(
         "ı": "i",
     }
 )
+
+
+ALL_QUERIES = 1_000_000
+"""A budget that keeps every query (a scan marks those over its cap as skipped)."""
 
 
 def normalize_name(name: str) -> str:

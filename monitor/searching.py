@@ -17,7 +17,7 @@ from monitor.config import SearchBackendConfig, Settings
 from monitor.db import Database
 from monitor.db.models import utcnow
 from monitor.errors import ConfigError, SearchBackendError
-from monitor.queries import build_queries
+from monitor.queries import ALL_QUERIES, build_queries
 from monitor.search import SearchBackend, create_backend
 from monitor.search.base import (
     BackendUnavailableError,
@@ -114,10 +114,11 @@ def plan_scan(settings: Settings, db: Database, name: str) -> list[BackendPlan]:
         )
     plan = coverage.plan_searches(
         [n for n, _ in backends],
-        build_queries(subject.name, aliases, cfg.max_queries_per_scan),
+        build_queries(subject.name, aliases, ALL_QUERIES),
         cfg.pages_per_query,
         max_requests=cfg.max_requests_per_scan,
         budget_left=left,
+        max_queries=cfg.max_queries_per_scan,
     )
     for p in plan:
         bp = plans[p.backend]

@@ -236,6 +236,19 @@ def test_the_request_cap_counts_every_results_page_and_keeps_image_searches_firs
     db.dispose()
 
 
+def test_queries_over_max_queries_per_scan_are_skipped_and_said_so(
+    env: Env, tmp_path: Path
+) -> None:
+    settings = env.settings(tmp_path, max_queries_per_scan=2)
+    db = open_db(settings)
+    enrolled(db)
+    summary = scan(settings, db)
+    assert [c for _, c, _ in env.fake.queries] == ["images", "images"]  # images first
+    assert summary.status == "partial"
+    assert summary.searched.endswith(": over the cap of 2 queries per scan (2)")
+    db.dispose()
+
+
 def test_a_monthly_budget_is_kept_in_the_database_and_a_scan_searches_what_fits(
     env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
