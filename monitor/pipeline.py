@@ -280,7 +280,7 @@ class _Scan:
             budget_left=budget_left,
             max_queries=cfg.max_queries_per_scan,
         )
-        paced = {b.name: PacedBackend(b, limits[b.name]) for b in backends}
+        paced = {b.name: PacedBackend.shared(b, limits[b.name]) for b in backends}
         outcomes = [coverage.SearchOutcome.of(p) for p in plan]
         answers: list[tuple[int, list[SearchHit]]] = []
         sent = 0  # requests sent (or about to be) in this scan, all backends together

@@ -303,6 +303,10 @@ def test_a_long_retry_after_leaves_the_backend_alone_and_the_summary_says_rate_l
         (False, "rate limited")
     ] * 3
     assert summary.searched.endswith(": rate limited (4)")
+    # the next scan (the next person's, in `scan --all` or the scheduler) leaves it alone too
+    again = scan(settings, db)
+    assert again.status == "failed" and len(env.fake.queries) == 1
+    assert {r.reason for r in rows(db, again.scan_id)} == {"rate limited"}
     db.dispose()
 
 

@@ -15,7 +15,14 @@ import pytest
 
 from monitor.config import SearchBackendConfig, SearchConfig
 from monitor.search import RateInfo, RateLimitedError, SearchAnswer, create_backend
-from monitor.search.pacing import Limits, PacedBackend, SearchSkipped, TokenBucket, limits_for
+from monitor.search.pacing import (
+    Limits,
+    PacedBackend,
+    SearchSkipped,
+    TokenBucket,
+    forget_shared,
+    limits_for,
+)
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb
 from monitor.types import ResultKind, SearchQuery
@@ -229,3 +236,20 @@ def test_a_loopback_searxng_paced_at_5_a_second() -> None:
         asyncio.run(run(None))
         assert time.monotonic() - started >= 1.8 - 1e-6
         assert len(fake.queries) == 10
+
+
+def test_scans_one_after_another_share_a_backends_pacing_state() -> None:
+    clock = VirtualClock()
+    backend = ScriptedBackend(clock, [RateLimitedError("429", retry_after=3600.0)])
+    limits = Limits(rate=1000.0, burst=10)
+    first = PacedBackend.shared(backend, limits)
+    second = PacedBackend.shared(backend, limits)  # the next scan, in its own event loop
+    assert first.state is second.state
+    assert PacedBackend.shared(backend, Limits(rate=1.0)).state is not first.state
+    with pytest.raises(RateLimitedError):
+        asyncio.run(first.search(Q))
+    with pytest.raises(SearchSkipped, match="left alone for 3600 s"):
+        asyncio.run(second.search(Q))  # not sent
+    assert len(backend.calls) == 1
+    forget_shared()
+    assert PacedBackend.shared(backend, limits).state is not first.state

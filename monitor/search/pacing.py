@@ -7,12 +7,16 @@ the waits a backend asks for.
 - requests leave at ``limits.rate`` per second on average, at most ``limits.burst`` at once
   (a token bucket: ``burst`` tokens, refilled at ``rate`` a second, one per request);
 - an HTTP 429 with a ``Retry-After`` of at most ``limits.max_wait`` seconds is waited out and
-  the search sent once more; with a longer one, or none, the backend is left alone for the
-  rest of the scan (or until then): its remaining searches raise :class:`SearchSkipped`
-  without sending anything;
+  the search sent once more; with a longer one the backend is left alone until then (with
+  none, for :data:`NO_RETRY_AFTER`): its searches raise :class:`SearchSkipped` without
+  sending anything;
 - an answer saying no request is left in the current window (``X-RateLimit-Remaining: 0``
   with ``X-RateLimit-Reset``, :class:`~monitor.search.base.RateInfo`) holds the next requests
   until the reset when that is short, and skips them when it is long.
+
+Scans share this state per backend within a process (:meth:`PacedBackend.shared`): one
+scan after another (``scan --all``, the scheduler) keeps to the same rate, and a backend that
+asked to be left alone for an hour is not asked again by the next person's scan.
 
 The clock and the sleep are injectable, so tests check pacing without timing anything.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -31,7 +36,15 @@ from monitor.errors import SearchBackendError
 from monitor.search.base import RateInfo, RateLimitedError, SearchAnswer, SearchBackend
 from monitor.types import SearchQuery
 
-__all__ = ["Limits", "PacedBackend", "SearchSkipped", "TokenBucket", "limits_for"]
+__all__ = [
+    "BackendState",
+    "Limits",
+    "PacedBackend",
+    "SearchSkipped",
+    "TokenBucket",
+    "forget_shared",
+    "limits_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +109,10 @@ class TokenBucket:
         self.tokens = float(burst)
         self.updated = clock()
         self.held_until = -math.inf
-        self._lock: asyncio.Lock | None = None
+        # One asyncio lock per event loop (a shared bucket serves scans run one after another,
+        # each in its own loop), and a thread lock around the arithmetic.
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._mutex = threading.Lock()
 
     def _refill(self, now: float) -> None:
         if now > self.updated:
@@ -114,27 +130,60 @@ class TokenBucket:
 
     async def acquire(self) -> float:
         """Take a token, waiting as long as needed; returns the seconds waited (by the clock)."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        with self._mutex:
+            for old in [x for x in self._locks if x.is_closed()]:
+                del self._locks[old]
+            lock = self._locks.setdefault(loop, asyncio.Lock())
         start = self.clock()
-        async with self._lock:  # first come, first served
-            while (wait := self.wait_time()) > 0:
+        async with lock:  # first come, first served
+            while True:
+                with self._mutex:
+                    wait = self.wait_time()
+                    if wait <= 0:
+                        self.tokens = max(self.tokens - 1, 0.0)
+                        break
                 await self.sleep(wait)
-            self.tokens = max(self.tokens - 1, 0.0)
         return self.clock() - start
 
     def hold_until(self, when: float) -> None:
         """No token is given before ``when`` (a clock time), and none is saved up meanwhile."""
-        if when > self.held_until:
-            self.held_until = when
-            self.tokens = min(self.tokens, 0.0)
-            self.updated = max(self.updated, self.clock())
+        with self._mutex:
+            if when > self.held_until:
+                self.held_until = when
+                self.tokens = min(self.tokens, 0.0)
+                self.updated = max(self.updated, self.clock())
+
+
+@dataclass
+class BackendState:
+    """What pacing knows of one backend: its bucket, and until when (and why) it is left
+    alone. :meth:`PacedBackend.shared` keeps one per backend for the whole process, so scans
+    one after another (``scan --all``, the scheduler) share the rate and a long wait asked for."""
+
+    bucket: TokenBucket
+    skip_until: float = -math.inf  # searches before then are skipped...
+    skip_reason: str = ""  # ...for this reason
+
+
+NO_RETRY_AFTER = 600.0
+"""Seconds a backend is left alone after a 429 that did not say how long to wait."""
+
+_SHARED: dict[tuple[str, Limits], BackendState] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def forget_shared() -> None:
+    """Drop the process-wide pacing state of every backend (tests; a changed configuration)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
 
 
 class PacedBackend:
     """A backend whose searches are paced by :class:`Limits` (see the module's docstring).
 
-    One per backend per scan: the bucket and the "left alone" state last for the scan."""
+    The bucket and the "left alone" state are ``state`` (by default this object's own; see
+    :meth:`shared`); the cap on searches in flight is per :class:`PacedBackend` (per scan)."""
 
     def __init__(
         self,
@@ -143,16 +192,28 @@ class PacedBackend:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        state: BackendState | None = None,
     ) -> None:
         self.backend = backend
         self.name = backend.name
         self.limits = limits
         self.clock, self.sleep = clock, sleep
-        self.bucket = TokenBucket(limits.rate, limits.burst, clock=clock, sleep=sleep)
+        self.state = state or BackendState(
+            TokenBucket(limits.rate, limits.burst, clock=clock, sleep=sleep)
+        )
+        self.bucket = self.state.bucket
         self.in_flight = asyncio.Semaphore(limits.concurrency)
-        self.skip_until = -math.inf  # searches before then are skipped...
-        self.skip_reason = ""  # ...for this reason
         self.sent_at: list[float] = []  # clock times requests were sent (first tries)
+
+    @classmethod
+    def shared(cls, backend: SearchBackend, limits: Limits) -> PacedBackend:
+        """Paced with the process-wide state of the backend of this name and limits."""
+        with _SHARED_LOCK:
+            state = _SHARED.get((backend.name, limits))
+            if state is None:
+                state = BackendState(TokenBucket(limits.rate, limits.burst))
+                _SHARED[(backend.name, limits)] = state
+        return cls(backend, limits, state=state)
 
     def __repr__(self) -> str:
         return f"PacedBackend({self.backend!r}, {self.limits!r})"
@@ -186,17 +247,17 @@ class PacedBackend:
         await self.backend.aclose()
 
     def _check_skip(self) -> None:
-        if self.clock() < self.skip_until:
-            raise SearchSkipped(f"{self.name}: not sent: {self.skip_reason}")
+        if self.clock() < self.state.skip_until:
+            raise SearchSkipped(f"{self.name}: not sent: {self.state.skip_reason}")
 
     def _leave_alone(self, wait: float | None, why: str) -> None:
-        """Skip this backend's searches for ``wait`` seconds (None: for the rest of the scan)."""
-        until = math.inf if wait is None else self.clock() + wait
-        if until > self.skip_until:
-            self.skip_until = until
-            how_long = "for the rest of the scan" if wait is None else f"for {wait:g} s"
-            self.skip_reason = f"rate limited; left alone {how_long} ({why})"
-        log.info("%s: rate limited; its remaining searches are skipped", self.name)
+        """Skip this backend's searches for ``wait`` seconds (None: :data:`NO_RETRY_AFTER`)."""
+        seconds = NO_RETRY_AFTER if wait is None else wait
+        until = self.clock() + seconds
+        if until > self.state.skip_until:
+            self.state.skip_until = until
+            self.state.skip_reason = f"rate limited; left alone for {seconds:g} s ({why})"
+        log.info("%s: rate limited; its searches are skipped for %g s", self.name, seconds)
 
     def _note_rate(self, rate: RateInfo | None) -> None:
         if rate is None or rate.remaining is None or rate.remaining > 0:
