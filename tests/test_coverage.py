@@ -434,12 +434,13 @@ class _Checked:
         pass
 
 
-register_backend("checked-test")(_Checked)
-
-
 def test_backends_checks_each_one_and_says_what_to_fix(
-    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from monitor.search import base as search_base
+
+    monkeypatch.setattr(search_base, "_REGISTRY", dict(search_base._REGISTRY))
+    register_backend("checked-test")(_Checked)
     broken = FakeSearxng()
     broken.json_disabled = True
     broken_url = broken.install(env.web, "/broken/search")
