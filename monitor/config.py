@@ -89,8 +89,8 @@ class SearchConfig(_Section):
     # backends together. Searches that do not fit are skipped (images first are kept).
     max_requests_per_scan: int = Field(default=100, ge=1)
     # Pacing per backend (a token bucket): `rate` requests a second, `burst` at once,
-    # `concurrency` in flight. A "retry after" up to `max_wait` seconds is waited out; a
-    # longer one skips that backend's remaining searches in the scan (recorded as skipped).
+    # `concurrency` in flight. A "retry after" up to `max_wait` seconds is waited out; with a
+    # longer one the backend is left alone until then, its searches skipped (and recorded).
     rate: float = Field(default=2.0, gt=0)
     burst: int = Field(default=4, ge=1)
     concurrency: int = Field(default=4, ge=1)
