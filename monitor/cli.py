@@ -54,6 +54,17 @@ configuration: --config FILE, else $MONITOR_CONFIG, else config/monitor.toml, el
 (see config/monitor.example.toml)."""
 
 
+SCAN_EXIT_CODES = """\
+exit codes:
+  0  completed: every planned search was answered
+  3  partial: some searches failed, were skipped (rate limit, request cap, monthly budget)
+     or were answered only in part (some engines behind a backend did not answer)
+  4  failed: no search was answered; the scan could not look, so "0 matches" means nothing
+  1  (--all) a person could not be scanned at all (e.g. no reference photos); 4 wins over it,
+     and it over 3
+  2  an error stopped the command (configuration, unknown person...)"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_monitor.py",
@@ -151,11 +162,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--json", action="store_true")
 
-    sc = sub.add_parser("scan", help="search for a person (or everyone) now")
+    sc = sub.add_parser(
+        "scan",
+        help="search for a person (or everyone) now",
+        description="Searches every configured backend for the person's names (image results "
+        "first), fetches the pages and images found and compares their hashes. The summary says "
+        "how many of the planned searches were answered and why others were not: 'no matches' "
+        "only means something for what was searched.",
+        epilog=SCAN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     who = sc.add_mutually_exclusive_group(required=True)
     who.add_argument("name", nargs="?")
     who.add_argument("--all", action="store_true", help="scan every monitored person")
     sc.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    sc.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the search requests a scan would send, per backend, and their cost "
+        "(requests; monthly budget left); send nothing",
+    )
+
+    bk = sub.add_parser(
+        "backends",
+        help="check each configured search backend with one cheap request",
+        description="Sends each configured search backend one cheap request (its own check, or "
+        "one tiny search) and says whether it answered, the quota left where its API says, and "
+        "what to do when it fails. Exit code: 0 all answered, 3 some did not, 4 none did.",
+    )
+    bk.add_argument("--json", action="store_true")
 
     m = sub.add_parser("matches", help="show what was found")
     m.add_argument("name", nargs="?", help="only this person")
@@ -373,9 +408,12 @@ def _spinner(quiet: bool, label: str) -> Iterator[Callable[[], None]]:
 
 
 def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.coverage import EXIT_CODES
     from monitor.pipeline import ScanSummary, hashing_pool, scan_subject
 
     db = _db(settings)
+    if args.dry_run:
+        return _scan_dry_run(args, settings, db)
     if args.all:
         with db.session() as s:
             names = [subj.name for subj in store.all_subjects(s)]
@@ -405,6 +443,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                 f"{sm.matches} matches ({sm.new_sightings} new), {sm.errors} errors "
                 f"in {sm.seconds:.1f}s"
             )
+            _print_coverage(sm)
             if sm.alerts_queued:
                 where = ", ".join(sorted(set(sm.alert_destinations))) or "still queued"
                 out.print(f"  alert: {sm.alerts_sent}/{sm.alerts_queued} delivered ({esc(where)})")
@@ -417,7 +456,107 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                 )
             for sample in sm.error_samples[:5]:
                 err.print(f"  [dim]{esc(sample)}[/dim]")
-    return 1 if failures else 0
+    codes = {EXIT_CODES.get(sm.status, 4) for sm in summaries}
+    if 4 in codes:
+        return 4
+    if failures:
+        return 1
+    return 3 if 3 in codes else 0
+
+
+def _print_coverage(sm: object) -> None:
+    """``  searched 18 of 24; brave: rate limited (6)`` and, for a scan that could not look,
+    that its "0 matches" means nothing."""
+    status, line = getattr(sm, "status", ""), getattr(sm, "searched", "")
+    if status == "completed":
+        out.print(f"  {visible(line)}", markup=False, soft_wrap=True)
+        return
+    style = "red" if status == "failed" else "yellow"
+    out.print(f"  [{style}]{status}[/{style}]: ", end="")
+    out.print(visible(line), markup=False, soft_wrap=True)
+    if status == "failed":
+        out.print(
+            "  No search was answered, so nothing was looked at: this is not 'nothing found'. "
+            "`backends` checks each search backend and says what to fix.",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _scan_dry_run(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    from monitor.searching import plan_scan
+
+    if args.all:
+        with db.session() as s:
+            names = [subj.name for subj in store.all_subjects(s)]
+    else:
+        names = [args.name]
+    plans = {name: plan_scan(settings, db, name) for name in names}
+    if args.json:
+        data = [
+            {
+                "subject": name,
+                "dry_run": True,
+                "max_requests_per_scan": settings.search.max_requests_per_scan,
+                "requests": sum(b.requests for b in bps),
+                "backends": [b.as_json() for b in bps],
+            }
+            for name, bps in plans.items()
+        ]
+        _print_json(data[0] if not args.all else {"scans": data})
+        return 0
+    for name, bps in plans.items():
+        total = sum(b.requests for b in bps)
+        out.print(
+            f"Dry run for {visible(name)!r}: nothing was sent. A scan now would send {total} search "
+            f"request(s) (cap {settings.search.max_requests_per_scan} per scan):",
+            markup=False,
+        )
+        for b in bps:
+            budget = (
+                f"monthly budget {b.monthly_budget}, {b.budget_left} left"
+                if b.monthly_budget is not None
+                else "no monthly budget set"
+            )
+            out.print(
+                visible(
+                    f"  {b.backend}: {b.requests} request(s), {b.skipped} skipped; {budget}; "
+                    f"at {b.rate:g}/s (burst {b.burst}) at least {b.min_seconds:g} s"
+                ),
+                markup=False,
+                soft_wrap=True,
+            )
+            for x in b.searches:
+                skip = f"  SKIPPED: {x['skip']}" if x["skip"] else ""
+                out.print(
+                    visible(f"    {x['kind']:<6} page {x['page']}  {x['query']}{skip}"),
+                    markup=False,
+                    soft_wrap=True,
+                )
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.searching import check_backends, exit_code
+
+    reports = check_backends(settings, _db(settings))
+    if args.json:
+        _print_json([r.as_json() for r in reports])
+        return exit_code([r.ok for r in reports])
+    for r in reports:
+        state = "[green]ok[/green]" if r.ok else "[red]FAILING[/red]"
+        out.print(f"{state} ", end="")
+        out.print(visible(f"{r.backend} ({r.kind}): {r.message}"), markup=False, soft_wrap=True)
+        extra = []
+        if r.quota_remaining is not None:
+            extra.append(f"quota left: {r.quota_remaining}")
+        if r.monthly_budget is not None:
+            extra.append(f"monthly budget {r.monthly_budget}, {r.budget_left} left")
+        if extra:
+            out.print("  " + "; ".join(extra), markup=False)
+        if not r.ok and r.fix:
+            out.print(visible(f"  fix: {r.fix}"), markup=False, soft_wrap=True)
+    return exit_code([r.ok for r in reports])
 
 
 @contextmanager
@@ -677,10 +816,12 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
     if action == "show":
         with db.session() as s:
             detail = cases.case_detail(s, settings, args.id)
+            found_by = store.found_by(s, args.id)  # the search backends that led to it
         if args.json:
-            _print_json(detail.as_json())
+            _print_json({**detail.as_json(), "found_by": found_by})
         else:
             _print_case(detail)
+            out.print(f"Found by: {', '.join(found_by) or '-'}", markup=False, soft_wrap=True)
         return 0
     if action == "evidence":
         if args.include_image_copy and not args.yes:
@@ -834,6 +975,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "matches": cmd_matches,
     "outbox": cmd_outbox,
     "run": cmd_run,
+    "backends": cmd_backends,
     "cases": lambda args, settings: cmd_cases(args, settings),
     "case": lambda args, settings: cmd_case(args, settings),
 }

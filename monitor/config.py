@@ -119,10 +119,32 @@ class SearchBackendConfig(_Section):
     engines: list[str] = Field(default_factory=list)
 
 
+class BackendLimits(_Section):
+    """Pacing and budget of one search backend (``[search.limits."<name or kind>"]``);
+    unset fields take the ``[search]`` defaults (``rate``, ``burst``, ``concurrency``)."""
+
+    rate: float | None = Field(default=None, gt=0)  # requests per second, on average
+    burst: int | None = Field(default=None, ge=1)  # requests that may leave at once
+    concurrency: int | None = Field(default=None, ge=1)  # requests in flight at once
+    monthly_budget: int | None = Field(default=None, ge=0)  # requests per calendar month (UTC)
+
+
 class SearchConfig(_Section):
     backends: list[SearchBackendConfig] = Field(default_factory=list)
     max_queries_per_scan: int = Field(default=24, ge=1)
     pages_per_query: int = Field(default=1, ge=1, le=10)
+    # Search requests actually sent per scan, every results page and retry counted, all
+    # backends together. Searches that do not fit are skipped (images first are kept).
+    max_requests_per_scan: int = Field(default=100, ge=1)
+    # Pacing per backend (a token bucket): `rate` requests a second, `burst` at once,
+    # `concurrency` in flight. A "retry after" up to `max_wait` seconds is waited out; with a
+    # longer one the backend is left alone until then, its searches skipped (and recorded).
+    rate: float = Field(default=2.0, gt=0)
+    burst: int = Field(default=4, ge=1)
+    concurrency: int = Field(default=4, ge=1)
+    max_wait: float = Field(default=30.0, ge=0)
+    # Per backend, by its name or kind: rate, burst, concurrency, monthly_budget.
+    limits: dict[str, BackendLimits] = Field(default_factory=dict)
     # After this many scans in a row in which a search backend answered none of its queries,
     # the person is told (once, discreetly) that monitoring is degraded; and once on recovery.
     degraded_after: int = Field(default=3, ge=1)

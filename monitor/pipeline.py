@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,7 +25,7 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from monitor import alerts, store
+from monitor import alerts, coverage, store
 from monitor.config import FetchConfig, Settings
 from monitor.db import Database
 from monitor.db.models import Scan, Subject, utcnow
@@ -48,8 +48,9 @@ from monitor.fetch import _size as format_size
 from monitor.leases import scan_lease
 from monitor.matching import MatchDetail, ReferenceIndex, match_how, thresholds_from_config
 from monitor.pool import DeadlinePool, PoolTaskError
-from monitor.queries import build_queries
+from monitor.queries import ALL_QUERIES, build_queries
 from monitor.search import SearchBackend, create_backend
+from monitor.search.pacing import PacedBackend, SearchSkipped, limits_for
 from monitor.types import ImageCandidate, ImageHashes, ResultKind, SearchHit
 from monitor.video import FrameHashes, FrameLimits, hash_media, may_have_frames
 
@@ -66,8 +67,18 @@ class ScanSummary:
 
     scan_id: int
     subject: str
+    # completed: every planned search answered in full; partial: some failed, were skipped or
+    # answered in part; failed: none answered (or the scan broke off). See monitor.coverage.
     status: str = "running"
-    queries: int = 0
+    queries: int = 0  # searches planned: backends x queries x results pages
+    searches_answered: int = 0  # answered, fully or in part
+    searches_partial: int = 0  # answered, but some engines behind the backend did not answer
+    searches_failed: int = 0  # sent, not answered
+    searches_skipped: int = 0  # not sent: request cap, monthly budget, rate limit
+    search_requests: int = 0  # search requests actually sent (results pages, retries)
+    search_status: str = "failed"  # what the searches alone came to (the status, if no crash)
+    coverage: list[dict[str, object]] = field(default_factory=list)  # per backend
+    searched: str = ""  # "searched 18 of 24; brave: rate limited (6)"
     hits: int = 0
     pages: int = 0
     pages_unchanged: int = 0  # known from an earlier scan and unchanged (HTTP 304): not fetched
@@ -151,6 +162,22 @@ def _pool_or(pool: Executor | None) -> Iterator[Executor]:
         yield own
     finally:
         own.shutdown(wait=True, cancel_futures=True)
+
+
+def _merge_hits(
+    hits: Iterable[SearchHit],
+) -> tuple[list[SearchHit], dict[tuple[str, str, str | None], list[str]]]:
+    """Hits deduplicated across backends and queries (one per kind, page and image URL, the
+    first found kept), and every backend that found each."""
+    merged: dict[tuple[str, str, str | None], SearchHit] = {}
+    found_by: dict[tuple[str, str, str | None], list[str]] = {}
+    for hit in hits:
+        key = (hit.query.kind.value, hit.page_url, hit.image_url)
+        merged.setdefault(key, hit)
+        names = found_by.setdefault(key, [])
+        if hit.backend not in names:
+            names.append(hit.backend)
+    return list(merged.values()), found_by
 
 
 def _backends(settings: Settings, client: httpx.AsyncClient) -> list[SearchBackend]:
@@ -268,29 +295,85 @@ class _Scan:
     async def search(
         self, backends: list[SearchBackend], name: str, aliases: list[str]
     ) -> list[SearchHit]:
-        queries = build_queries(name, aliases, self.settings.search.max_queries_per_scan)
-        hits: list[SearchHit] = []
+        """Send the planned searches (paced per backend, within the request cap and monthly
+        budgets), record what came of each (``search_coverage``), and return the hits merged
+        across backends."""
+        cfg = self.settings.search
+        queries = build_queries(name, aliases, ALL_QUERIES)  # those over the cap: skipped
+        names = [b.name for b in backends]
+        limits = {b.name: limits_for(cfg, b.name, getattr(b, "kind", "")) for b in backends}
+        month = coverage.month_of(utcnow())
+        with self.db.session() as s:
+            used = store.search_usage(s, names, month)
+        budget_left = {
+            n: coverage.budget_left(lim.monthly_budget, used[n]) for n, lim in limits.items()
+        }
+        plan = coverage.plan_searches(
+            names,
+            queries,
+            cfg.pages_per_query,
+            max_requests=cfg.max_requests_per_scan,
+            budget_left=budget_left,
+            max_queries=cfg.max_queries_per_scan,
+        )
+        paced = {b.name: PacedBackend.shared(b, limits[b.name]) for b in backends}
+        outcomes = [coverage.SearchOutcome.of(p) for p in plan]
+        answers: list[tuple[int, list[SearchHit]]] = []
+        sent = 0  # requests sent (or about to be) in this scan, all backends together
 
-        async def one(backend: SearchBackend, query_index: int, page: int) -> None:
-            query = queries[query_index]
-            try:
-                answer = await backend.search(query, page=page)
-            except SearchBackendError as exc:
-                self.error(f"search:{backend.name}", "search", str(exc))
+        async def one(i: int, planned: coverage.PlannedSearch) -> None:
+            nonlocal sent
+            outcome = outcomes[i]
+            if planned.skip is not None:
+                outcome.reason = planned.skip
                 return
-            hits.extend(answer.hits)
+            if sent >= cfg.max_requests_per_scan:  # retries used up the cap
+                outcome.reason = f"over the cap of {cfg.max_requests_per_scan} requests per scan"
+                return
+            sent += 1
+            try:
+                answer = await paced[planned.backend].search(planned.query, page=planned.page)
+            except SearchSkipped as exc:
+                sent -= 1
+                outcome.reason, outcome.detail = exc.reason, str(exc)
+                return
+            except SearchBackendError as exc:
+                outcome.asked, outcome.requests = True, 1
+                outcome.reason, outcome.detail = coverage.short_reason(exc), str(exc)
+                self.error(f"search:{planned.backend}", "search", str(exc))
+                return
+            sent += answer.requests - 1
+            outcome.asked = outcome.answered = True
+            outcome.requests, outcome.results = answer.requests, len(answer.hits)
+            if answer.partial:
+                outcome.partial = True
+                outcome.reason = "some engines did not answer"
+                outcome.detail = ", ".join(f"{e} ({r})" if r else e for e, r in answer.unanswered)
+            answers.append((i, answer.hits))
 
-        jobs = [
-            one(b, qi, page)
-            for qi in range(len(queries))
-            for b in backends
-            for page in range(1, self.settings.search.pages_per_query + 1)
-        ]
-        self.summary.queries = len(jobs)
-        await asyncio.gather(*jobs)
+        self.summary.queries = len(plan)
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(plan)))
+        hits, found_by = _merge_hits(hit for _, found in sorted(answers) for hit in found)
+        requests = {n: 0 for n in names}
+        for o in outcomes:
+            requests[o.backend] += o.requests
+        cov = coverage.backend_coverage(outcomes, names)
+        for c in cov:
+            left = budget_left.get(c.backend)
+            c.budget_left = None if left is None else max(left - c.requests, 0)
+        self.summary.search_requests = sum(requests.values())
+        self.summary.searches_answered = sum(c.answered for c in cov)
+        self.summary.searches_partial = sum(c.partial for c in cov)
+        self.summary.searches_failed = sum(c.failed for c in cov)
+        self.summary.searches_skipped = sum(c.skipped for c in cov)
+        self.summary.coverage = [c.as_json() for c in cov]
+        self.summary.search_status = coverage.scan_status(outcomes)
+        self.summary.searched = coverage.coverage_line(cov)
         self.summary.hits = len(hits)
         with self.db.session() as s:
-            store.record_hits(s, self.scan_id, hits)
+            store.record_hits(s, self.scan_id, hits, found_by)
+            store.record_coverage(s, self.scan_id, (o.as_row() for o in outcomes))
+            store.add_search_usage(s, requests, month)
         self._tick()
         return hits
 
@@ -670,17 +753,17 @@ def _note_search_health(
     s: Session, settings: Settings, subject_id: int, summary: ScanSummary
 ) -> bool:
     """Count the scan towards "monitoring degraded": it failed its search when a backend
-    answered none of its queries. True when a notice to the person was queued."""
-    backends = max(len(settings.search.backends), 1)
-    per_backend = summary.queries // backends
-    failures = store.search_failures(s, summary.scan_id)
-    failed = [(n, reason) for n, reason in failures.values() if per_backend and n >= per_backend]
+    answered none of its searches (failed, all engines unresponsive, skipped for a rate limit
+    or an exhausted budget), or when nothing could be searched. True when a notice to the
+    person was queued."""
+    silent = [c for c in summary.coverage if c["planned"] and not c["answered"]]
+    reason = f"{silent[0]['backend']}: {silent[0]['example']}" if silent else None
     state = alerts.note_search_health(
         s,
         settings,
         subject_id,
-        failed=bool(failed) or summary.queries == 0,
-        reason=failed[0][1] if failed else None,
+        failed=bool(silent) or summary.searches_answered == 0,
+        reason=reason,
         scan_id=summary.scan_id,
     )
     return state is not None
@@ -718,7 +801,7 @@ async def run_scan(
     index = ReferenceIndex(
         refs, thresholds_from_config(settings.match), min_quality=settings.match.min_quality
     )
-    status, error = "completed", None
+    status, error, finished = "failed", None, False
     scan: _Scan | None = None
     try:
         with _pool_or(pool) as executor:
@@ -737,6 +820,14 @@ async def run_scan(
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
+    else:
+        finished = True  # even when no search was answered: a scan that finished
+        status = summary.search_status  # completed, partial, or failed (nothing answered)
+        if status == "failed":
+            error = f"no search was answered: {summary.searched}"
+        if status != "completed":  # backend names and reasons only: no name, no query
+            level = logging.WARNING if status == "failed" else logging.INFO
+            log.log(level, "scan %s: %s: %s", scan_id, status, summary.searched)
     finally:
         summary.status = status
         summary.seconds = round(time.monotonic() - started, 3)
@@ -753,7 +844,7 @@ async def run_scan(
                 error=error,
             )
             summary.alerts_queued = alerts.release_alerts(s, settings, scan_id=scan_id)
-            if status == "completed" and _note_search_health(s, settings, subject_id, summary):
+            if finished and _note_search_health(s, settings, subject_id, summary):
                 summary.alerts_queued += 1
             subj = s.get(Subject, subject_id)
             if subj is not None:

@@ -31,6 +31,8 @@ from monitor.db.models import (
     Reference,
     ReferenceHash,
     Scan,
+    SearchCoverage,
+    SearchUsage,
     Sighting,
     Subject,
     UTCDateTime,
@@ -182,7 +184,15 @@ def start_scan(session: Session, subject_id: int) -> Scan:
     return scan
 
 
-def record_hits(session: Session, scan_id: int, hits: Iterable[SearchHit]) -> None:
+def record_hits(
+    session: Session,
+    scan_id: int,
+    hits: Iterable[SearchHit],
+    found_by: dict[tuple[str, str, str | None], Sequence[str]] | None = None,
+) -> None:
+    """Store a scan's hits; ``found_by`` maps ``(kind, page URL, image URL)`` to every backend
+    that found the hit (hits merged across backends), else only its own backend is listed."""
+    found_by = found_by or {}
     session.add_all(
         Hit(
             scan_id=scan_id,
@@ -193,9 +203,98 @@ def record_hits(session: Session, scan_id: int, hits: Iterable[SearchHit]) -> No
             image_url=h.image_url,
             title=h.title[:1000],
             engine=h.engine,
+            backends=",".join(
+                found_by.get((h.query.kind.value, h.page_url, h.image_url)) or [h.backend]
+            ),
         )
         for h in hits
     )
+
+
+def record_coverage(session: Session, scan_id: int, rows: Iterable[dict[str, Any]]) -> None:
+    """Store what each planned search of a scan came to (``monitor.coverage.SearchOutcome``
+    as dicts: backend, query, kind, page, asked, answered, partial, results, requests,
+    reason, detail)."""
+    values = [
+        {
+            **r,
+            "scan_id": scan_id,
+            "query": str(r["query"])[:500],
+            "reason": (r.get("reason") or None) and str(r["reason"])[:200],
+            "detail": (r.get("detail") or None) and str(r["detail"])[:2000],
+        }
+        for r in rows
+    ]
+    if values:
+        session.execute(insert(SearchCoverage), values)
+
+
+def scan_coverage(session: Session, scan_id: int) -> list[SearchCoverage]:
+    """The coverage rows of a scan, in the order they were planned."""
+    return list(
+        session.scalars(
+            select(SearchCoverage)
+            .where(SearchCoverage.scan_id == scan_id)
+            .order_by(SearchCoverage.id)
+        )
+    )
+
+
+def search_usage(session: Session, backends: Iterable[str], month: str) -> dict[str, int]:
+    """Requests sent to each backend in ``month`` ("YYYY-MM"): 0 for those with none."""
+    names = list(dict.fromkeys(backends))
+    used = dict.fromkeys(names, 0)
+    if names:
+        for backend, n in session.execute(
+            select(SearchUsage.backend, SearchUsage.requests).where(
+                SearchUsage.month == month, SearchUsage.backend.in_(names)
+            )
+        ):
+            used[backend] = int(n or 0)
+    return used
+
+
+def add_search_usage(session: Session, sent: dict[str, int], month: str) -> None:
+    """Add requests sent to each backend to its count for ``month`` (atomic per row)."""
+    for backend, n in sent.items():
+        if n <= 0:
+            continue
+        done = session.execute(
+            update(SearchUsage)
+            .where(SearchUsage.backend == backend, SearchUsage.month == month)
+            .values(requests=SearchUsage.requests + n)
+        )
+        if not getattr(done, "rowcount", 0):
+            session.add(SearchUsage(backend=backend, month=month, requests=n))
+            session.flush()
+
+
+def found_by(session: Session, match_id: int) -> list[str]:
+    """The search backends whose hits led the person's scans to a matched image (to a page it
+    was seen on, or to the image itself), sorted."""
+    match = session.get(Match, match_id)
+    if match is None:
+        return []
+    places = session.execute(
+        select(Sighting.page_url, Sighting.image_url).where(
+            Sighting.subject_id == match.subject_id, Sighting.image_id == match.image_id
+        )
+    ).all()
+    if not places:
+        return []
+    pages = {page for page, _ in places}
+    images = {image for _, image in places}
+    names: set[str] = set()
+    for backend, backends in session.execute(
+        select(Hit.backend, Hit.backends)
+        .join(Scan, Scan.id == Hit.scan_id)
+        .where(
+            Scan.subject_id == match.subject_id,
+            Hit.page_url.in_(pages) | Hit.image_url.in_(images),
+        )
+    ):
+        names.update(b for b in (backends or backend).split(",") if b)
+    return sorted(names)
 
 
 def record_error(session: Session, scan_id: int, url: str, stage: str, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path):
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_search_pacing() -> Iterator[None]:
+    """Each test starts with no pacing state shared from another (backends on loopback ports
+    that the next test may get again)."""
+    from monitor.search.pacing import forget_shared
+
+    forget_shared()
+    yield
+    forget_shared()

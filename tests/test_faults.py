@@ -458,7 +458,9 @@ def test_repeated_search_failures_tell_the_person_once_and_once_more_on_recovery
 
         def scan(fail: int) -> None:
             world.fake.fail_next(503, body=f"no results for {NAME}", times=fail)
-            assert scan_subject(settings, db, NAME).status == "completed"
+            # every search failed: the scan finished, but says it could not look
+            expected = "failed" if fail == 2 * queries else "completed"
+            assert scan_subject(settings, db, NAME).status == expected
 
         def health() -> SubjectHealth:
             with db.session() as s:

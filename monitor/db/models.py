@@ -167,7 +167,10 @@ class Scan(Base):
     )
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running|completed|failed
+    # running | completed (every planned search answered) | partial (some searches failed,
+    # were skipped or answered in part) | failed (no search answered, or the scan broke off)
+    # | interrupted (the process died; finished by the next scan)
+    status: Mapped[str] = mapped_column(String(20), default="running")
     queries: Mapped[int] = mapped_column(Integer, default=0)
     pages: Mapped[int] = mapped_column(Integer, default=0)
     images: Mapped[int] = mapped_column(Integer, default=0)
@@ -190,6 +193,44 @@ class Hit(Base):
     image_url: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text, default="")
     engine: Mapped[str] = mapped_column(String(100), default="")
+    # Every backend that found it in this scan, comma-separated (hits are merged across
+    # backends: one row per kind, page and image URL); NULL before 0010: only ``backend``.
+    backends: Mapped[str | None] = mapped_column(Text)
+
+
+class SearchCoverage(Base):
+    """One planned search of a scan (backend x query x kind x results page) and what came of
+    it: asked or not, answered or not, how many results, why not (0010). Erased with the scan.
+
+    ``reason`` is short ("rate limited", "unavailable", "monthly budget used up"...) and
+    ``detail`` the backend's message; both empty for a search answered in full."""
+
+    __tablename__ = "search_coverage"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    backend: Mapped[str] = mapped_column(String(100))
+    query: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[str] = mapped_column(String(10))  # "web" | "images"
+    page: Mapped[int] = mapped_column(Integer)
+    asked: Mapped[bool] = mapped_column(Boolean)  # a request was sent
+    answered: Mapped[bool] = mapped_column(Boolean)  # an answer came (maybe partial)
+    partial: Mapped[bool] = mapped_column(Boolean, default=False)  # some engines did not answer
+    results: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)  # HTTP requests actually sent
+    reason: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class SearchUsage(Base):
+    """Search requests sent to a backend in a calendar month (UTC), for its monthly budget
+    (``[search.limits.<name>] monthly_budget``). A count, nothing about anyone (0010)."""
+
+    __tablename__ = "search_usage"
+
+    backend: Mapped[str] = mapped_column(String(100), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # "2026-12"
+    requests: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class FetchErrorRecord(Base):
