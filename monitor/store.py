@@ -255,18 +255,31 @@ def search_usage(session: Session, backends: Iterable[str], month: str) -> dict[
 
 
 def add_search_usage(session: Session, sent: dict[str, int], month: str) -> None:
-    """Add requests sent to each backend to its count for ``month`` (atomic per row)."""
-    for backend, n in sent.items():
-        if n <= 0:
-            continue
-        done = session.execute(
-            update(SearchUsage)
-            .where(SearchUsage.backend == backend, SearchUsage.month == month)
-            .values(requests=SearchUsage.requests + n)
-        )
-        if not getattr(done, "rowcount", 0):
-            session.add(SearchUsage(backend=backend, month=month, requests=n))
-            session.flush()
+    """Add requests sent to each backend to its count for ``month``: one INSERT ... ON CONFLICT
+    DO UPDATE per row, so two scans finishing at once both count (no read-then-insert race)."""
+    rows = [
+        {"backend": backend, "month": month, "requests": n} for backend, n in sent.items() if n > 0
+    ]
+    if not rows:
+        return
+    dialect_insert = _dialect_insert(session)
+    if dialect_insert is None:  # pragma: no cover - the monitor runs on SQLite and PostgreSQL
+        for row in rows:
+            done = session.execute(
+                update(SearchUsage)
+                .where(SearchUsage.backend == row["backend"], SearchUsage.month == month)
+                .values(requests=SearchUsage.requests + row["requests"])
+            )
+            if not getattr(done, "rowcount", 0):
+                session.add(SearchUsage(**row))
+        session.flush()
+        return
+    stmt = dialect_insert(SearchUsage)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[SearchUsage.backend, SearchUsage.month],
+        set_={"requests": SearchUsage.requests + stmt.excluded.requests},
+    )
+    session.execute(stmt, rows)
 
 
 def found_by(session: Session, match_id: int) -> list[str]:

@@ -434,6 +434,21 @@ class _Checked:
         pass
 
 
+class _Plain:
+    """A plug-in backend without a check() of its own."""
+
+    kind = "plain"
+
+    def __init__(self, cfg: SearchBackendConfig, client: httpx.AsyncClient) -> None:
+        self.name = cfg.name or "plain"
+
+    async def search(self, query: SearchQuery, *, page: int = 1) -> SearchAnswer:
+        return SearchAnswer([])
+
+    async def aclose(self) -> None:
+        pass
+
+
 def test_backends_checks_each_one_and_says_what_to_fix(
     env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -441,6 +456,7 @@ def test_backends_checks_each_one_and_says_what_to_fix(
 
     monkeypatch.setattr(search_base, "_REGISTRY", dict(search_base._REGISTRY))
     register_backend("checked-test")(_Checked)
+    register_backend("plain-test")(_Plain)
     broken = FakeSearxng()
     broken.json_disabled = True
     broken_url = broken.install(env.web, "/broken/search")
@@ -448,20 +464,27 @@ def test_backends_checks_each_one_and_says_what_to_fix(
         f'[[search.backends]]\nkind = "searxng"\nurl = "{env.url}"\nname = "good"\n'
         f'[[search.backends]]\nkind = "searxng"\nurl = "{broken_url}"\nname = "bad"\n'
         '[[search.backends]]\nkind = "checked-test"\nurl = "http://127.0.0.1:9"\nname = "api"\n'
+        '[[search.backends]]\nkind = "plain-test"\nurl = "http://127.0.0.1:9"\nname = "plain"\n'
     )
     extra = "[search.limits.api]\nmonthly_budget = 100\n"
+    env.fake.add_result("weather", "images", {"url": env.page, "img_src": env.image})
     c = env.config(tmp_path, backends=extra + backends)
     code, out, _ = cli(capsys, "--config", c, "backends", "--json")
     reports = {r["backend"]: r for r in json.loads(out)}
     assert code == 3
-    assert reports["good"]["ok"] and reports["good"]["checked_with"] == "search"
-    assert "a search was sent instead" in reports["good"]["message"]
+    # SearXNG checks itself with one image search for a neutral word
+    assert reports["good"]["ok"] and reports["good"]["checked_with"] == "check"
+    assert "1 image results" in reports["good"]["message"]
+    # a plug-in backend without check(): one tiny search instead, and it says so
+    assert reports["plain"]["ok"] and reports["plain"]["checked_with"] == "search"
+    assert "a search was sent instead" in reports["plain"]["message"]
     assert not reports["bad"]["ok"] and "settings.yml" in reports["bad"]["fix"]
     assert reports["api"]["ok"] and reports["api"]["quota_remaining"] == 1234
     assert reports["api"]["checked_with"] == "check" and reports["api"]["budget_left"] == 99
     assert len(env.fake.queries) == 1 and len(broken.queries) == 1
     code, out, _ = cli(capsys, "--config", c, "backends")
-    assert code == 3 and "FAILING bad" in out and "fix: add `json`" in out
+    assert code == 3 and "FAILING bad" in out
+    assert "fix: " in out and "enable json in search.formats" in out
     assert "quota left: 1234" in out
 
 

@@ -212,7 +212,7 @@ def test_scan_error_samples_from_the_web_are_printed_literally(
         monkeypatch.setattr(cli, "out", Console(highlight=False, width=2000))
         monkeypatch.setattr(cli, "err", Console(stderr=True, highlight=False, width=2000))
         code, out, err = _run(capsys, "--config", c, "scan", "Jane Doe")
-    assert code == 0, err
+    assert code == 4, err  # no search was answered: a failed scan, not "nothing found"
     _assert_safe(out + err)
     assert "[/]oops[link=http://evil.test/]x[/link]" in err
 
