@@ -554,7 +554,7 @@ def cmd_backends(args: argparse.Namespace, settings: Settings) -> int:
             extra.append(f"monthly budget {r.monthly_budget}, {r.budget_left} left")
         if extra:
             out.print("  " + "; ".join(extra), markup=False)
-        if not r.ok and r.fix:
+        if not r.ok and r.fix and r.fix not in r.message:  # not the same words twice
             out.print(visible(f"  fix: {r.fix}"), markup=False, soft_wrap=True)
     return exit_code([r.ok for r in reports])
 

@@ -227,7 +227,8 @@ def check_backends(settings: Settings, db: Database) -> list[BackendReport]:
             )
             it = iter(results)
             for cfg, backend, why in built:
-                name = backend.name if backend is not None else cfg.name or f"{cfg.kind}@{cfg.url}"
+                unbuilt = cfg.name or (f"{cfg.kind}@{cfg.url}" if cfg.url else cfg.kind)
+                name = backend.name if backend is not None else unbuilt
                 if backend is None:
                     reports.append(
                         BackendReport(name, cfg.kind, False, why or "", fix=why, requests=0)
