@@ -73,6 +73,7 @@ __all__ = [
     "parse_json",
     "parse_retry_after",
     "register_backend",
+    "result_url",
     "retry_once_if_short",
     "snippet",
 ]
@@ -562,3 +563,21 @@ async def retry_once_if_short(
         raise RateLimitedError(
             f"{exc} (still limited after waiting once as asked)", exc.retry_after
         ) from None
+
+
+def result_url(value: Any) -> str | None:
+    """An absolute http(s) URL from a field of a search result, or None (what a backend says
+    is a link is not trusted: another scheme, no host or an unparsable URL gives None).
+    ``//host/x`` becomes https."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.startswith("//"):
+        text = "https:" + text
+    try:
+        parts = httpx.URL(text)
+    except (httpx.InvalidURL, ValueError):
+        return None
+    if parts.scheme not in ("http", "https") or not parts.host:
+        return None
+    return text

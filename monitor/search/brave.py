@@ -65,6 +65,7 @@ from monitor.search.base import (
     parse_json,
     parse_retry_after,
     register_backend,
+    result_url,
     retry_once_if_short,
     snippet,
 )
@@ -172,21 +173,6 @@ def quota_remaining(windows: list[RateWindow]) -> int | None:
     if not known:
         return None
     return max(known, key=lambda w: w.reset_seconds or 0.0).remaining
-
-
-def _http_url(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.startswith("//"):
-        text = "https:" + text
-    try:
-        parts = httpx.URL(text)
-    except (httpx.InvalidURL, ValueError):
-        return None
-    if parts.scheme not in ("http", "https") or not parts.host:
-        return None
-    return text
 
 
 def _text(value: Any) -> str:
@@ -437,9 +423,9 @@ class BraveBackend:
         for result in results:
             if not isinstance(result, dict):
                 continue
-            page_url = _http_url(result.get("url"))
+            page_url = result_url(result.get("url"))
             image_url = (
-                _http_url(_field(result, "properties", "url"))
+                result_url(_field(result, "properties", "url"))
                 if query.kind is ResultKind.IMAGES
                 else None
             )
@@ -456,7 +442,7 @@ class BraveBackend:
                 query=query,
                 page_url=page_url,
                 image_url=image_url,
-                thumbnail_url=_http_url(_field(result, "thumbnail", "src")),
+                thumbnail_url=result_url(_field(result, "thumbnail", "src")),
                 title=_text(result.get("title")),
                 snippet=_text(result.get("description")),
                 engine="brave",

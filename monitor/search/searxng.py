@@ -42,6 +42,7 @@ from monitor.search.base import (
     parse_json,
     parse_retry_after,
     register_backend,
+    result_url,
     retry_once_if_short,
     snippet,
 )
@@ -99,22 +100,6 @@ def _default_name(url: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"searxng@{host}:{parts.port}" if parts.port else f"searxng@{host}"
-
-
-def _http_url(value: Any) -> str | None:
-    """An absolute http(s) URL from a result field, or None. ``//host/x`` becomes https."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.startswith("//"):
-        text = "https:" + text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return None
-    return text
 
 
 def _text(value: Any) -> str:
@@ -297,17 +282,19 @@ class SearxngBackend:
         for result in data["results"]:
             if not isinstance(result, dict):
                 continue
-            page_url = _http_url(result.get("url"))
+            page_url = result_url(result.get("url"))
             if page_url is None:
                 continue
-            image_url = _http_url(result.get("img_src"))
+            image_url = result_url(result.get("img_src"))
             if images_only and image_url is None:
                 continue
             key = (page_url, image_url)
             if key in seen:
                 continue
             seen.add(key)
-            thumbnail = _http_url(result.get("thumbnail_src")) or _http_url(result.get("thumbnail"))
+            thumbnail = result_url(result.get("thumbnail_src")) or result_url(
+                result.get("thumbnail")
+            )
             yield SearchHit(
                 backend=self.name,
                 query=query,

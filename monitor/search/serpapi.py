@@ -65,6 +65,7 @@ from monitor.search.base import (
     get_answer,
     parse_json,
     register_backend,
+    result_url,
     snippet,
 )
 from monitor.types import ResultKind, SearchHit, SearchQuery
@@ -104,21 +105,6 @@ class SerpApiOptions(BackendOptions):
     gl: str = Field(default="", max_length=5)  # Google country, e.g. "nl"; empty: default
     hl: str = Field(default="", max_length=10)  # Google language, e.g. "nl"; empty: default
     bing_count: int = Field(default=100, ge=1, le=150)  # Bing image results per page
-
-
-def _http_url(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.startswith("//"):
-        text = "https:" + text
-    try:
-        parts = httpx.URL(text)
-    except (httpx.InvalidURL, ValueError):
-        return None
-    if parts.scheme not in ("http", "https") or not parts.host:
-        return None
-    return text
 
 
 def _text(value: Any) -> str:
@@ -389,8 +375,8 @@ class SerpApiBackend:
         for result in results:
             if not isinstance(result, dict):
                 continue
-            page_url = _http_url(result.get("link")) or _http_url(result.get("source"))
-            image_url = _http_url(result.get("original")) if engine != "google" else None
+            page_url = result_url(result.get("link")) or result_url(result.get("source"))
+            image_url = result_url(result.get("original")) if engine != "google" else None
             if page_url is None:
                 if image_url is None:
                     continue
@@ -400,7 +386,7 @@ class SerpApiBackend:
                 query=query,
                 page_url=page_url,
                 image_url=image_url,
-                thumbnail_url=_http_url(result.get("thumbnail")),
+                thumbnail_url=result_url(result.get("thumbnail")),
                 title=_text(result.get("title")),
                 snippet=_text(result.get("snippet")),
                 engine=engine,
