@@ -389,7 +389,8 @@ def scores(
 # ---------------------------------------------------------------- main
 
 SINGLE_TARGETS = {
-    "crop 5-30% (corner/side/centre)": 0.90,
+    "crop 5-20% (corner/side/centre)": 0.90,
+    "crop 5-30% (corner/side/centre)": None,
     "rotation 1-10 deg": 0.90,
     "padding/letterbox": 0.90,
     "colour filters (2)": 0.99,

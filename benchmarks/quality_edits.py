@@ -240,6 +240,7 @@ class Family:
 
 
 FAMILIES: list[Family] = [
+    Family("crop 5-20% (corner/side/centre)", False, small_crop),
     Family("crop 5-30% (corner/side/centre)", False, crop),
     Family("rotation 1-10 deg", False, rotation),
     Family("padding/letterbox", False, padding),
@@ -252,13 +253,15 @@ FAMILIES: list[Family] = [
     Family("mirror + crop 5-20%", True, _chain(mirror, small_crop)),
     Family("crop 25-30% from a corner", True, corner_crop),
     Family("crop 5-20% + rotation 1-5 deg", True, _chain(small_crop, small_rotation)),
+    Family("mirror + rotation 1-5 deg", True, _chain(mirror, small_rotation)),
     Family("square crop", True, square_crop),
     Family("colour filters + crop 5-20%", True, _chain(colour, small_crop)),
     Family("stickers + resize 0.3-1.0", True, _chain(stickers, resize)),
     Family("screenshot of a mirrored photo", True, mirrored_screenshot),
 ]
 """Single edits first, then two-edit chains (``crop 25-30% from a corner`` and ``square crop``
-are one edit each, but listed with the chains: they are the hard crops the review asked for)."""
+are one edit each, but listed with the chains: they are the hard crops the review asked for;
+``mirror + rotation`` is one the review measured too)."""
 
 
 # ---------------------------------------------------------------- negatives
