@@ -27,7 +27,9 @@ a blurred room, each twice, as a burst pair). All made in memory at run time.
 For each method (which reference hashes and which found-image hashes are compared) the score of
 a (found image, reference) pair is the smallest Hamming distance over its pairs of hashes; the
 method's threshold is the largest giving ZERO false positives on the negatives; recall is the
-share of copies within it of their own reference. ``production`` is the configured matcher:
+share of copies within it of their own reference. The nearest unrelated distance is taken over
+every decodable negative, those below the quality gate too (so it errs on the close side).
+``production`` is the configured matcher:
 :class:`monitor.matching.ReferenceIndex` with the ``[match]`` defaults (fixed thresholds, not
 tuned per run); a copy counts when it matches its own reference, a negative when it matches any.
 
