@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -55,6 +56,9 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "screenshot, 70% wide": lambda im: _screenshot(im, 0.7, dark=False),
     # (dark-mode screenshots of dark photos can fail: 83% in benchmarks/quality.py)
     "watermark, q40": lambda im: tf.recompress(tf.watermark(im), 40),
+    "sepia and vignette": lambda im: tf.vignette(tf.sepia(im, 0.8), 0.5),
+    # (a sticker of 6% can move a low-contrast photo 72 bits away: not asserted, measured)
+    "resized to 40%, JPEG q50": lambda im: tf.recompress(tf.resize(im, 0.4), 50),
 }
 
 
@@ -95,6 +99,21 @@ def test_unrelated_photos_match_nothing(corpus) -> None:
         if found is not None:
             false.append((path.name, found))
     assert not false, f"{len(false)} false matches in {len(refs) * len(background)} pairs"
+
+
+def test_the_same_scene_a_moment_later_is_not_a_copy(corpus) -> None:
+    """Near-duplicates of unrelated photos (the camera moved a little, a burst pair) match
+    none of the references."""
+    _, refs = corpus
+    index = _index(refs, MatchConfig())
+    for path in corpus_files("distractors")[::40]:
+        im = tf.decode(path.read_bytes())
+        for moved in (
+            tf.crop_box(im, (0.03, 0.02, 0.93, 0.92)),  # the camera moved 3%
+            tf.noise(tf.straighten(tf.crop(im, 0.1, anchor=(0.7, 0.4)), 1.0), 4),  # burst
+        ):
+            found = index.match_detail(compute_hashes(tf.encode(moved, "JPEG", 85)))
+            assert found is None, f"{path.name}: {found}"
 
 
 def test_variants_and_regions_can_be_switched_off(corpus) -> None:
@@ -141,3 +160,20 @@ def test_reference_variants_cover_dihedral_crops_and_rotations(corpus) -> None:
     for name in ("pdq.mirror", "pdq.rot90", "pdq.rot180", "pdq.crop30c", "pdq.rot+4", "pdq.rot-8w"):
         assert name in names
     assert all(len(n) <= 20 for n in names)  # fits reference_hashes.algorithm
+
+
+def test_new_edits_keep_the_picture_size_and_cover_what_they_say() -> None:
+    im = Image.new("RGB", (400, 300), (40, 90, 160))
+    for edit in (
+        lambda x: tf.hue(x, 0.2),
+        lambda x: tf.sepia(x, 1.0),
+        lambda x: tf.vignette(x, 0.6),
+        lambda x: tf.sticker(x, 0.1, (0.5, 0.5), kind="heart"),
+    ):
+        assert edit(im).size == im.size
+    assert tf.crop_box(im, (0.1, 0.0, 0.6, 0.5)).size == (200, 150)
+    for kind in ("emoji", "bar", "label"):
+        out = tf.sticker(im, 0.1, (0.5, 0.5), kind=kind)
+        changed = int((np.asarray(out) != np.asarray(im)).any(axis=2).sum())
+        assert 0.04 * 400 * 300 < changed < 0.16 * 400 * 300, (kind, changed)
+    assert im.getpixel((0, 0)) == (40, 90, 160)  # the input is left untouched

@@ -22,12 +22,14 @@ __all__ = [
     "blur",
     "brightness",
     "compose",
+    "crop_box",
     "contrast",
     "crop",
     "decode",
     "encode",
     "gamma",
     "greyscale",
+    "hue",
     "letterbox",
     "mirror",
     "noise",
@@ -37,7 +39,11 @@ __all__ = [
     "resize",
     "rotate",
     "saturation",
+    "sepia",
+    "sticker",
+    "straighten",
     "stretch",
+    "vignette",
     "watermark",
 ]
 
@@ -130,6 +136,15 @@ def crop(
     ax, ay = (min(max(a, 0.0), 1.0) for a in anchor)
     left, top = round((w - kw) * ax), round((h - kh) * ay)
     return _rgb(im).crop((left, top, left + kw, top + kh))
+
+
+def crop_box(im: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """The window ``box`` = (left, top, right, bottom) given as fractions of the width and
+    height (e.g. (0.1, 0.0, 0.9, 0.75)); at least one pixel each way."""
+    w, h = im.size
+    left, top = round(box[0] * w), round(box[1] * h)
+    right, bottom = max(left + 1, round(box[2] * w)), max(top + 1, round(box[3] * h))
+    return _rgb(im).crop((left, top, min(right, w), min(bottom, h)))
 
 
 def mirror(im: Image.Image) -> Image.Image:
@@ -225,6 +240,34 @@ def greyscale(im: Image.Image) -> Image.Image:
     return _rgb(im).convert("L").convert("RGB")
 
 
+def hue(im: Image.Image, shift: float) -> Image.Image:
+    """Turn every hue by ``shift`` of the colour circle (0.5 is half way round)."""
+    hsv = np.asarray(_rgb(im).convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + round(shift * 256)) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def sepia(im: Image.Image, strength: float = 1.0) -> Image.Image:
+    """The classic sepia matrix, mixed with the original at ``strength`` (0 to 1)."""
+    arr = np.asarray(_rgb(im), dtype=np.float32)
+    matrix = np.array(
+        [[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32
+    )
+    toned = arr @ matrix.T
+    out = arr * (1 - strength) + toned * strength
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def vignette(im: Image.Image, strength: float = 0.5) -> Image.Image:
+    """Corners darkened towards ``strength`` of black (0: none), smoothly from the centre."""
+    arr = np.asarray(_rgb(im), dtype=np.float32)
+    h, w = arr.shape[:2]
+    y, x = np.ogrid[-1 : 1 : complex(0, h), -1 : 1 : complex(0, w)]
+    r = np.clip(np.sqrt(x * x + y * y) / math.sqrt(2), 0, 1)
+    gain = 1 - strength * r**2
+    return Image.fromarray(np.clip(arr * gain[..., None], 0, 255).astype(np.uint8), "RGB")
+
+
 # -- quality
 
 
@@ -300,6 +343,60 @@ def watermark(
         pos = (w - (right - left) - w // 40, h - (bottom - top) - h // 30)
         draw.text(pos, text, font=font, fill=(255, 255, 255, alpha))
     return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def sticker(
+    im: Image.Image,
+    share: float,
+    position: tuple[float, float],
+    *,
+    kind: str = "emoji",
+    colour: Colour = (255, 204, 51),
+    text: str = "",
+) -> Image.Image:
+    """A sticker drawn in code covering about ``share`` of the picture's area, its centre at
+    ``position`` (fractions of width and height): ``emoji`` (a smiley face), ``heart``,
+    ``star``, ``bar`` (a censor bar) or ``label`` (a rounded tag with ``text``)."""
+    out = _rgb(im)
+    w, h = out.size
+    draw = ImageDraw.Draw(out)
+    area = share * w * h
+    cx, cy = position[0] * w, position[1] * h
+    if kind in ("bar", "label"):
+        bw = min(w, math.sqrt(area * 4))
+        bh = area / bw
+        box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+        if kind == "bar":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.rounded_rectangle(box, radius=bh / 3, fill=colour)
+            draw.text(
+                (box[0] + bh / 4, box[1] + bh / 6), text, font=_font(round(bh * 0.6)),
+                fill=(255, 255, 255) if sum(colour) < 384 else (0, 0, 0),
+            )  # fmt: skip
+        return out
+    r = math.sqrt(area / math.pi)
+    if kind == "emoji":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour, outline=(0, 0, 0), width=2)
+        e = r * 0.18
+        for dx in (-0.35, 0.35):
+            draw.ellipse((cx + dx * r - e, cy - 0.3 * r - e, cx + dx * r + e, cy - 0.3 * r + e),
+                         fill=(40, 30, 20))  # fmt: skip
+        draw.arc((cx - 0.55 * r, cy - 0.4 * r, cx + 0.55 * r, cy + 0.6 * r), 20, 160,
+                 fill=(40, 30, 20), width=max(2, round(r / 10)))  # fmt: skip
+    elif kind == "heart":
+        q = r * 0.55
+        draw.ellipse((cx - 2 * q, cy - 1.5 * q, cx, cy + 0.5 * q), fill=colour)
+        draw.ellipse((cx, cy - 1.5 * q, cx + 2 * q, cy + 0.5 * q), fill=colour)
+        draw.polygon([(cx - 1.9 * q, cy), (cx + 1.9 * q, cy), (cx, cy + 2 * q)], fill=colour)
+    else:  # star
+        points = [
+            (cx + (r if i % 2 == 0 else r * 0.45) * math.sin(i * math.pi / 5),
+             cy - (r if i % 2 == 0 else r * 0.45) * math.cos(i * math.pi / 5))
+            for i in range(10)
+        ]  # fmt: skip
+        draw.polygon(points, fill=colour, outline=(0, 0, 0))
+    return out
 
 
 #: Named "typical uploader edits" planted by the demo and the end-to-end test.
