@@ -205,10 +205,14 @@ _BLUR_SCRIPT = """
 
 # For the sharp pass (see Screenshotter._shoot): every blurred element, and every element of
 # a kind that is blurred (one a page's script added since included), is not painted at all.
+# Opacity as well as visibility: an element's opacity hides its children and pseudo-elements
+# whatever they say, as its blur filter does.
 HIDE_CSS = """
 img, picture, video, canvas, svg image, svg feImage, iframe, embed, object,
-input[type="image"], [style*="url("], [data-exposure-monitor-blurred] {
+input[type="image"], [style*="url("], [data-exposure-monitor-blurred],
+[data-exposure-monitor-blurred]::before, [data-exposure-monitor-blurred]::after {
   visibility: hidden !important;
+  opacity: 0 !important;
 }
 """
 _HIDE_SCRIPT = """
@@ -221,6 +225,7 @@ _HIDE_SCRIPT = """
       if (el.shadowRoot) hide(el.shadowRoot);
       if (el.dataset && el.dataset.exposureMonitorBlurred) {
         el.style.setProperty('visibility', 'hidden', 'important');
+        el.style.setProperty('opacity', '0', 'important');
       }
     }
   };
