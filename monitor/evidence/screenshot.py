@@ -369,6 +369,11 @@ class Screenshotter:
         self._spare: asyncio.Task[tuple[Any, Any]] | None = None
         self.browser_version = ""
 
+    @property
+    def running(self) -> bool:
+        """Started, and the browser still there (not closed, not crashed)."""
+        return self._browser is not None and self._browser.is_connected()
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
