@@ -45,6 +45,14 @@ How it is taken:
   ``object``, ``input type=image`` and every element (or ``::before``/``::after``) with a
   ``url(...)`` background image, including inside open shadow roots. (With JavaScript on, a
   stylesheet inserted at document start also blurs images from the first paint on.)
+* The shot is taken in two passes of the same layout (see :meth:`Screenshotter._shoot`): the
+  page with its images blurred at a quarter of the scale (Chromium's blur of a camera-size
+  photo at full scale cost 6-10 s a page), then the page at full scale with every blurred
+  element, and every element of a kind that is blurred, not painted at all (``visibility:
+  hidden`` and ``opacity: 0``: no image in it, blurred or not); each blurred element's box is
+  then taken from the first pass into the second. The text stays sharp, the images are blurred
+  as strongly as before, and no pass ever shows an image unblurred. A page with no image, or
+  with more than :data:`MAX_BLURRED_BOXES` of them, is shot once at full scale, blurred.
 * The picture is the page from its top, as tall as the page up to ``max_height`` pixels.
 * The banner is drawn with Pillow onto the PNG **after** the capture, in a strip added *above*
   the page: the page's own CSS or scripts can neither hide it nor be hidden by it. It shows the
@@ -226,6 +234,8 @@ _HIDE_SCRIPT = """
       if (el.dataset && el.dataset.exposureMonitorBlurred) {
         el.style.setProperty('visibility', 'hidden', 'important');
         el.style.setProperty('opacity', '0', 'important');
+        // not painted at all now: its blur (seconds for a big photo) would be wasted work
+        el.style.setProperty('filter', 'none', 'important');
       }
     }
   };
@@ -776,7 +786,7 @@ def stamp_banner(
 ) -> tuple[Image.Image, int]:
     """The screenshot with a banner strip added above it; and the strip's height in pixels."""
     if isinstance(png, Image.Image):
-        page = png.convert("RGB")
+        page = png if png.mode == "RGB" else png.convert("RGB")
     else:
         with Image.open(io.BytesIO(png)) as shot:
             page = shot.convert("RGB")
@@ -908,7 +918,7 @@ class Shot:
     def page(self) -> Image.Image:
         """The page as one picture: the sharp pass with the blurred boxes laid in."""
         with Image.open(io.BytesIO(self.png)) as im:
-            page = im.convert("RGB")
+            page = im.convert("RGB")  # (a copy: the shot is pasted into it)
         if self.blurred_png is None:
             return page
         with Image.open(io.BytesIO(self.blurred_png)) as im:
