@@ -4,16 +4,23 @@ images not painted) are laid together box by box: no browser needed here."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
+from monitor.demo.photos import photo_bytes
 from monitor.evidence.screenshot import (
     BLURRED_PASS_SCALE,
     BOX_MARGIN_PX,
     MAX_BLURRED_BOXES,
+    Screenshotter,
     Shot,
     _blurred_boxes,
+    chromium_path,
 )
+from monitor.testing.web import LoopbackWeb
 
 
 def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
@@ -49,3 +56,60 @@ def test_one_pass_without_images_or_with_too_many():
     many = [[i, 0, 1, 1, 24] for i in range(MAX_BLURRED_BOXES + 1)]
     assert _blurred_boxes(many, 1280, 900) is None
     assert Shot(png((10, 10), (1, 2, 3))).page().getpixel((5, 5)) == (1, 2, 3)
+
+
+# --- with the browser: the passes laid together, against a page that fights the hiding ------
+
+PHOTO = photo_bytes(7, (400, 300))
+NESTED_BOX = (100, 120, 500, 420)  # an img inside a div with a background image
+PSEUDO_BOX = (600, 120, 1000, 420)  # an image as a pseudo-element's content
+HOSTILE_PAGE = f"""<!DOCTYPE html>
+<html><head><style>
+body {{ margin: 0; background: #fff; font: 40px sans-serif; }}
+img {{ visibility: visible !important; opacity: 1 !important; filter: none !important; }}
+#pseudo::before {{ content: url('/photo.jpg'); visibility: visible !important;
+  opacity: 1 !important; filter: none !important; }}
+</style></head><body>
+<h1 style="position:absolute; left:20px; top:10px; margin:0; font-size:40px">Posted by someone</h1>
+<div style="position:absolute; left:{NESTED_BOX[0]}px; top:{NESTED_BOX[1]}px; width:400px;
+  height:300px; background-image:url('/bg.jpg')">
+  <img src="/photo.jpg" alt="" style="visibility: visible !important; opacity: 1 !important">
+</div>
+<p id="pseudo" style="position:absolute; left:{PSEUDO_BOX[0]}px; top:{PSEUDO_BOX[1]}px;
+  margin:0; width:400px; height:300px; line-height:0"></p>
+</body></html>"""
+
+
+def sharpness(im: Image.Image) -> float:
+    """Mean absolute Laplacian of the grey image: high-frequency energy."""
+    a = np.asarray(im.convert("L"), dtype=np.float64)
+    lap = 4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
+    return float(np.abs(lap).mean())
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="no Chromium (apt-get install chromium)")
+async def test_images_stay_blurred_when_the_page_insists_on_showing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    with LoopbackWeb() as site:
+        site.add("/photo.jpg", PHOTO, "image/jpeg")
+        site.add("/bg.jpg", photo_bytes(8, (400, 300)), "image/jpeg")
+        url = site.add("/p.html", HOSTILE_PAGE)
+        async with Screenshotter(allow_private_networks=True, timeout=60) as shooter:
+            info = await shooter.capture(url, tmp_path / "p.png", may_show_minor=False)
+            # the sharp pass alone: not one pixel of any image in it, blurred or not
+            monkeypatch.setattr(Shot, "page", lambda shot: Image.open(io.BytesIO(shot.png)))
+            sharp = await shooter.capture(url, tmp_path / "sharp.png", may_show_minor=False)
+    itself = sharpness(Image.open(io.BytesIO(PHOTO)).crop((40, 40, 360, 260)))
+    shot = Image.open(info.path).convert("RGB")
+    sharp_pass = Image.open(sharp.path).convert("RGB")
+    h = info.banner_height
+    for left, top, right, bottom in (NESTED_BOX, PSEUDO_BOX):
+        box = (left + 40, top + 40 + h, right - 40, bottom - 40 + h)
+        region = np.asarray(shot.crop(box), dtype=np.float64)
+        assert sharpness(shot.crop(box)) < 0.15 * itself, (left, sharpness(shot.crop(box)))
+        assert region.mean() < 235 and region.std() > 3  # the blurred image is there
+        assert np.asarray(sharp_pass.crop(box)).min() >= 250  # ... and nowhere else
+    heading = shot.crop((20, 10 + h, 700, 70 + h))
+    assert sharpness(heading) > 0.3 * itself  # the text is sharp
+    assert info.blurred_elements >= 3
