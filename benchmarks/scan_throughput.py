@@ -11,6 +11,12 @@ whole command / command without evidence (aim <= 1.5) and naive / our scan (aim 
 
     python benchmarks/scan_throughput.py [--repeat 2] [--camera-pages 20] [--camera-images 103]
 
+``--part capture``: the evidence screenshot alone, on the same camera-size pages: one
+Screenshotter, its start, three pages one at a time then three at once, with the time of each
+pass in the browser and of the banner + PNG + write (``docs/evidence.md``, "Heavy pages").
+
+    python benchmarks/scan_throughput.py --part capture
+
 ``--part throughput``: a loopback web (in a separate process) serves N distinct images on P
 pages, listed by a SearXNG-compatible search. In the same run we time (1) a full scan — search,
 fetch, extract, hash in the process pool, match, record — and (2) hashing the same image bytes
@@ -433,6 +439,71 @@ def command_benchmark(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def capture_benchmark(args: argparse.Namespace) -> int:
+    """Screenshots of camera-size pages, step by step (passes, writing), alone and three at once."""
+    import asyncio
+
+    from monitor.evidence import screenshot
+
+    parent, server, base_url = start_web(
+        args.camera_images, args.camera_pages, photos="camera", planted=args.planted
+    )
+    steps: list[str] = []
+    shoot, write = screenshot._screenshot, screenshot.Screenshotter._write
+
+    async def timed_shot(page, width: int, height: int, scale: float = 1.0) -> bytes:  # noqa: ANN001
+        t0 = time.perf_counter()
+        png = await shoot(page, width, height, scale)
+        steps.append(f"pass at scale {scale:g} {time.perf_counter() - t0:.2f} s")
+        return png
+
+    def timed_write(self, *a):  # noqa: ANN001, ANN002, ANN202
+        t0 = time.perf_counter()
+        info = write(self, *a)
+        steps.append(f"banner+PNG+write {time.perf_counter() - t0:.2f} s")
+        return info
+
+    screenshot._screenshot = timed_shot
+    screenshot.Screenshotter._write = timed_write
+    out = Path(tempfile.mkdtemp(prefix="bench-capture-"))
+
+    async def run() -> None:
+        t0 = time.perf_counter()
+        async with screenshot.Screenshotter(allow_private_networks=True) as shooter:
+            print(f"browser start: {time.perf_counter() - t0:.2f} s")
+            for p in range(3):
+                steps.clear()
+                t0 = time.perf_counter()
+                info = await shooter.capture(
+                    f"{base_url}/page/{p}.html", out / f"{p}.png", may_show_minor=False
+                )
+                print(
+                    f"page {p} alone: {time.perf_counter() - t0:.2f} s "
+                    f"({info.width} x {info.height} px, {info.blurred_elements} blurred; "
+                    + ", ".join(steps)
+                    + ")"
+                )
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    shooter.capture(
+                        f"{base_url}/page/{p}.html", out / f"c{p}.png", may_show_minor=False
+                    )
+                    for p in (5, 10, 15)
+                )
+            )
+            print(f"three pages at once: {time.perf_counter() - t0:.2f} s")
+
+    try:
+        asyncio.run(run())
+    finally:
+        screenshot._screenshot, screenshot.Screenshotter._write = shoot, write
+        shutil.rmtree(out, ignore_errors=True)
+        parent.send("stop")
+        server.join(timeout=10)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -440,10 +511,11 @@ def main() -> int:
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the scan to FILE")
     ap.add_argument(
         "--part",
-        choices=("all", "throughput", "command"),
+        choices=("all", "throughput", "command", "capture"),
         default="command",
         help="throughput: the scan against hashing alone; command: the scan command as a "
-        "person waits for it (alert, evidence) on camera-size photos, beside the naive scanner",
+        "person waits for it (alert, evidence) on camera-size photos, beside the naive scanner; "
+        "capture: the evidence screenshot of those pages alone, step by step",
     )
     ap.add_argument("--camera-pages", type=int, default=20)
     ap.add_argument("--camera-images", type=int, default=103)
@@ -455,6 +527,8 @@ def main() -> int:
         code |= throughput_benchmark(args)
     if args.part in ("all", "command"):
         code |= command_benchmark(args)
+    if args.part in ("all", "capture"):
+        code |= capture_benchmark(args)
     return code
 
 

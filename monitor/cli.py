@@ -675,6 +675,7 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.cases.capture import shared_screenshots
     from monitor.pipeline import hashing_pool, run_scan
     from monitor.scheduler import Scheduler
 
@@ -695,6 +696,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             scan,
             deliver_fn=deliver,
             recheck_fn=lambda: cases.run_due_rechecks(settings, db),
+            # the subjects due together share one screenshot browser (started once, at the
+            # first capture; closed when they are done)
+            pass_context=lambda: shared_screenshots(settings),
         )
         out.print(
             f"Scheduler running (checks every {settings.schedule.check_every}); Ctrl-C stops."

@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -131,6 +132,7 @@ class Scheduler:
         *,
         deliver_fn: Callable[[], object] | None = None,
         recheck_fn: Callable[[], object] | None = None,
+        pass_context: Callable[[], AbstractContextManager[object]] | None = None,
         now_fn: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
         lease: timedelta = DEFAULT_LEASE,
@@ -140,6 +142,9 @@ class Scheduler:
         self.scan_fn = scan_fn
         self.deliver_fn = deliver_fn
         self.recheck_fn = recheck_fn  # re-checks due cases (monitor.cases), its own job
+        # around the scans of one pass (run_due), in its thread: e.g. one screenshot browser
+        # for all of them (monitor.cases.capture.shared_screenshots)
+        self.pass_context = pass_context
         self.now_fn = now_fn
         self.rng = rng or random.Random()
         self.lease = lease
@@ -168,12 +173,15 @@ class Scheduler:
             due = due_subjects(self.db, fixed if fixed is not None else self.now_fn())
             if due:
                 logger.info("%d subject(s) due for a scan", len(due))
-            for position, subject_id in enumerate(due):
-                if self._stopping.is_set():
-                    logger.info("stopping: %d due scan(s) left for later", len(due) - position)
-                    break
-                if self._scan_one(subject_id, fixed):
-                    scanned.append(subject_id)
+                with self.pass_context() if self.pass_context else contextlib.nullcontext():
+                    for position, subject_id in enumerate(due):
+                        if self._stopping.is_set():
+                            logger.info(
+                                "stopping: %d due scan(s) left for later", len(due) - position
+                            )
+                            break
+                        if self._scan_one(subject_id, fixed):
+                            scanned.append(subject_id)
         finally:
             with self._idle:
                 self._busy -= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -369,3 +370,20 @@ def test_started_scheduler_scans_a_due_subject_and_shuts_down(tmp_path, settings
     row = subject(db, sid)
     assert row.next_scan_at is not None and row.scan_lease_owner is None
     db.dispose()
+
+
+def test_the_scans_of_a_pass_run_inside_one_pass_context(db: Database, settings: Settings) -> None:
+    first, second = add_subject(db, "first"), add_subject(db, "second")
+    events: list[object] = []
+
+    @contextlib.contextmanager
+    def one_browser():
+        events.append("open")
+        yield
+        events.append("close")
+
+    sched = make_scheduler(db, settings, events.append, pass_context=one_browser)
+    assert sched.run_due(NOW) == [first, second]
+    assert events == ["open", first, second, "close"]
+    assert sched.run_due(NOW + timedelta(minutes=1)) == []
+    assert events == ["open", first, second, "close"]  # nothing due: not entered

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "ScannedPage",
     "capture_pending",
     "evidence_key",
+    "shared_screenshots",
 ]
 
 log = logging.getLogger("monitor.cases.capture")
@@ -318,8 +320,12 @@ async def capture_pending(
     if not jobs:
         return report
     started = time.monotonic()
-    # The browser starts while the first web archives are written.
-    browser = asyncio.ensure_future(_open_screenshotter(settings))
+    # The browser starts while the first web archives are written (or, inside
+    # shared_screenshots, is the one already running for this thread's scans).
+    shared = _shared_browser(settings)
+    browser = asyncio.ensure_future(
+        shared.open() if shared is not None else _open_screenshotter(settings)
+    )
     if not settings.cases.screenshots:
         report.screenshot_note = "off ([cases] screenshots = false)"
     slots = asyncio.Semaphore(CONCURRENT_CAPTURES)
@@ -368,7 +374,7 @@ async def capture_pending(
         screenshotter = None
         with contextlib.suppress(Exception, asyncio.CancelledError):
             screenshotter = (await browser)[0]
-        if screenshotter is not None:
+        if screenshotter is not None and shared is None:  # a shared one stays open
             try:
                 await screenshotter.__aexit__(None, None, None)
             except Exception as exc:  # pragma: no cover - closing a browser that already died
@@ -377,6 +383,92 @@ async def capture_pending(
     if not report.screenshot_note and report.screenshots == 0 and shot_problems:
         report.screenshot_note = shot_problems[0]  # none taken: the first reason
     return report
+
+
+class _SharedBrowser:
+    """One :class:`~monitor.evidence.Screenshotter` for the scans of a scheduler pass, each of
+    which runs in an event loop of its own (``asyncio.run``): the browser lives on an event loop
+    thread of its own, started at the first capture, and captures are sent to it. A browser that
+    died is started again at the next scan's first capture."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="screenshot-browser", daemon=True
+        )
+        self._thread.start()
+        self._shooter: Any = None
+
+    def _run(self, coro: Any) -> asyncio.Future[Any]:
+        """Run ``coro`` on the browser's loop; awaitable from any other loop (cancelling the
+        awaiting task cancels it there too)."""
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def _get(self) -> tuple[Any, str | None]:  # on the browser's loop
+        shooter = self._shooter
+        if shooter is not None and shooter.running:
+            return shooter, None
+        self._shooter = None
+        if shooter is not None:
+            with contextlib.suppress(Exception):
+                await shooter.aclose()
+        shooter, problem = await _open_screenshotter(self.settings)
+        self._shooter = shooter
+        return shooter, problem
+
+    async def open(self) -> tuple[Any, str | None]:
+        """The shared browser (as for :func:`_open_screenshotter`), started if need be."""
+        # shielded: a scan cancelled meanwhile leaves a starting browser to finish starting
+        # (it is kept, and closed with the others), never half-started
+        shooter, problem = await asyncio.shield(self._run(self._get()))
+        return (_RemoteScreenshotter(self, shooter) if shooter is not None else None), problem
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Close the browser and stop its thread (errors are logged, never raised)."""
+        shooter, self._shooter = self._shooter, None
+        if shooter is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(shooter.aclose(), self._loop).result(timeout)
+            except Exception as exc:  # pragma: no cover - a browser that already died
+                log.info("closing the shared screenshot browser failed: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+class _RemoteScreenshotter:
+    """The shared browser as a scan's loop sees it: ``capture`` runs on the browser's loop."""
+
+    def __init__(self, host: _SharedBrowser, shooter: Any) -> None:
+        self._host, self._shooter = host, shooter
+
+    async def capture(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._host._run(self._shooter.capture(*args, **kwargs))
+
+
+_shared = threading.local()  # .browser: the _SharedBrowser of this thread's scans, if any
+
+
+def _shared_browser(settings: Settings) -> _SharedBrowser | None:
+    host = getattr(_shared, "browser", None)
+    return host if host is not None and host.settings is settings else None
+
+
+@contextlib.contextmanager
+def shared_screenshots(settings: Settings) -> Iterator[None]:
+    """Within this block, evidence captured in this thread with these ``settings`` (scans run
+    one after another, each with ``asyncio.run``) shares one screenshot browser, started at the
+    first capture and closed at the end of the block, instead of starting one per scan."""
+    previous = getattr(_shared, "browser", None)
+    host = _SharedBrowser(settings)
+    _shared.browser = host
+    try:
+        yield
+    finally:
+        _shared.browser = previous
+        host.close()
 
 
 async def _open_screenshotter(settings: Settings) -> tuple[Any, str | None]:

@@ -45,6 +45,14 @@ How it is taken:
   ``object``, ``input type=image`` and every element (or ``::before``/``::after``) with a
   ``url(...)`` background image, including inside open shadow roots. (With JavaScript on, a
   stylesheet inserted at document start also blurs images from the first paint on.)
+* The shot is taken in two passes of the same layout (see :meth:`Screenshotter._shoot`): the
+  page with its images blurred at a quarter of the scale (Chromium's blur of a camera-size
+  photo at full scale cost 6-10 s a page), then the page at full scale with every blurred
+  element, and every element of a kind that is blurred, not painted at all (``visibility:
+  hidden`` and ``opacity: 0``: no image in it, blurred or not); each blurred element's box is
+  then taken from the first pass into the second. The text stays sharp, the images are blurred
+  as strongly as before, and no pass ever shows an image unblurred. A page with no image, or
+  with more than :data:`MAX_BLURRED_BOXES` of them, is shot once at full scale, blurred.
 * The picture is the page from its top, as tall as the page up to ``max_height`` pixels.
 * The banner is drawn with Pillow onto the PNG **after** the capture, in a strip added *above*
   the page: the page's own CSS or scripts can neither hide it nor be hidden by it. It shows the
@@ -65,6 +73,7 @@ import contextlib
 import hashlib
 import io
 import ipaddress
+import math
 import os
 import re
 import time
@@ -118,6 +127,12 @@ BANNER_FOREGROUND = (0, 0, 0)
 BANNER_RULE = (200, 0, 0)  # a red line between the banner and the page
 BANNER_FONT_SIZE = 18
 MIN_BLUR_PX = 24
+# The pass with the images blurred is shot at this scale (see Screenshotter._shoot): a blur
+# radius of at least MIN_BLUR_PX CSS pixels is still at least 6 of its pixels, so scaling it
+# back up shows nothing a full-scale blur would not.
+BLURRED_PASS_SCALE = 0.25
+BOX_MARGIN_PX = 2  # a blurred box also takes this much around it (rounding, antialiasing)
+MAX_BLURRED_BOXES = 2000  # more blurred elements than this: one pass at full scale
 MINOR_REFUSAL = (
     "no screenshot taken: the person may be a minor. Keep no copy of the image, not even "
     "blurred; report the page to the police or a hotline (in the UK the Internet Watch "
@@ -151,6 +166,7 @@ _BLUR_SCRIPT = """
   const MEDIA = new Set(['IMG', 'PICTURE', 'VIDEO', 'CANVAS', 'IFRAME', 'EMBED', 'OBJECT']);
   const hasUrl = (v) => v && v !== 'none' && v.includes('url(');
   let count = 0;
+  const rects = [];  // each blurred element's box on the page (CSS px) and its blur radius
   const blur = (el) => {
     const r = el.getBoundingClientRect();
     const px = Math.max(minBlur, Math.round(0.08 * Math.max(r.width, r.height)));
@@ -158,6 +174,10 @@ _BLUR_SCRIPT = """
     el.style.setProperty('transition', 'none', 'important');
     el.style.setProperty('animation', 'none', 'important');
     el.style.setProperty('filter', `blur(${px}px)`, 'important');
+    el.dataset.exposureMonitorBlurred = '1';
+    if (r.width > 0 && r.height > 0) {
+      rects.push([r.left + window.scrollX, r.top + window.scrollY, r.width, r.height, px]);
+    }
     count += 1;
   };
   const visit = (root) => {
@@ -187,7 +207,39 @@ _BLUR_SCRIPT = """
   s.textContent = css;
   (document.head || document.documentElement).appendChild(s);
   visit(document);
-  return count;
+  return [count, rects];
+}
+"""
+
+# For the sharp pass (see Screenshotter._shoot): every blurred element, and every element of
+# a kind that is blurred (one a page's script added since included), is not painted at all.
+# Opacity as well as visibility: an element's opacity hides its children and pseudo-elements
+# whatever they say, as its blur filter does.
+HIDE_CSS = """
+img, picture, video, canvas, svg image, svg feImage, iframe, embed, object,
+input[type="image"], [style*="url("], [data-exposure-monitor-blurred],
+[data-exposure-monitor-blurred]::before, [data-exposure-monitor-blurred]::after {
+  visibility: hidden !important;
+  opacity: 0 !important;
+}
+"""
+_HIDE_SCRIPT = """
+(css) => {
+  const hide = (root) => {
+    const s = document.createElement('style');
+    s.textContent = css;
+    (root === document ? (document.head || document.documentElement) : root).appendChild(s);
+    for (const el of root.querySelectorAll('*')) {
+      if (el.shadowRoot) hide(el.shadowRoot);
+      if (el.dataset && el.dataset.exposureMonitorBlurred) {
+        el.style.setProperty('visibility', 'hidden', 'important');
+        el.style.setProperty('opacity', '0', 'important');
+        // not painted at all now: its blur (seconds for a big photo) would be wasted work
+        el.style.setProperty('filter', 'none', 'important');
+      }
+    }
+  };
+  hide(document);
 }
 """
 
@@ -327,6 +379,11 @@ class Screenshotter:
         self._spare: asyncio.Task[tuple[Any, Any]] | None = None
         self.browser_version = ""
 
+    @property
+    def running(self) -> bool:
+        """Started, and the browser still there (not closed, not crashed)."""
+        return self._browser is not None and self._browser.is_connected()
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -442,11 +499,11 @@ class Screenshotter:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
         async with self._slots:
             try:
-                png, final_url, blurred, captured_at = await self._load_and_shoot(url, timeout)
+                shot, final_url, blurred, captured_at = await self._load_and_shoot(url, timeout)
             finally:
                 self._make_spare()  # while the shot is written, not while the page loads
         return await asyncio.to_thread(
-            self._write, png, url, final_url, blurred, captured_at, Path(out_path)
+            self._write, shot, url, final_url, blurred, captured_at, Path(out_path)
         )
 
     # --- internals --------------------------------------------------------------------------
@@ -495,7 +552,7 @@ class Screenshotter:
             context, _page = await spare
             await context.close()
 
-    async def _load_and_shoot(self, url: str, timeout: float) -> tuple[bytes, str, int, datetime]:
+    async def _load_and_shoot(self, url: str, timeout: float) -> tuple[Shot, str, int, datetime]:
         """The page's PNG in a fresh context of its own (closed afterwards)."""
         started = time.monotonic()
         context: Any = None
@@ -526,16 +583,17 @@ class Screenshotter:
 
     def _write(
         self,
-        png: bytes,
+        shot: Shot,
         url: str,
         final_url: str,
         blurred: int,
         captured_at: datetime,
         out_path: Path,
     ) -> ScreenshotInfo:
-        """Stamp the banner, write the PNG (in a worker thread: Pillow's work is CPU-bound)."""
-        stamped, banner_height = stamp_banner(png, url, final_url, captured_at)
-        del png
+        """Lay the blurred boxes in, stamp the banner, write the PNG (in a worker thread:
+        Pillow's work is CPU-bound)."""
+        stamped, banner_height = stamp_banner(shot.page(), url, final_url, captured_at)
+        del shot
         meta = PngImagePlugin.PngInfo()
         meta.add_text("Source", url)
         if final_url != url:
@@ -566,7 +624,7 @@ class Screenshotter:
 
     async def _shoot(
         self, page: Any, url: str, timeout: float, started: float
-    ) -> tuple[bytes, str, int, datetime]:
+    ) -> tuple[Shot, str, int, datetime]:
         page.set_default_timeout(timeout * 1000)
         in_flight = _InFlight(page)
         # Up to the commit only: Playwright's own wait for `load` can hang for good when the
@@ -585,15 +643,27 @@ class Screenshotter:
         settle = min(MAX_SETTLE_SECONDS, timeout / 4)
         await in_flight.quiet(QUIET_SECONDS if self.javascript else 0.0, settle)
         await _images_settled(page, settle)
-        blurred = int(await page.evaluate(_BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX]))
+        blurred, rects = await page.evaluate(_BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX])
         height = int(await page.evaluate(_PAGE_HEIGHT))
         height = max(1, min(height, self.max_height))
-        png = await _screenshot(page, self.viewport[0], height)
+        width = self.viewport[0]
+        boxes = _blurred_boxes(rects, width, height)
+        if boxes is None:  # one pass, at full scale (the slow way: big blurs cost seconds)
+            shot = Shot(await _screenshot(page, width, height))
+        else:
+            # Two passes of the same layout: the page with its images blurred, at a quarter of
+            # the scale (Chromium's blur of a camera-size photo costs seconds at full scale,
+            # a tenth of that here), then at full scale with every blurred element not painted
+            # (its text sharp, no image at all); the blurred boxes of the first are laid into
+            # the second when the PNG is written.
+            blurred_png = await _screenshot(page, width, height, BLURRED_PASS_SCALE)
+            await page.evaluate(_HIDE_SCRIPT, HIDE_CSS)
+            shot = Shot(await _screenshot(page, width, height), blurred_png, boxes)
         captured_at = datetime.now(UTC)
         final_url = page.url
         if urlsplit(final_url).scheme not in WEB_SCHEMES:
             raise ScreenshotError(f"{url}: the page went to {final_url[:200]}; not captured")
-        return png, final_url, blurred, captured_at
+        return shot, final_url, int(blurred), captured_at
 
     def _refused(self, url: str, since: float, *, hop: str = "") -> ScreenshotError | None:
         """The error for a capture of ``url`` whose page (or redirect ``hop``) the guard proxy
@@ -712,11 +782,14 @@ def banner_lines(url: str, final_url: str, captured_at: datetime) -> list[str]:
 
 
 def stamp_banner(
-    png: bytes, url: str, final_url: str, captured_at: datetime
+    png: bytes | Image.Image, url: str, final_url: str, captured_at: datetime
 ) -> tuple[Image.Image, int]:
     """The screenshot with a banner strip added above it; and the strip's height in pixels."""
-    with Image.open(io.BytesIO(png)) as shot:
-        page = shot.convert("RGB")
+    if isinstance(png, Image.Image):
+        page = png if png.mode == "RGB" else png.convert("RGB")
+    else:
+        with Image.open(io.BytesIO(png)) as shot:
+            page = shot.convert("RGB")
     font = _font(BANNER_FONT_SIZE)
     measure = ImageDraw.Draw(page)
     margin = 12
@@ -808,8 +881,8 @@ class _InFlight:
             await asyncio.sleep(0.02)
 
 
-async def _screenshot(page: Any, width: int, height: int) -> bytes:
-    """The page from its top, ``width`` x ``height`` CSS pixels, as PNG.
+async def _screenshot(page: Any, width: int, height: int, scale: float = 1.0) -> bytes:
+    """The page from its top, ``width`` x ``height`` CSS pixels (times ``scale``), as PNG.
 
     Chromium's screenshot command directly rather than ``page.screenshot``: with
     ``optimizeForSpeed`` Chromium encodes the PNG with fast zlib settings, about four times
@@ -821,7 +894,7 @@ async def _screenshot(page: Any, width: int, height: int) -> bytes:
             "Page.captureScreenshot",
             {
                 "format": "png",
-                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": scale},
                 "captureBeyondViewport": True,
                 "optimizeForSpeed": True,
             },
@@ -830,6 +903,57 @@ async def _screenshot(page: Any, width: int, height: int) -> bytes:
         with contextlib.suppress(Exception):
             await cdp.detach()
     return base64.b64decode(shot["data"])
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    """What the browser gave: the page's PNG at full scale and, when taken in two passes, the
+    page with its images blurred at :data:`BLURRED_PASS_SCALE` and the boxes (CSS pixels,
+    ``(left, top, right, bottom)``) to take from it."""
+
+    png: bytes
+    blurred_png: bytes | None = None
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
+
+    def page(self) -> Image.Image:
+        """The page as one picture: the sharp pass with the blurred boxes laid in."""
+        with Image.open(io.BytesIO(self.png)) as im:
+            page = im.convert("RGB")  # (a copy: the shot is pasted into it)
+        if self.blurred_png is None:
+            return page
+        with Image.open(io.BytesIO(self.blurred_png)) as im:
+            blurred = im.convert("RGB")
+        sx, sy = blurred.width / page.width, blurred.height / page.height
+        for left, top, right, bottom in self.boxes:
+            right, bottom = min(right, page.width), min(bottom, page.height)
+            if right <= left or bottom <= top:
+                continue
+            part = blurred.resize(
+                (right - left, bottom - top),
+                Image.Resampling.BILINEAR,
+                box=(left * sx, top * sy, right * sx, bottom * sy),
+            )
+            page.paste(part, (left, top))
+        return page
+
+
+def _blurred_boxes(
+    rects: list[list[float]], width: int, height: int
+) -> tuple[tuple[int, int, int, int], ...] | None:
+    """The boxes (whole CSS pixels) to take from the blurred pass: each blurred element's,
+    grown by :data:`BOX_MARGIN_PX` (rounding, antialiased edges) and clipped to the shot; None
+    when one pass is better: no image, or too many boxes to lay in."""
+    if not rects or len(rects) > MAX_BLURRED_BOXES:
+        return None
+    boxes = []
+    for x, y, w, h, px in rects:
+        grow = min(float(px), BOX_MARGIN_PX)  # (px: the element's blur radius)
+        left, top = max(0, math.floor(x - grow)), max(0, math.floor(y - grow))
+        right = min(width, math.ceil(x + w + grow))
+        bottom = min(height, math.ceil(y + h + grow))
+        if right > left and bottom > top:
+            boxes.append((left, top, right, bottom))
+    return tuple(boxes)
 
 
 async def _images_settled(page: Any, at_most: float) -> None:

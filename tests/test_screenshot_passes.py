@@ -1,0 +1,115 @@
+"""The two passes of a screenshot (blurred images at a quarter scale, the page sharp with its
+images not painted) are laid together box by box: no browser needed here."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monitor.demo.photos import photo_bytes
+from monitor.evidence.screenshot import (
+    BLURRED_PASS_SCALE,
+    BOX_MARGIN_PX,
+    MAX_BLURRED_BOXES,
+    Screenshotter,
+    Shot,
+    _blurred_boxes,
+    chromium_path,
+)
+from monitor.testing.web import LoopbackWeb
+
+
+def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_blurred_boxes_are_laid_into_the_sharp_pass():
+    width, height = 400, 300
+    quarter = (int(width * BLURRED_PASS_SCALE), int(height * BLURRED_PASS_SCALE))
+    shot = Shot(
+        png((width, height), (255, 255, 255)), png(quarter, (200, 0, 0)), ((40, 80, 200, 160),)
+    )
+    page = shot.page()
+    assert page.size == (width, height)
+    assert page.getpixel((41, 81)) == (200, 0, 0) and page.getpixel((199, 159)) == (200, 0, 0)
+    assert page.getpixel((39, 81)) == (255, 255, 255)  # outside the box: the sharp pass
+    assert page.getpixel((100, 161)) == (255, 255, 255)
+
+
+def test_boxes_grow_a_little_and_stay_inside_the_shot():
+    boxes = _blurred_boxes([[10.5, 20.2, 100, 50, 24], [1200, 5, 300, 40, 24]], 1280, 60)
+    assert boxes == (
+        (10 - BOX_MARGIN_PX, 20 - BOX_MARGIN_PX, 111 + BOX_MARGIN_PX, 60),
+        (1200 - BOX_MARGIN_PX, 5 - BOX_MARGIN_PX, 1280, 45 + BOX_MARGIN_PX),
+    )
+    assert _blurred_boxes([[0, 70, 10, 10, 24]], 1280, 60) == ()  # below the shot
+
+
+def test_one_pass_without_images_or_with_too_many():
+    assert _blurred_boxes([], 1280, 900) is None
+    many = [[i, 0, 1, 1, 24] for i in range(MAX_BLURRED_BOXES + 1)]
+    assert _blurred_boxes(many, 1280, 900) is None
+    assert Shot(png((10, 10), (1, 2, 3))).page().getpixel((5, 5)) == (1, 2, 3)
+
+
+# --- with the browser: the passes laid together, against a page that fights the hiding ------
+
+PHOTO = photo_bytes(7, (400, 300))
+NESTED_BOX = (100, 120, 500, 420)  # an img inside a div with a background image
+PSEUDO_BOX = (600, 120, 1000, 420)  # an image as a pseudo-element's content
+HOSTILE_PAGE = f"""<!DOCTYPE html>
+<html><head><style>
+body {{ margin: 0; background: #fff; font: 40px sans-serif; }}
+img {{ visibility: visible !important; opacity: 1 !important; filter: none !important; }}
+#pseudo::before {{ content: url('/photo.jpg'); visibility: visible !important;
+  opacity: 1 !important; filter: none !important; }}
+</style></head><body>
+<h1 style="position:absolute; left:20px; top:10px; margin:0; font-size:40px">Posted by someone</h1>
+<div style="position:absolute; left:{NESTED_BOX[0]}px; top:{NESTED_BOX[1]}px; width:400px;
+  height:300px; background-image:url('/bg.jpg')">
+  <img src="/photo.jpg" alt="" style="visibility: visible !important; opacity: 1 !important">
+</div>
+<p id="pseudo" style="position:absolute; left:{PSEUDO_BOX[0]}px; top:{PSEUDO_BOX[1]}px;
+  margin:0; width:400px; height:300px; line-height:0"></p>
+</body></html>"""
+
+
+def sharpness(im: Image.Image) -> float:
+    """Mean absolute Laplacian of the grey image: high-frequency energy."""
+    a = np.asarray(im.convert("L"), dtype=np.float64)
+    lap = 4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
+    return float(np.abs(lap).mean())
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="no Chromium (apt-get install chromium)")
+async def test_images_stay_blurred_when_the_page_insists_on_showing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    with LoopbackWeb() as site:
+        site.add("/photo.jpg", PHOTO, "image/jpeg")
+        site.add("/bg.jpg", photo_bytes(8, (400, 300)), "image/jpeg")
+        url = site.add("/p.html", HOSTILE_PAGE)
+        async with Screenshotter(allow_private_networks=True, timeout=60) as shooter:
+            info = await shooter.capture(url, tmp_path / "p.png", may_show_minor=False)
+            # the sharp pass alone: not one pixel of any image in it, blurred or not
+            monkeypatch.setattr(Shot, "page", lambda shot: Image.open(io.BytesIO(shot.png)))
+            sharp = await shooter.capture(url, tmp_path / "sharp.png", may_show_minor=False)
+    itself = sharpness(Image.open(io.BytesIO(PHOTO)).crop((40, 40, 360, 260)))
+    shot = Image.open(info.path).convert("RGB")
+    sharp_pass = Image.open(sharp.path).convert("RGB")
+    h = info.banner_height
+    for left, top, right, bottom in (NESTED_BOX, PSEUDO_BOX):
+        box = (left + 40, top + 40 + h, right - 40, bottom - 40 + h)
+        region = np.asarray(shot.crop(box), dtype=np.float64)
+        assert sharpness(shot.crop(box)) < 0.15 * itself, (left, sharpness(shot.crop(box)))
+        assert region.mean() < 235 and region.std() > 3  # the blurred image is there
+        assert np.asarray(sharp_pass.crop(box)).min() >= 250  # ... and nowhere else
+    heading = shot.crop((20, 10 + h, 700, 70 + h))
+    assert sharpness(heading) > 0.3 * itself  # the text is sharp
+    assert info.blurred_elements >= 3
