@@ -12,7 +12,7 @@ Two baselines, timed in the same run:
 
 - full scan: the distance of one query to every row (XOR + ``np.bitwise_count`` over all four
   64-bit columns, then ``<= threshold``), which is what a query cost before rows were pruned
-  after the first two words (:meth:`monitor.matching._Table.within`);
+  after the first three words (:meth:`monitor.matching._Table.within`);
 - a plain Python loop over the same hashes held as Python ints (``(q ^ r).bit_count()``, the
   fastest pure-Python form): timed on the first 20,000 hashes and extrapolated linearly to N
   (said so in the output).

@@ -3,9 +3,9 @@
 A :class:`ReferenceIndex` holds one subject's reference hashes per algorithm, packed into
 ``uint64`` words stored column by column, and finds the nearest reference of a found image by
 Hamming distance with numpy (XOR, then a population count) -- an exact brute-force scan that
-drops a row once its first two words are already beyond the threshold: a million PDQ hashes
-take about 2 ms per query on one core (``benchmarks/match_speed.py``), and a person enrols
-tens to hundreds of photos, each with a few dozen variants.
+drops a row once its first three words are already beyond the threshold: a million PDQ hashes
+take about 3-4 ms per query on one core (``benchmarks/match_speed.py``), and a person enrols
+tens to hundreds of photos, each with about 500 variants.
 
 Variants. A stored hash named ``pdq.mirror`` or ``pdq.crop20tl`` is a variant of a reference
 (:func:`monitor.hashing.reference_variants`); a found image's ``pdq.region`` is the hash of its
@@ -125,7 +125,7 @@ def _pack(value: str, bits: int) -> np.ndarray:
 
 # Words of a hash scanned over every row before rows are pruned (see :meth:`_Table.within`);
 # at most 3 (their distance is summed in bytes).
-_HEAD_WORDS = 2
+_HEAD_WORDS = 3
 
 
 def _count_into(words: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -214,8 +214,10 @@ class _Table:
         already exceeds ``bound`` (with ``own``, when each row is judged by its own threshold:
         that threshold, when lower; see ``bulk_threshold``) is dropped (a distance only grows with more words); the
         remaining words are read for the rows left, pruning again after each word. Random
-        PDQ hashes differ in about 64 of their first 128 bits, so at a threshold of 52 about
-        2% of the rows are left after the first pass and none after the third word."""
+        PDQ hashes differ in about 96 of their first 192 bits (sd 7), so at the variants'
+        threshold of 56 almost no row is left after the first pass; with two words (128 bits,
+        about 64 apart) 2% were left at 52 but 10% at 56, and a query at 1M rows took 1.5x as
+        long (issue 10, ``benchmarks/match_speed.py``)."""
         query = _pack(value.lower(), self.bits)
         head = min(_HEAD_WORDS, 3, len(self.columns))
         if bound >= 64 * head:  # pruning cannot pay
@@ -229,11 +231,12 @@ class _Table:
             np.bitwise_xor(self.columns[k], query[k], out=tmp)
             np.add(acc, _count_into(tmp, count), out=acc)
         low = min(bound, self.bulk_threshold) if own else bound
-        rows = np.flatnonzero(acc <= low)
         if bound > low and self.far_rows.size:  # the few rows reaching further (see __init__)
-            far = self.far_rows[acc[self.far_rows] <= bound]
-            if far.size:
-                rows = np.union1d(rows, far)
+            keep = acc <= low
+            keep[self.far_rows] = acc[self.far_rows] <= bound
+            rows = np.flatnonzero(keep)
+        else:
+            rows = np.flatnonzero(acc <= low)
         dist = acc[rows].astype(np.uint16)
         for k in range(head, len(self.columns)):
             if rows.size == 0:
