@@ -168,11 +168,9 @@ class _Table:
         # lower threshold) are few: the first pass prunes at the bulk's threshold and checks
         # these rows apart, so one far-reaching row kind does not undo the pruning.
         self.bulk_threshold = self.max_threshold
-        over = np.flatnonzero(self.thresholds > int(np.percentile(self.thresholds, 90)))
-        if 0 < over.size <= len(ids) // 10:
-            self.bulk_threshold = int(
-                self.thresholds[self.thresholds <= np.percentile(self.thresholds, 90)].max()
-            )
+        far = self.thresholds > np.percentile(self.thresholds, 90)
+        if 0 < int(far.sum()) <= len(ids) // 10:
+            self.bulk_threshold = int(self.thresholds[~far].max())
         self.far_rows = np.flatnonzero(self.thresholds > self.bulk_threshold)
         self.tags = tags
         self.variant = np.asarray([VARIANT_SEPARATOR in t for t in tags], dtype=bool)
@@ -211,10 +209,10 @@ class _Table:
 
         Exact, and faster than :meth:`distances` when few rows are near: the first
         ``_HEAD_WORDS`` words are scanned over every row, and a row whose distance on them
-        already exceeds ``bound`` (with ``own``, when each row is judged by its own threshold:
-        that threshold, when lower; see ``bulk_threshold``) is dropped (a distance only grows with more words); the
-        remaining words are read for the rows left, pruning again after each word. Random
-        PDQ hashes differ in about 96 of their first 192 bits (sd 7), so at the variants'
+        already exceeds ``bound`` is dropped (with ``own``, when each row is judged by its own
+        threshold: already beyond that threshold, when lower; see ``bulk_threshold``); a
+        distance only grows with more words. The remaining words are read for the rows left,
+        pruning again after each word. Random PDQ hashes differ in about 96 of their first 192 bits (sd 7), so at the variants'
         threshold of 56 almost no row is left after the first pass; with two words (128 bits,
         about 64 apart) 2% were left at 52 but 10% at 56, and a query at 1M rows took 1.5x as
         long (issue 10, ``benchmarks/match_speed.py``)."""
