@@ -3,14 +3,16 @@
 Random 256-bit hashes stand in for references, and random hashes for found images (most found
 images match nothing; a random hash is about 128 bits from every reference). A query is one
 found image with a PDQ hash (and, second column, with a content-box hash too: two PDQ
-queries), at the configured thresholds (``[match]`` defaults: 52 of 256 bits; ``--threshold``
-to change).
+queries), at the configured thresholds (``[match]`` defaults: a photo's own hash 70 of 256 bits,
+its variants 56, content boxes 52), the rows laid out as enrolment stores them: one photo's own
+hash, then ``--rows-per-photo`` - 1 variants (518 for a 3:2 photo). ``--threshold N`` puts every
+row and query at N and every row as a photo's own hash (the layout measured before issue 10).
 
 Two baselines, timed in the same run:
 
 - full scan: the distance of one query to every row (XOR + ``np.bitwise_count`` over all four
   64-bit columns, then ``<= threshold``), which is what a query cost before rows were pruned
-  after the first two words (:meth:`monitor.matching._Table.within`);
+  after the first three words (:meth:`monitor.matching._Table.within`);
 - a plain Python loop over the same hashes held as Python ints (``(q ^ r).bit_count()``, the
   fastest pure-Python form): timed on the first 20,000 hashes and extrapolated linearly to N
   (said so in the output).
@@ -19,7 +21,7 @@ Single-threaded throughout (numpy does not thread these ufuncs; run under
 ``OMP_NUM_THREADS=1 taskset -c 0`` to pin one core).
 
     python benchmarks/match_speed.py [--sizes 10000,100000,1000000] [--queries 50]
-                                     [--threshold 52]
+                                     [--rows-per-photo 518] [--threshold 52]
 
 Aim: 1M reference hashes under 5 ms per query on one core.
 """
@@ -67,20 +69,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--threshold", type=int, default=MatchConfig().pdq_threshold)
+    ap.add_argument("--threshold", type=int, help="one threshold for all (default: [match])")
+    ap.add_argument("--rows-per-photo", type=int, default=518)
     args = ap.parse_args()
-    thresholds = thresholds_from_config(
-        MatchConfig(
+    cfg = MatchConfig()
+    if args.threshold is not None:
+        cfg = MatchConfig(
             pdq_threshold=args.threshold,
             variant_pdq_threshold=args.threshold,
             region_pdq_threshold=args.threshold,
         )
-    )
+    thresholds = thresholds_from_config(cfg)
+    per_photo = 40 if args.threshold is not None else args.rows_per_photo
+    scan_threshold = max(cfg.pdq_threshold, cfg.variant_pdq_threshold)
+
+    def name(i: int) -> str:
+        return "pdq" if args.threshold is not None or i % per_photo == 0 else "pdq.v"
+
     rng = np.random.default_rng(7)
     sizes = [int(s) for s in args.sizes.split(",")]
     hexes = _hexes(rng, max(sizes))
     queries = _hexes(rng, args.queries)
-    print(f"PDQ threshold {args.threshold} of 256 bits; times in ms per query (median)")
+    print(
+        f"PDQ thresholds: own hash {cfg.pdq_threshold}, variants {cfg.variant_pdq_threshold}, "
+        f"content box {cfg.region_pdq_threshold} of 256 bits; {per_photo} rows per photo; "
+        "times in ms per query (median)"
+    )
     print(f"{'references':>11} {'build s':>8} {'1 query':>8} {'2 queries':>10} "
           f"{'full scan':>10} {'python loop':>12} {'vs loop':>8} {'vs scan':>8}")  # fmt: skip
     # the plain loop, timed once on a subset
@@ -99,7 +113,7 @@ def main() -> None:
     for n in sizes:
         t0 = time.perf_counter()
         index = ReferenceIndex(
-            [ReferenceHashRecord(i // 40, "pdq", h) for i, h in enumerate(hexes[:n])],
+            [ReferenceHashRecord(i // per_photo, name(i), h) for i, h in enumerate(hexes[:n])],
             thresholds,
         )
         build = time.perf_counter() - t0
@@ -111,7 +125,7 @@ def main() -> None:
         table = index._tables["pdq"]  # the full scan of one query, as before pruning
 
         def full_scan(q: str, table=table) -> np.ndarray:
-            return np.flatnonzero(table.distances(q) <= args.threshold)
+            return np.flatnonzero(table.distances(q) <= scan_threshold)
 
         it1, it2, it3 = iter(one * 100), iter(two * 100), iter(queries * 100)
         t_one = _median_ms(lambda it=it1, ix=index: ix.match(next(it)), args.queries)

@@ -588,7 +588,8 @@ def main() -> None:
         f"({rate:.3f} per million; with none, the 95% upper bound is {bound:.3f} per million) "
         f"and {n_pairs:,} reference-negative pairs ({len(false) / max(n_pairs, 1) * 1e6:.0f} "
         f"per million, 95% upper bound {3 / max(n_pairs, 1) * 1e6:.0f}); nearest unrelated PDQ distance "
-        f"{int(nearest.min())} (threshold {cfg.pdq_threshold})."
+        f"{int(nearest.min())} (thresholds: whole photo {cfg.pdq_threshold}, variants "
+        f"{cfg.variant_pdq_threshold}, regions {cfg.region_pdq_threshold})."
     )
     lines.append("")
     neg_rows = []

@@ -184,13 +184,15 @@ class FetchConfig(_Section):
 
 
 class MatchConfig(_Section):
-    pdq_threshold: int = Field(default=52, ge=0, le=256)
+    # The whole found image against a reference photo's own PDQ hash (one hash per photo: few
+    # chances to meet a look-alike, so it can reach further than the variants; issue 10).
+    pdq_threshold: int = Field(default=70, ge=0, le=256)
     phash_threshold: int = Field(default=10, ge=0, le=64)
     # Found images with a lower PDQ quality (blank, flat, tiny) are never matched.
     min_quality: int = Field(default=50, ge=0, le=100)
     # Reference variants stored at enrolment (mirror, quarter turns, crops, small rotations).
     variants: bool = True
-    variant_pdq_threshold: int = Field(default=52, ge=0, le=256)
+    variant_pdq_threshold: int = Field(default=56, ge=0, le=256)
     # The PDQ hash of a found image's content box (padding, letterbox, screenshot of a post).
     regions: bool = True
     region_pdq_threshold: int = Field(default=52, ge=0, le=256)

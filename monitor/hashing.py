@@ -832,7 +832,13 @@ WIDE_CROPS = {
     "bl": (0.0, 1.0),
     "br": (1.0, 1.0),
 }
-"""30% crops (keeping 70% x 70%), centred and towards each corner."""
+"""30% crops (keeping 70% x 70%), centred and towards each corner; also 25% and 27.5% crops
+(:data:`CORNER_CROP_SIZES`) towards each corner."""
+
+CORNER_CROP_SIZES = (0.75, 0.725)
+"""Crops keeping 75% and 72.5% of the width and height, towards each corner (``pdq.crop25tl``,
+``pdq.crop27tl``): with the 70% ones they cover a 25-30% crop from a corner, which the 5-20%
+grid and the 30% crops alone left 20-30 bits too far (issue 10)."""
 
 
 def _crop_windows() -> list[tuple[str, float, tuple[float, float]]]:
@@ -845,10 +851,53 @@ def _crop_windows() -> list[tuple[str, float, tuple[float, float]]]:
                 tag = f"crop{round((1 - size) * 100)}-{i}{j}"
                 out.append((tag, size, (i / steps, j / steps)))
     out += [(f"crop30{name}", 0.7, anchor) for name, anchor in WIDE_CROPS.items()]
+    for size in CORNER_CROP_SIZES:
+        out += [
+            (f"crop{int((1 - size) * 100)}{name}", size, anchor)
+            for name, anchor in WIDE_CROPS.items()
+            if name != "c"
+        ]
     return out
 
 
 CROP_WINDOWS = _crop_windows()
+
+MIRROR_CROP_WINDOWS = [w for w in CROP_WINDOWS if not w[0].startswith(("crop25", "crop27"))]
+"""The crop windows also laid on the mirrored photo (``pdq.mcrop20-03``, ``pdq.mcrop30tl``):
+a mirrored copy that is then cropped is near none of the upright crops (issue 10: mirror +
+crop was found 0-4% of the time)."""
+
+MIRROR_ROTATIONS = (-4.0, -2.0, 2.0, 4.0)
+"""Turns of the mirrored photo, three ways each as :data:`ROTATIONS` (``pdq.mrot+2``,
+``pdq.mrot+2w``, ``pdq.mrot+2c``): a mirrored copy turned by 1-5 degrees."""
+
+SQUARE_SIZES = (1.0, 0.9)
+"""Square crops: the largest square of the photo and one of 90% of its short side...
+
+A square crop (profile pictures, feeds) keeps a window of another shape, which no crop of the
+photo's own shape is near."""
+
+SQUARE_STEP = 0.035
+"""...laid every 3.5% of the square's side along the photo (and across it, for the 90% one):
+21 squares for a 3:2 photo, 121 in all with the 90% ones."""
+
+
+def _square_windows(size: tuple[int, int]) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """(tag, box) of the square crops of a photo of ``size``."""
+    w, h = size
+    out: list[tuple[str, tuple[int, int, int, int]]] = []
+    for keep in SQUARE_SIZES:
+        side = min(w, h) * keep
+        nx = math.ceil((w - side) / (SQUARE_STEP * side) - 0.01)
+        ny = math.ceil((h - side) / (SQUARE_STEP * side) - 0.01)
+        for i in range(nx + 1):
+            for j in range(ny + 1):
+                left = (w - side) * (i / nx if nx else 0.5)
+                top = (h - side) * (j / ny if ny else 0.5)
+                box = (round(left), round(top), round(left + side), round(top + side))
+                out.append((f"sq{round(keep * 100)}-{i}-{j}", box))
+    return out
+
 
 ROTATIONS = (-10.0, -8.0, -6.0, -4.0, -2.0, 2.0, 4.0, 6.0, 8.0, 10.0)
 """Reference variants turned by these degrees, three ways each: on a canvas grown to keep the
@@ -889,12 +938,17 @@ def reference_variants(image: Image.Image) -> list[HashValue]:
 
     Made once at enrolment, from the pixels (which are then dropped), so they cost nothing per
     found image: the seven other dihedral transforms (mirror, quarter turns...), crops of 5 to 20%
-    on a grid of windows (:data:`CROP_WINDOWS`) and of 30% centred and towards each corner, and
-    turns of 2 to 10 degrees with black or white corners or straightened (:data:`ROTATIONS`):
-    206 hashes. Algorithm names are ``pdq.<tag>`` (``pdq.mirror``, ``pdq.crop20-03``,
-    ``pdq.crop30tl``, ``pdq.rot-4``, ``pdq.rot+6w``, ``pdq.rot+2c``...).
+    on a grid of windows (:data:`CROP_WINDOWS`), of 30% centred and towards each corner and of 25
+    and 27.5% towards each corner, the same crops of the mirrored photo
+    (:data:`MIRROR_CROP_WINDOWS`), turns of 2 to 10 degrees with black or white corners or
+    straightened (:data:`ROTATIONS`) and of the mirrored photo by 2 and 4 degrees
+    (:data:`MIRROR_ROTATIONS`), and square crops (:data:`SQUARE_SIZES`): 516 hashes for a 3:2
+    photo (421 for a square one). Algorithm names are ``pdq.<tag>`` (``pdq.mirror``,
+    ``pdq.crop20-03``, ``pdq.crop30tl``, ``pdq.mcrop20-03``, ``pdq.rot-4``, ``pdq.rot+6w``,
+    ``pdq.rot+2c``, ``pdq.mrot+2``, ``pdq.sq100-3-0``...).
     """
     rgb = image if image.mode == "RGB" else image.convert("RGB")
+    mirrored = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     out: list[HashValue] = []
     for tag, transpose in _DIHEDRAL.items():
         value, q = _pdq(rgb.transpose(transpose))
@@ -902,15 +956,22 @@ def reference_variants(image: Image.Image) -> list[HashValue]:
     for tag, size, anchor in CROP_WINDOWS:
         value, q = _pdq(_crop(rgb, 1 - size, anchor))
         out.append(HashValue(f"pdq.{tag}", value, q))
-    for degrees in ROTATIONS:
-        for suffix, fill in ROTATION_FILLS.items():
-            turned = rgb.rotate(
-                degrees, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=fill
-            )
-            value, q = _pdq(turned)
-            out.append(HashValue(f"pdq.rot{degrees:+g}{suffix}", value, q))
-        value, q = _pdq(_straightened(turned, rgb.size, degrees))
-        out.append(HashValue(f"pdq.rot{degrees:+g}c", value, q))
+    for tag, size, anchor in MIRROR_CROP_WINDOWS:
+        value, q = _pdq(_crop(mirrored, 1 - size, anchor))
+        out.append(HashValue(f"pdq.m{tag}", value, q))
+    for prefix, photo, angles in (("rot", rgb, ROTATIONS), ("mrot", mirrored, MIRROR_ROTATIONS)):
+        for degrees in angles:
+            for suffix, fill in ROTATION_FILLS.items():
+                turned = photo.rotate(
+                    degrees, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=fill
+                )
+                value, q = _pdq(turned)
+                out.append(HashValue(f"pdq.{prefix}{degrees:+g}{suffix}", value, q))
+            value, q = _pdq(_straightened(turned, photo.size, degrees))
+            out.append(HashValue(f"pdq.{prefix}{degrees:+g}c", value, q))
+    for tag, box in _square_windows(rgb.size):
+        value, q = _pdq(rgb.crop(box))
+        out.append(HashValue(f"pdq.{tag}", value, q))
     return out
 
 

@@ -3,9 +3,9 @@
 A :class:`ReferenceIndex` holds one subject's reference hashes per algorithm, packed into
 ``uint64`` words stored column by column, and finds the nearest reference of a found image by
 Hamming distance with numpy (XOR, then a population count) -- an exact brute-force scan that
-drops a row once its first two words are already beyond the threshold: a million PDQ hashes
-take about 2 ms per query on one core (``benchmarks/match_speed.py``), and a person enrols
-tens to hundreds of photos, each with a few dozen variants.
+drops a row once its first three words are already beyond the threshold: a million PDQ hashes
+take about 3-4 ms per query on one core (``benchmarks/match_speed.py``), and a person enrols
+tens to hundreds of photos, each with about 500 variants.
 
 Variants. A stored hash named ``pdq.mirror`` or ``pdq.crop20tl`` is a variant of a reference
 (:func:`monitor.hashing.reference_variants`); a found image's ``pdq.region`` is the hash of its
@@ -125,7 +125,7 @@ def _pack(value: str, bits: int) -> np.ndarray:
 
 # Words of a hash scanned over every row before rows are pruned (see :meth:`_Table.within`);
 # at most 3 (their distance is summed in bytes).
-_HEAD_WORDS = 2
+_HEAD_WORDS = 3
 
 
 def _count_into(words: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -164,6 +164,14 @@ class _Table:
             int(self.thresholds[0]) if (self.thresholds == self.thresholds[0]).all() else None
         )
         self.max_threshold = int(self.thresholds.max())
+        # Rows reaching further than the bulk (a reference's own hash, when variants have a
+        # lower threshold) are few: the first pass prunes at the bulk's threshold and checks
+        # these rows apart, so one far-reaching row kind does not undo the pruning.
+        self.bulk_threshold = self.max_threshold
+        far = self.thresholds > np.percentile(self.thresholds, 90)
+        if 0 < int(far.sum()) <= len(ids) // 10:
+            self.bulk_threshold = int(self.thresholds[~far].max())
+        self.far_rows = np.flatnonzero(self.thresholds > self.bulk_threshold)
         self.tags = tags
         self.variant = np.asarray([VARIANT_SEPARATOR in t for t in tags], dtype=bool)
         self._scratch = np.empty(len(ids), dtype=np.uint64)
@@ -196,15 +204,18 @@ class _Table:
         assert acc is not None
         return acc
 
-    def within(self, value: str, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    def within(self, value: str, bound: int, *, own: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The rows within ``bound`` of ``value`` (ascending) and their distances (``uint16``).
 
         Exact, and faster than :meth:`distances` when few rows are near: the first
         ``_HEAD_WORDS`` words are scanned over every row, and a row whose distance on them
-        already exceeds ``bound`` is dropped (a distance only grows with more words); the
-        remaining words are read for the rows left, pruning again after each word. Random
-        PDQ hashes differ in about 64 of their first 128 bits, so at a threshold of 52 about
-        2% of the rows are left after the first pass and none after the third word."""
+        already exceeds ``bound`` is dropped (with ``own``, when each row is judged by its own
+        threshold: already beyond that threshold, when lower; see ``bulk_threshold``); a
+        distance only grows with more words. The remaining words are read for the rows left,
+        pruning again after each word. Random PDQ hashes differ in about 96 of their first 192 bits (sd 7), so at the variants'
+        threshold of 56 almost no row is left after the first pass; with two words (128 bits,
+        about 64 apart) 2% were left at 52 but 10% at 56, and a query at 1M rows took 1.5x as
+        long (issue 10, ``benchmarks/match_speed.py``)."""
         query = _pack(value.lower(), self.bits)
         head = min(_HEAD_WORDS, 3, len(self.columns))
         if bound >= 64 * head:  # pruning cannot pay
@@ -217,7 +228,13 @@ class _Table:
         for k in range(1, head):
             np.bitwise_xor(self.columns[k], query[k], out=tmp)
             np.add(acc, _count_into(tmp, count), out=acc)
-        rows = np.flatnonzero(acc <= bound)
+        low = min(bound, self.bulk_threshold) if own else bound
+        if bound > low and self.far_rows.size:  # the few rows reaching further (see __init__)
+            keep = acc <= low
+            keep[self.far_rows] = acc[self.far_rows] <= bound
+            rows = np.flatnonzero(keep)
+        else:
+            rows = np.flatnonzero(acc <= low)
         dist = acc[rows].astype(np.uint16)
         for k in range(head, len(self.columns)):
             if rows.size == 0:
@@ -225,7 +242,7 @@ class _Table:
             words = self.columns[k][rows]
             np.bitwise_xor(words, query[k], out=words)
             dist += _count_into(words, np.empty(rows.size, dtype=np.uint8))
-            keep = dist <= bound
+            keep = dist <= (bound if low == bound else np.minimum(self.thresholds[rows], bound))
             if not keep.all():
                 rows, dist = rows[keep], dist[keep]
         return rows, dist
@@ -381,7 +398,11 @@ class ReferenceIndex:
             return None  # a flat or blank image: its hashes say nothing about content
         best: tuple[float, int, int, MatchDetail] | None = None
         for found_name, value, table, query_threshold in self._queries(hashes):
-            rows, distances = table.within(value, self._bound(table, found_name, query_threshold))
+            rows, distances = table.within(
+                value,
+                self._bound(table, found_name, query_threshold),
+                own=VARIANT_SEPARATOR not in found_name,  # judged by the rows' own thresholds
+            )
             limit = self._limits(table, found_name, query_threshold, rows)
             ok = distances <= limit
             if not ok.any():

@@ -19,7 +19,7 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert s.database_url == f"sqlite:///{tmp_path / 'default-data' / 'monitor.db'}"
     assert s.fetch.allow_private_networks is False
     assert s.mail.smtp_host == "" and s.outbox_dir == tmp_path / "default-data" / "outbox"
-    assert (s.match.pdq_threshold, s.match.phash_threshold) == (52, 10)
+    assert (s.match.pdq_threshold, s.match.phash_threshold) == (70, 10)
 
 
 def test_example_file_documents_every_key_and_loads() -> None:

@@ -106,9 +106,9 @@ def test_malformed_stored_hash_names_its_reference() -> None:
 
 def test_thresholds_from_config() -> None:
     assert thresholds_from_config(MatchConfig()) == {
-        "pdq": 52,
+        "pdq": 70,
         "phash": 10,
-        "pdq.*": 52,
+        "pdq.*": 56,
         "pdq.region": 52,
     }
     cfg = MatchConfig(pdq_threshold=20, phash_threshold=6, variants=False, region_pdq_threshold=9)

@@ -16,7 +16,10 @@ from monitor.config import MatchConfig
 from monitor.demo import transforms as tf
 from monitor.hashing import (
     CROP_WINDOWS,
+    MIRROR_CROP_WINDOWS,
+    MIRROR_ROTATIONS,
     ROTATIONS,
+    _square_windows,
     compute_hashes,
     compute_reference_hashes,
     content_box,
@@ -156,8 +159,24 @@ def test_content_box_finds_the_photo_and_leaves_full_frame_photos_alone(corpus) 
 def test_reference_variants_cover_dihedral_crops_and_rotations(corpus) -> None:
     images, _ = corpus
     names = [hv.algorithm for hv in reference_variants(images[0])]
-    assert len(names) == len(set(names)) == 7 + len(CROP_WINDOWS) + 3 * len(ROTATIONS)
-    for name in ("pdq.mirror", "pdq.rot90", "pdq.rot180", "pdq.crop30c", "pdq.rot+4", "pdq.rot-8w"):
+    squares = len(_square_windows(images[0].size))
+    assert (
+        len(names)
+        == len(set(names))
+        == (
+            7
+            + len(CROP_WINDOWS)
+            + len(MIRROR_CROP_WINDOWS)
+            + 3 * (len(ROTATIONS) + len(MIRROR_ROTATIONS))
+            + squares
+        )
+    )
+    assert 20 <= squares <= 200
+    for name in (
+        "pdq.mirror", "pdq.rot90", "pdq.rot180", "pdq.crop30c", "pdq.rot+4", "pdq.rot-8w",
+        "pdq.crop25tl", "pdq.crop27br", "pdq.mcrop20-03", "pdq.mcrop30tl", "pdq.mrot-2c",
+        "pdq.sq100-0-0", "pdq.sq90-0-0",
+    ):  # fmt: skip
         assert name in names
     assert all(len(n) <= 20 for n in names)  # fits reference_hashes.algorithm
 
