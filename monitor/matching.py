@@ -289,6 +289,12 @@ class ReferenceIndex:
             threshold = threshold_for(rec.algorithm, self._given)
             if threshold is None or threshold < 0:
                 continue
+            if rec.offset is not None:
+                # A frame of an enrolled video: up to 60 rows per video, so not the reach of a
+                # photo's one own hash (tuned on photos only): at most the variants' threshold.
+                frame = threshold_for(f"{rec.algorithm}{VARIANT_SEPARATOR}frame", self._given)
+                if frame is not None and frame >= 0:
+                    threshold = min(threshold, frame)
             grouped.setdefault(base_algorithm(rec.algorithm), []).append((rec, threshold))
         order = {alg.name: rank for rank, alg in enumerate(algorithms())}
         self.thresholds: dict[str, int] = {}

@@ -141,6 +141,22 @@ def test_reference_variants_match_with_their_own_threshold() -> None:
     assert off.size == 1 and off.match(image(pdq=PDQ_B)) is None
 
 
+def test_frames_of_an_enrolled_video_reach_no_further_than_variants() -> None:
+    """A photo's one own hash may reach further (its threshold was tuned on photos); the up to
+    60 frames of an enrolled video are many chances to meet a look-alike, so they get the
+    variants' threshold."""
+    refs = [
+        ReferenceHashRecord(1, "pdq", PDQ_A),  # a photo
+        ReferenceHashRecord(2, "pdq", PDQ_B, offset=12.0),  # a frame of an enrolled video
+    ]
+    index = ReferenceIndex(refs, {"pdq": 70, "pdq.*": 56})
+    assert index.match(image(pdq=flip(PDQ_A, 70))) == MatchResult(1, "pdq", 70, 70)
+    assert index.match(image(pdq=flip(PDQ_B, 57))) is None
+    detail = index.match_detail(image(pdq=flip(PDQ_B, 56)))
+    assert detail is not None and detail.result == MatchResult(2, "pdq", 56, 56)
+    assert detail.reference_offset == 12.0
+
+
 def test_a_found_images_region_is_matched_unless_it_is_flat() -> None:
     index = ReferenceIndex([ReferenceHashRecord(3, "pdq", PDQ_A)], {"pdq": 31, "pdq.region": 20},
                            min_quality=50)  # fmt: skip
