@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.testing.web import LoopbackWeb, Request, Response
+from monitor.testing.web import LoopbackWeb, Request, Response, query_words
 
 __all__ = ["BraveRequest", "FakeBrave"]
 
@@ -70,13 +70,6 @@ class _Failure:
     detail: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
-
-
-def _unquote(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    return " ".join(text.split())
 
 
 def error_body(status: int, code: str, detail: str, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -179,10 +172,10 @@ class FakeBrave:
             exact = table.get(q)
             if exact is not None:
                 return list(exact)
-            wanted = _unquote(q).casefold()
+            wanted = query_words(q).casefold()
             found: list[dict[str, Any]] = []
             for key, results in table.items():
-                if _unquote(key).casefold() == wanted:
+                if query_words(key).casefold() == wanted:
                     found.extend(results)
             return found
 

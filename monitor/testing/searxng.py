@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from monitor.testing.web import LoopbackWeb, Request, Response
+from monitor.testing.web import LoopbackWeb, Request, Response, query_words
 
 __all__ = ["FakeSearxng"]
 
@@ -53,13 +53,6 @@ class _Failure:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
-
-
-def _unquote(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    return " ".join(text.split())
 
 
 def _html(status: int, text: str) -> Response:
@@ -138,10 +131,10 @@ class FakeSearxng:
             exact = self._results.get((q, category))
             if exact is not None:
                 return list(exact)
-            wanted = _unquote(q).casefold()
+            wanted = query_words(q).casefold()
             found: list[dict[str, Any]] = []
             for (key, cat), results in self._results.items():
-                if cat == category and _unquote(key).casefold() == wanted:
+                if cat == category and query_words(key).casefold() == wanted:
                     found.extend(results)
             return found
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.testing.web import LoopbackWeb, Request, Response
+from monitor.testing.web import LoopbackWeb, Request, Response, query_words
 
 __all__ = ["FakeSerpApi", "SerpApiRequest"]
 
@@ -81,13 +81,6 @@ class _Failure:
     engine: str | None
     search_status: str | None
     body: bytes | None
-
-
-def _unquote(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    return " ".join(text.split())
 
 
 def _json(status: int, data: Mapping[str, Any]) -> Response:
@@ -164,10 +157,10 @@ class FakeSerpApi:
             exact = self._results.get((engine, q))
             if exact is not None:
                 return list(exact)
-            wanted = _unquote(q).casefold()
+            wanted = query_words(q).casefold()
             found: list[dict[str, Any]] = []
             for (eng, key), results in self._results.items():
-                if eng == engine and _unquote(key).casefold() == wanted:
+                if eng == engine and query_words(key).casefold() == wanted:
                     found.extend(results)
             return found
 

@@ -205,3 +205,12 @@ class LoopbackWeb:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def query_words(text: str) -> str:
+    """A search query as the loopback fakes compare it: an exact-phrase query's quotes dropped,
+    runs of spaces made one (fakes answer ``"Jane Doe"`` and ``Jane  Doe`` alike)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return " ".join(text.split())
