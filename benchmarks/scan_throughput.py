@@ -563,6 +563,8 @@ def throughput_benchmark(args: argparse.Namespace) -> int:
     parent.send("stop")
     server.join(timeout=10)
     db.dispose()
+    shutil.rmtree(settings.data_dir, ignore_errors=True)  # its database, and the key beside it
+    settings.key_path.unlink(missing_ok=True)
 
     scan_rate = summary.images_hashed / scan_s
     hash_rate = len(bodies) / hash_s
