@@ -9,6 +9,8 @@ import pytest
 
 from monitor.config import Settings
 
+pytest_plugins = ["tests.search_support"]  # shared fixtures of the search backend tests
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import urlencode
@@ -31,23 +30,8 @@ from monitor.search import (
 from monitor.search import base as search_base
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb, Response
-from monitor.types import ResultKind, SearchHit, SearchQuery
-
-IMAGES_Q = SearchQuery('"Jane Doe"', ResultKind.IMAGES)
-WEB_Q = SearchQuery('"Jane Doe"', ResultKind.WEB)
-
-
-@pytest.fixture(scope="module")
-def _shared_web() -> Iterator[LoopbackWeb]:
-    with LoopbackWeb() as w:
-        yield w
-
-
-@pytest.fixture
-def web(_shared_web: LoopbackWeb) -> LoopbackWeb:
-    """One loopback server for the module (stopping one takes a while); fresh request log."""
-    _shared_web.requests.clear()
-    return _shared_web
+from monitor.types import SearchHit, SearchQuery
+from tests.search_support import IMAGES_Q, WEB_Q
 
 
 @pytest.fixture
@@ -55,12 +39,6 @@ def fake(web: LoopbackWeb) -> FakeSearxng:
     f = FakeSearxng()
     assert f.install(web) == web.base_url
     return f
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 def backend_for(url: str, client: httpx.AsyncClient, **cfg: object) -> SearchBackend:

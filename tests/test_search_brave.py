@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -28,22 +27,9 @@ from monitor.search.brave import RateWindow, binding_window, parse_rate_headers
 from monitor.testing.brave import FakeBrave
 from monitor.testing.web import LoopbackWeb, Response
 from monitor.types import ResultKind, SearchHit, SearchQuery
+from tests.search_support import IMAGES_Q, WEB_Q
 
-IMAGES_Q = SearchQuery('"Jane Doe"', ResultKind.IMAGES)
-WEB_Q = SearchQuery('"Jane Doe"', ResultKind.WEB)
 KEY = "BSA-test-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def _shared_web() -> Iterator[LoopbackWeb]:
-    with LoopbackWeb() as w:
-        yield w
-
-
-@pytest.fixture
-def web(_shared_web: LoopbackWeb) -> LoopbackWeb:
-    _shared_web.requests.clear()
-    return _shared_web
 
 
 @pytest.fixture
@@ -51,12 +37,6 @@ def fake(web: LoopbackWeb) -> FakeBrave:
     f = FakeBrave(api_key=KEY, limits=(50, 2000))  # 1 a second is tested on its own
     assert f.install(web) == web.base_url
     return f
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)

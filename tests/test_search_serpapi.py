@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -22,24 +21,11 @@ from monitor.search import (
 )
 from monitor.testing.serpapi import FakeSerpApi
 from monitor.testing.web import LoopbackWeb
-from monitor.types import ResultKind, SearchHit, SearchQuery
+from monitor.types import ResultKind, SearchHit
+from tests.search_support import IMAGES_Q, WEB_Q
 
-IMAGES_Q = SearchQuery('"Jane Doe"', ResultKind.IMAGES)
-WEB_Q = SearchQuery('"Jane Doe"', ResultKind.WEB)
 KEY = "serp-test-key-abcdef0123456789"
 ALL = ["google", "google_images", "bing_images", "yandex_images"]
-
-
-@pytest.fixture(scope="module")
-def _shared_web() -> Iterator[LoopbackWeb]:
-    with LoopbackWeb() as w:
-        yield w
-
-
-@pytest.fixture
-def web(_shared_web: LoopbackWeb) -> LoopbackWeb:
-    _shared_web.requests.clear()
-    return _shared_web
 
 
 @pytest.fixture
@@ -47,12 +33,6 @@ def fake(web: LoopbackWeb) -> FakeSerpApi:
     f = FakeSerpApi(api_key=KEY)
     assert f.install(web) == web.base_url
     return f
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)
