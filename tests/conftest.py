@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the command line in this process: ``(exit code, stdout, stderr)``."""
+    from monitor.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def corpus_files(folder: str, limit: int | None = None) -> list[Path]:
     """Photos from ../shared/corpus/<folder>, sorted; skip the test when the corpus is absent."""
     path = CORPUS / folder

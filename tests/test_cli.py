@@ -12,12 +12,7 @@ from monitor.cli import main
 from monitor.demo.photos import photo_bytes
 from monitor.demo.web import build_web
 from monitor.testing.web import LoopbackWeb
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.conftest import run_cli as run
 
 
 @pytest.fixture

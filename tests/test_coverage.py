@@ -41,6 +41,7 @@ from monitor.search import SearchAnswer, register_backend
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb
 from monitor.types import SearchQuery
+from tests.conftest import run_cli as cli
 
 NAME = "Marisol Quenby"
 ALIAS = "M. Quenby"
@@ -118,12 +119,6 @@ def scan(settings: Settings, db: Database, **kw: object):  # noqa: ANN201
 def rows(db: Database, scan_id: int) -> list[SearchCoverage]:
     with db.session() as s:
         return store.scan_coverage(s, scan_id)
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ---------------------------------------------------------------- coverage rows and statuses

@@ -17,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import main
 from monitor.demo.photos import photo_bytes
+from tests.conftest import run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
 HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ import pytest
 from rich.console import Console
 
 from monitor import cli, store
-from monitor.cli import main
 from monitor.config import Settings
 from monitor.db import Database
 from monitor.db.models import CaseContact, CaseEvent, OutboxMessage, Reference, SightingState
 from monitor.textsafe import markup, text, visible
 from monitor.types import HashValue, ImageHashes, MatchResult
+from tests.conftest import run_cli as _run
 
 ESC = "\x1b"
 OSC8 = f"{ESC}]8;;http://evil.test/{ESC}\\click me{ESC}]8;;{ESC}\\"
@@ -104,12 +104,6 @@ def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(cli, "out", Console(highlight=False, width=2000))
     monkeypatch.setattr(cli, "err", Console(stderr=True, highlight=False, width=2000))
     return str(cfg)
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _assert_safe(output: str) -> None:
