@@ -864,23 +864,6 @@ def list_matches(session: Session, subject_name: str | None = None) -> list[Matc
 # ---------------------------------------------------------------- monitoring health
 
 
-def search_failures(session: Session, scan_id: int) -> dict[str, tuple[int, str]]:
-    """Per search backend (``search:<name>``): how many of its queries failed in this scan,
-    and the first reason."""
-    found: dict[str, tuple[int, str]] = {}
-    for url, reason in session.execute(
-        select(FetchErrorRecord.url, FetchErrorRecord.reason)
-        .where(FetchErrorRecord.scan_id == scan_id, FetchErrorRecord.stage == "search")
-        .order_by(FetchErrorRecord.id)
-    ):
-        n, first = found.get(url, (0, reason))
-        found[url] = (n + 1, first)
-    return found
-
-
-# ---------------------------------------------------------------- fetch cache
-
-
 def _upsert(session: Session, model: type, key: str, rows: list[dict[str, object]]) -> None:
     """Insert ``rows`` into ``model``'s table, replacing the rows with the same ``key`` (its
     primary key): every other column given in the rows is overwritten. Rows must share keys."""
