@@ -244,7 +244,10 @@ def requeue_failed(
 
 def outbox_status(session: Session) -> list[dict[str, Any]]:
     """Every outbox row, newest first, for the CLI: state and timing only, never the body."""
-    rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id.desc())).all()
+    from monitor.orgs.scope import scoped
+
+    stmt = select(OutboxMessage).join(Subject, Subject.id == OutboxMessage.subject_id)
+    rows = session.scalars(scoped(stmt, None).order_by(OutboxMessage.id.desc())).all()
     return [
         {
             "id": r.id,
