@@ -277,6 +277,14 @@ class CasesConfig(_Section):
     )
 
 
+class OrgsConfig(_Section):
+    """Organisations monitoring people on consent (monitor/orgs, docs/organisations.md)."""
+
+    # Findings and evidence of closed cases (removed, or dismissed as not the person) are
+    # deleted this many days after the case closed; 0 keeps them (docs/data-protection.md).
+    retention_days: int = Field(default=0, ge=0)
+
+
 class _EnvWithoutDataDir(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name == "data_dir":
@@ -298,6 +306,7 @@ class Settings(BaseSettings):
     match: MatchConfig = Field(default_factory=MatchConfig)
     mail: MailConfig = Field(default_factory=MailConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    orgs: OrgsConfig = Field(default_factory=OrgsConfig)
     cases: CasesConfig = Field(default_factory=CasesConfig)
 
     config_file: ClassVar[Path | None] = None  # set by load_settings on a subclass
