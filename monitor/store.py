@@ -107,6 +107,58 @@ def all_subjects(session: Session, scope: Scope | None = None) -> list[Subject]:
     return list(session.scalars(scoped(select(Subject).order_by(Subject.name), scope)))
 
 
+@dataclass(frozen=True, slots=True)
+class SubjectInfo:
+    name: str
+    aliases: list[str]
+    email: str | None
+    interval_seconds: int
+    references: int
+    matches: int
+    last_scan_at: datetime | None
+    next_scan_at: datetime | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "aliases": self.aliases,
+            "email": self.email,
+            "interval_seconds": self.interval_seconds,
+            "references": self.references,
+            "matches": self.matches,
+            "last_scan_at": _iso(self.last_scan_at),
+            "next_scan_at": _iso(self.next_scan_at),
+        }
+
+
+def subject_infos(session: Session, scope: Scope | None = None) -> list[SubjectInfo]:
+    refs: dict[int, int] = {
+        subject_id: n
+        for subject_id, n in session.execute(
+            select(Reference.subject_id, func.count()).group_by(Reference.subject_id)
+        )
+    }
+    matches: dict[int, int] = {
+        subject_id: n
+        for subject_id, n in session.execute(
+            select(Match.subject_id, func.count()).group_by(Match.subject_id)
+        )
+    }
+    return [
+        SubjectInfo(
+            name=s.name,
+            aliases=[a.alias for a in s.aliases],
+            email=s.email,
+            interval_seconds=s.interval_seconds,
+            references=refs.get(s.id, 0),
+            matches=matches.get(s.id, 0),
+            last_scan_at=s.last_scan_at,
+            next_scan_at=s.next_scan_at,
+        )
+        for s in all_subjects(session, scope)
+    ]
+
+
 def erase_subject(session: Session, name: str, scope: Scope | None = None) -> None:
     """Remove a subject and everything about them: references, scans, hits, sightings,
     matches, alerts, consent, and found images that no other subject has seen."""
