@@ -25,7 +25,7 @@ def assign_case(session: Session, case_id: int, email: str, scope: Scope | None 
     """Give a case to one of the organisation's caseworkers (or admins)."""
     scope = resolve(scope)
     if scope is None or scope.org_id is None:
-        raise MonitorError("cases are assigned within an organisation: give --operator")
+        raise MonitorError("case assignment is for organisations: give --operator EMAIL")
     scope.require("admin", "caseworker")
     case = get_case(session, case_id)  # "not found" outside the scope
     op = get_operator(session, email, scope.org_id)
