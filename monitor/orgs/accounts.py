@@ -36,11 +36,12 @@ class LoginFailed(MonitorError):
 
 def hash_passphrase(passphrase: str) -> str:
     salt = secrets.token_bytes(16)
+    n = _N
     digest = hashlib.scrypt(
-        passphrase.encode(), salt=salt, n=_N, r=_R, p=_P, maxmem=64 * 2**20, dklen=32
+        passphrase.encode(), salt=salt, n=n, r=_R, p=_P, maxmem=64 * 2**20, dklen=32
     )
     b64 = base64.urlsafe_b64encode
-    return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+    return f"scrypt${n}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
 
 
 def verify_passphrase(stored: str, passphrase: str) -> bool:
