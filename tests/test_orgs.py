@@ -175,6 +175,10 @@ def test_no_command_reads_or_changes_another_organisations_person(world: World) 
         assert ann is not None and not ann.minor and ann.references
         assert s.get(Match, int(case)).status == "new"
     assert name in world.ok("--operator", "a@a.org", "subject", "list", "--json")
+    # Ann's alert is in her organisation's outbox listing only
+    assert json.loads(world.ok("--operator", "a@a.org", "outbox", "--json"))
+    for who in (("--operator", "b@b.org"), ()):
+        assert json.loads(world.ok(*who, "outbox", "--json")) == []
     # the household still works as before, and sees only its own person
     listed = json.loads(world.ok("subject", "list", "--json"))
     assert [p["name"] for p in listed] == ["Hal Home"]
