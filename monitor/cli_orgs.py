@@ -59,7 +59,12 @@ _READS = {
 }
 _SYSTEM = {"run", "backends"}
 # Commands that write their own audit entry (with the new person's number, or the erasure).
-_SELF_AUDITED = {("subject", "add"), ("consent", "withdraw"), ("operator", "add")}
+_SELF_AUDITED = {
+    ("subject", "add"),
+    ("consent", "withdraw"),
+    ("consent", "confirm"),
+    ("operator", "add"),
+}
 
 
 def _db(settings: Settings) -> Database:
@@ -191,6 +196,12 @@ def add_subject_options(sa: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--authority", metavar="TEXT", help="the representative's stated authority")
     g.add_argument("--consent-file", type=Path, metavar="FILE", help="the signed consent form")
+    g.add_argument(
+        "--consent-link",
+        action="store_true",
+        help="instead of a form: mail the person (--email) a link or code that confirms their "
+        "consent; nothing is searched until they do ([orgs] confirm_url, `consent confirm`)",
+    )
     g.add_argument("--consent-until", metavar="DATE", help="consent ends (YYYY-MM-DD, UTC)")
     g.add_argument(
         "--allow-backend",
@@ -244,6 +255,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     cw.add_argument("name")
     cw.add_argument("--yes", action="store_true", help="confirm the erasure")
+    cc = csub.add_parser(
+        "confirm", help="the person confirmed their consent: the code from the mailed link"
+    )
+    cc.add_argument("code")
     cr = csub.add_parser("renew", help="record a new consent (lifts a pause)")
     cr.add_argument("name")
     for a in ("--consent-by", "--authority", "--consent-until"):
@@ -308,9 +323,11 @@ def _org_scope(what: str) -> Scope:
 
 
 def _consent_fields(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
-    if not args.consent_by or not args.consent_file:
+    link = bool(getattr(args, "consent_link", False))
+    if not args.consent_by or bool(args.consent_file) == link:
         raise MonitorError(
-            "an organisation's person needs consent: --consent-by WHO --consent-file FILE"
+            "an organisation's person needs consent: --consent-by WHO and --consent-file FILE "
+            "(the signed form) or --consent-link (mailed to the person)"
         )
     person = args.consent_by.strip().lower() == "person"
     backends = args.allow_backend or sorted({b.kind for b in settings.search.backends}) or ["*"]
@@ -318,7 +335,8 @@ def _consent_fields(args: argparse.Namespace, settings: Settings) -> dict[str, o
         "given_by": "person" if person else "representative",
         "representative": None if person else clean_name(args.consent_by, "--consent-by"),
         "authority": args.authority,
-        "form_sha": consent.form_sha256(args.consent_file),
+        "form_sha": None if link else consent.form_sha256(args.consent_file),
+        "link_token": consent.new_link_token() if link else None,
         "valid_until": _date(args.consent_until, "--consent-until"),
         "backends": backends,
     }
@@ -357,10 +375,22 @@ def cmd_subject_add(args: argparse.Namespace, settings: Settings) -> int:
             operator_id=scope.operator_id,
             **fields,  # type: ignore[arg-type]
         )
-        audit.log(s, scope, "subject add", subject_id=subject.id, detail="with consent")
+        if fields["link_token"]:
+            consent.queue_link_mail(s, settings, subject, str(fields["link_token"]))
+        how = "link mailed" if fields["link_token"] else "signed form"
+        audit.log(s, scope, "subject add", subject_id=subject.id, detail=f"consent: {how}")
         info = {"name": subject.name, "organisation": org.name, "id": subject.id}
+    if fields["link_token"]:
+        from monitor import alerts
+
+        alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
     if args.json:
         _print_json(info)
+    elif fields["link_token"]:
+        out.print(
+            f"Added {esc(repr(name))} to {esc(org.name)}; a consent link was mailed to them. "
+            "Nothing is searched until they confirm."
+        )
     else:
         out.print(
             f"Added {esc(repr(name))} to {esc(org.name)} with consent. Next: `enroll "
@@ -478,6 +508,12 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
             out.print(cell(f"  {key}: {value}"))
         if data["paused"]:
             out.print(cell(f"  monitoring paused: {data['paused']}"))
+        return 0
+    if args.consent_command == "confirm":
+        with db.session() as s:
+            c = consent.confirm_link(s, args.code)
+            audit.log(s, scope, "consent confirmed", subject_id=c.subject_id)
+        out.print("Consent confirmed: monitoring can start.")
         return 0
     if args.consent_command == "renew":
         fields = _consent_fields(args, settings)

@@ -283,6 +283,10 @@ class OrgsConfig(_Section):
     # Findings and evidence of closed cases (removed, or dismissed as not the person) are
     # deleted this many days after the case closed; 0 keeps them (docs/data-protection.md).
     retention_days: int = Field(default=0, ge=0)
+    # Consent by a mailed link: the address the person opens to confirm, the code appended
+    # (e.g. your web app's "https://help.example/confirm?code="); empty: the mail gives the
+    # code to pass on to their caseworker (`consent confirm CODE`).
+    confirm_url: str = ""
 
 
 class _EnvWithoutDataDir(EnvSettingsSource):

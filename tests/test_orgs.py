@@ -113,7 +113,7 @@ class World:
         return run_cli(self.capsys, "--config", str(self.cfg), *argv)
 
     def ok(self, *argv: str) -> str:
-        if "subject" in argv and "--consent-by" in argv and "--consent-file" not in argv:
+        if "--consent-by" in argv and not {"--consent-file", "--consent-link"} & set(argv):
             argv = (*argv, "--consent-file", str(self.form))
         code, out, err = self.run(*argv)
         assert code == 0, (argv, out, err)
@@ -391,3 +391,22 @@ def test_alerts_go_to_the_caseworker_when_asked(world: World) -> None:
         assert casework.alert_recipient(s, ann) == "ann@example.org, c@a.org"
         ann.alert_to = "caseworker"
         assert casework.alert_recipient(s, ann) == "c@a.org"
+
+
+def test_consent_by_mailed_link_counts_only_once_confirmed(world: World) -> None:
+    world.ok("--operator", "a@a.org", "subject", "add", "Liz Link", "--email", "liz@example.org",
+             "--consent-by", "person", "--consent-link")  # fmt: skip
+    with world.db.session() as s:
+        liz = s.scalar(select(Subject).where(Subject.name == "Liz Link"))
+        (mail,) = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "consent_link"))
+        with pytest.raises(consent.ConsentRequired, match="not confirmed"):
+            consent.permit(s, liz)
+    assert mail.recipient == "liz@example.org" and mail.status == "sent"
+    assert "Liz" not in mail.body
+    code = mail.body.split("person helping you:")[1].split()[0]
+    bad, _, err = world.run("--operator", "b@b.org", "consent", "confirm", code)
+    assert bad == 2 and "unknown" in err  # another organisation cannot confirm it
+    world.ok("--operator", "a@a.org", "consent", "confirm", code)
+    with world.db.session() as s:
+        liz = s.scalar(select(Subject).where(Subject.name == "Liz Link"))
+        assert consent.permit(s, liz).allows_name("Liz Link")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from monitor.db.models import Consent, Subject, utcnow
+from monitor.db.models import Consent, OutboxMessage, Subject, utcnow
 from monitor.errors import MonitorError
+from monitor.orgs.scope import Scope, subject_in_scope
 from monitor.types import iso_utc
 
 MAX_FORM_BYTES = 50 * 2**20
@@ -95,10 +97,53 @@ def record_consent(
     return consent
 
 
-def confirm_link(session: Session, token: str, now: datetime | None = None) -> Consent:
-    """The person followed the confirmation link mailed to them: the consent becomes valid."""
-    digest = hashlib.sha256(token.encode()).hexdigest()
+def new_link_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def queue_link_mail(session: Session, settings: Any, subject: Subject, token: str) -> None:
+    """Mail the person the link (or code) that confirms their consent, through the outbox.
+    Discreet like the alerts: no name, no organisation."""
+    from monitor import alerts
+
+    if not subject.email:
+        raise MonitorError("consent by a mailed link needs the person's --email")
+    url = settings.orgs.confirm_url
+    how = (
+        f"To confirm, open this link:\n\n  {url}{token}\n"
+        if url
+        else f"To confirm, give this code to the person helping you:\n\n  {token}\n"
+    )
+    body = (
+        "You asked to be helped with finding images of you published without your consent.\n"
+        "Nothing is searched until you confirm that you agree.\n\n"
+        f"{how}\nIf you did not ask for this, ignore this message: nothing will happen.\n"
+    )
+    session.add(
+        OutboxMessage(
+            subject_id=subject.id,
+            message_id=alerts._new_message_id(alerts._sender_domain(settings.mail.sender)),
+            recipient=subject.email,
+            status="pending",
+            kind="consent_link",
+            new_items=0,
+            subject_line=settings.mail.subject[:200],
+            body=body,
+            attempts=0,
+            next_attempt_at=utcnow(),
+        )
+    )
+
+
+def confirm_link(
+    session: Session, token: str, now: datetime | None = None, scope: Scope | None = None
+) -> Consent:
+    """The person followed the confirmation link mailed to them (or passed its code on): the
+    consent becomes valid. A code of someone outside ``scope`` is unknown."""
+    digest = hashlib.sha256(token.strip().encode()).hexdigest()
     consent = session.scalar(select(Consent).where(Consent.link_token_sha256 == digest))
+    if consent is not None and not subject_in_scope(session, consent.subject_id, scope):
+        consent = None
     if consent is None or consent.withdrawn_at is not None:
         raise MonitorError("unknown or withdrawn confirmation link")
     consent.confirmed_at = consent.confirmed_at or now or utcnow()
