@@ -15,14 +15,16 @@ import pytest
 from sqlalchemy import select, text
 
 from monitor import store
-from monitor.config import load_settings
+from monitor.cases.capture import evidence_key
+from monitor.config import OrgsConfig, load_settings
 from monitor.db import Database
 from monitor.db.models import AuditEntry, Match, Notice, OutboxMessage, Sighting, Subject, utcnow
 from monitor.demo.photos import photo_bytes
 from monitor.demo.web import build_web
+from monitor.evidence import evidence_dir
 from monitor.orgs import accounts, casework, consent
-from monitor.orgs.maintenance import apply_retention, run_maintenance
-from monitor.scheduler import due_subjects
+from monitor.orgs.maintenance import run_maintenance
+from monitor.scheduler import Scheduler, due_subjects
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb
 from tests.conftest import run_cli
@@ -226,7 +228,9 @@ def test_expired_consent_pauses_monitoring_and_tells_the_caseworker(world: World
         ann_id = ann.id
     later = now + timedelta(days=2)
     assert ann_id in due_subjects(world.db, later)
-    run_maintenance(world.db, world.settings, later)
+    scanned: list[int] = []
+    Scheduler(world.db, world.settings, scanned.append).run_due(later)  # maintenance first
+    assert scanned and ann_id not in scanned
     assert ann_id not in due_subjects(world.db, later)
     with world.db.session() as s:
         ann = s.get(Subject, ann_id)
@@ -281,11 +285,14 @@ def test_casework_statistics_and_retention(world: World) -> None:
     assert other["cases"] == 0  # B's figures hold none of A's cases
     code, _, _ = world.run("--operator", "b@b.org", "stats", "--org", "A")
     assert code == 2
-    # retention: not yet, then the removed case's findings go
-    with world.db.session() as s:
-        assert apply_retention(s, 30, m.removed_at + timedelta(days=29)) == []
-    with world.db.session() as s:
-        assert apply_retention(s, 30, m.removed_at + timedelta(days=31)) == [case]
+    # retention (the scheduler's maintenance): not yet, then the removed case's findings go
+    settings = world.settings.model_copy(update={"orgs": OrgsConfig(retention_days=30)})
+    folder = evidence_dir(settings, evidence_key(case))
+    (folder / "shot.png").write_bytes(b"evidence")
+    run_maintenance(world.db, settings, m.removed_at + timedelta(days=29))
+    assert folder.exists()
+    run_maintenance(world.db, settings, m.removed_at + timedelta(days=31))
+    assert not folder.exists()
     with world.db.session() as s:
         assert s.get(Match, case) is None
         ann_id = s.scalar(select(Subject.id).where(Subject.name == "Ann Smith"))
