@@ -28,6 +28,7 @@ from rich.table import Table
 from monitor import store
 from monitor.config import Settings
 from monitor.db import Database, check_sqlite_folder
+from monitor.db.models import utcnow
 from monitor.errors import MonitorError
 from monitor.inputs import check_email, clean_name, parse_interval
 from monitor.orgs import accounts, audit, casework, consent
@@ -64,6 +65,7 @@ _SELF_AUDITED = {
     ("consent", "withdraw"),
     ("consent", "confirm"),
     ("operator", "add"),
+    ("operator", "disable"),
 }
 
 
@@ -241,6 +243,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     opa.add_argument("--role", required=True, choices=ROLES)
     opa.add_argument("--passphrase-file", type=Path, metavar="FILE")
     opa.add_argument("--json", action="store_true")
+    opd = opsub.add_parser(
+        "disable", help="an operator leaves: they cannot log in any more (their log stays)"
+    )
+    opd.add_argument("email")
+    opd.add_argument("--org", required=True, metavar="ORG")
     opl = opsub.add_parser("list", help="list an organisation's operators")
     opl.add_argument("--org", required=True, metavar="ORG")
     opl.add_argument("--json", action="store_true")
@@ -343,7 +350,26 @@ def _consent_fields(args: argparse.Namespace, settings: Settings) -> dict[str, o
 
 
 def wants_org_subject(args: argparse.Namespace) -> bool:
-    return bool(args.org or _scope().org_id is not None)
+    """Whether ``subject add`` is for an organisation (refusing consent options without one,
+    rather than dropping them silently)."""
+    if args.org or _scope().org_id is not None:
+        return True
+    given = [
+        opt
+        for opt, value in (
+            ("--consent-by", args.consent_by),
+            ("--consent-file", args.consent_file),
+            ("--consent-link", args.consent_link),
+            ("--consent-until", args.consent_until),
+            ("--allow-backend", args.allow_backend),
+        )
+        if value
+    ]
+    if given:
+        raise MonitorError(
+            f"{given[0]} is for an organisation's person: give --operator EMAIL (and --org)"
+        )
+    return False
 
 
 def cmd_subject_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -447,6 +473,15 @@ def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 for r in rows:
                     out.print(cell(f"{r['email']}  {r['role']}"))
+            return 0
+        if args.operator_command == "disable":
+            scope.require("admin")
+            if scope.org_id != org.id:
+                raise MonitorError("operators are disabled by their organisation's admin")
+            op = accounts.get_operator(s, args.email, org.id)
+            op.disabled_at = utcnow()
+            audit.log(s, scope, "operator disable", detail=f"operator {op.id}", org_id=org.id)
+            out.print(f"{esc(op.email)} can no longer log in.")
             return 0
         has_admin = any(o.role == "admin" for o in accounts.operators_of(s, org.id))
         if has_admin and scope.role != "admin":

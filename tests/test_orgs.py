@@ -200,6 +200,15 @@ def test_a_viewer_looks_but_changes_nothing_and_every_look_is_audited(world: Wor
     seen = [(e["operator"], e["action"]) for e in entries]
     assert ("v@a.org", "consent show") in seen and ("a@a.org", "subject add") in seen
     assert all("Ann" not in e["detail"] for e in entries)
+    # an operator who leaves cannot log in any more
+    code, _, _ = world.run("--operator", "v@a.org", "operator", "disable", "v@a.org", "--org", "A")
+    assert code == 2
+    world.ok("--operator", "a@a.org", "operator", "disable", "v@a.org", "--org", "A")
+    code, _, err = world.run("--operator", "v@a.org", "subject", "list")
+    assert code == 2 and "login failed" in err
+    # the household cannot give consent options (they would be dropped): refused
+    code, _, err = world.run("subject", "add", "Zed", "--consent-by", "person")
+    assert code == 2 and "--operator" in err
 
 
 def test_withdrawal_erases_at_once_and_the_log_keeps_only_that_it_happened(world: World) -> None:
