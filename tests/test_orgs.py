@@ -171,6 +171,12 @@ def test_no_command_reads_or_changes_another_organisations_person(world: World) 
             assert any(r in err for r in refusals), (who, argv, err)
         for argv in (("subject", "list", "--json"), ("matches", "--json"), ("cases", "--json")):
             assert name not in world.ok(*who, *argv)
+    # nor can another organisation add people to A, or read A's statistics
+    form = ("--consent-by", "person", "--consent-file", str(world.form))
+    code, _, err = world.run("--operator", "b@b.org", "subject", "add", "Eve", "--org", "A", *form)
+    assert code == 2 and "does not work for" in err
+    code, _, err = world.run("--operator", "b@b.org", "stats", "--org", "A")
+    assert code == 2 and "no organisation named" in err
     # Ann, her references and her case are untouched; her own organisation still sees her
     with world.db.session() as s:
         ann = s.scalar(select(Subject).where(Subject.name == name))
@@ -292,8 +298,6 @@ def test_casework_statistics_and_retention(world: World) -> None:
     assert sum(x["cases"] for x in stats["by_site"].values()) == cases_a
     other = json.loads(world.ok("--operator", "b@b.org", "stats", "--json"))
     assert other["cases"] == 0  # B's figures hold none of A's cases
-    code, _, _ = world.run("--operator", "b@b.org", "stats", "--org", "A")
-    assert code == 2
     # retention (the scheduler's maintenance): not yet, then the removed case's findings go
     settings = world.settings.model_copy(update={"orgs": OrgsConfig(retention_days=30)})
     folder = evidence_dir(settings, evidence_key(case))
