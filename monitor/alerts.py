@@ -160,7 +160,7 @@ def hold_alert(
             subject_id=subject.id,
             scan_id=scan_id,
             message_id=_new_message_id(),
-            recipient=subject.email,
+            recipient=_recipient(session, subject),
             status="held",
             new_items=0,
             attempts=0,
@@ -168,6 +168,16 @@ def hold_alert(
         session.add(row)
     row.new_items = (row.new_items or 0) + new_items
     return row
+
+
+def _recipient(session: Session, subject: Subject) -> str | None:
+    """The person's address, or for an organisation's person their caseworkers' or both
+    (``subject.alert_to``, monitor/orgs/casework.py)."""
+    if subject.organisation_id is None:
+        return subject.email
+    from monitor.orgs.casework import alert_recipient
+
+    return alert_recipient(session, subject)
 
 
 def release_alerts(
@@ -212,7 +222,7 @@ def release_alerts(
             continue
         subject = session.get(Subject, row.subject_id)
         if subject is not None:
-            row.recipient = subject.email  # the address as it is now
+            row.recipient = _recipient(session, subject)  # the address as it is now
         row.new_items = count
         # Never sent yet, so it may get its final Message-ID (the sender's domain) now.
         row.message_id = _new_message_id(domain)
@@ -244,7 +254,10 @@ def requeue_failed(
 
 def outbox_status(session: Session) -> list[dict[str, Any]]:
     """Every outbox row, newest first, for the CLI: state and timing only, never the body."""
-    rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id.desc())).all()
+    from monitor.orgs.scope import scoped
+
+    stmt = select(OutboxMessage).join(Subject, Subject.id == OutboxMessage.subject_id)
+    rows = session.scalars(scoped(stmt, None).order_by(OutboxMessage.id.desc())).all()
     return [
         {
             "id": r.id,
@@ -334,7 +347,7 @@ def _queue_health_notice(
         subject_id=subject_id,
         scan_id=scan_id,
         message_id=_new_message_id(_sender_domain(settings.mail.sender)),
-        recipient=subject.email if subject is not None else None,
+        recipient=_recipient(session, subject) if subject is not None else None,
         status="pending",
         kind=state,
         new_items=0,

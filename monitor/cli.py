@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import __version__, alerts, cases, store
+from monitor import __version__, alerts, cases, cli_orgs, store
 from monitor.cases import image_copies
 from monitor.config import Settings, load_settings
 from monitor.db import Database, check_sqlite_folder, describe_db_error
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"exposure-monitor {__version__}")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    cli_orgs.add_global_options(p)  # --operator (organisations, monitor/cli_orgs.py)
     p.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
     )
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         "default; refused with --minor)",
     )
     sa.add_argument("--json", action="store_true")
+    cli_orgs.add_subject_options(sa)  # --org --consent-by --consent-file --consent-until
     sst = ssub.add_parser(
         "set",
         help="change a person's settings",
@@ -208,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run the scheduler in the foreground (Ctrl-C stops)")
     _case_parsers(sub)
+    cli_orgs.register(sub)  # org, operator, consent, audit, stats
+    cli_orgs.register_case_actions(sub)  # case assign, case request
     return p
 
 
@@ -231,6 +235,8 @@ def _fmt_time(value: object) -> str:
 
 def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
+    if args.subject_command == "add" and cli_orgs.wants_org_subject(args):
+        return cli_orgs.cmd_subject_add(args, settings)  # with consent (monitor/cli_orgs.py)
     if args.subject_command == "add":
         interval = parse_interval(args.every) if args.every else settings.schedule.default_interval
         name = clean_name(args.name, "the name")
@@ -803,6 +809,8 @@ def cmd_case(args: argparse.Namespace, settings: Settings) -> int:
 
     db = _db(settings)
     action = args.case_command
+    if action in cli_orgs.CASE_ACTIONS:  # assign, request (monitor/cli_orgs.py)
+        return cli_orgs.cmd_case(args, settings)
     if action in ("confirm", "dismiss"):
         with db.session() as s:
             fn = cases.confirm_case if action == "confirm" else cases.dismiss_case
@@ -982,6 +990,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "backends": cmd_backends,
     "cases": lambda args, settings: cmd_cases(args, settings),
     "case": lambda args, settings: cmd_case(args, settings),
+    **cli_orgs.COMMANDS,
 }
 
 
@@ -1021,7 +1030,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return cmd_demo(args, None)
         settings = load_settings(args.config)
-        return COMMANDS[args.command](args, settings)
+        with cli_orgs.command_scope(args, settings):  # who acts, whom they see (organisations)
+            return COMMANDS[args.command](args, settings)
     except MonitorError as exc:  # a message written for people: the traceback only with -vv
         _print_error(str(exc), args.verbose >= 2)
         return 2

@@ -277,6 +277,18 @@ class CasesConfig(_Section):
     )
 
 
+class OrgsConfig(_Section):
+    """Organisations monitoring people on consent (monitor/orgs, docs/organisations.md)."""
+
+    # Findings and evidence of closed cases (removed, or dismissed as not the person) are
+    # deleted this many days after the case closed; 0 keeps them (docs/data-protection.md).
+    retention_days: int = Field(default=0, ge=0)
+    # Consent by a mailed link: the address the person opens to confirm, the code appended
+    # (e.g. your web app's "https://help.example/confirm?code="); empty: the mail gives the
+    # code to pass on to their caseworker (`consent confirm CODE`).
+    confirm_url: str = ""
+
+
 class _EnvWithoutDataDir(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name == "data_dir":
@@ -298,6 +310,7 @@ class Settings(BaseSettings):
     match: MatchConfig = Field(default_factory=MatchConfig)
     mail: MailConfig = Field(default_factory=MailConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    orgs: OrgsConfig = Field(default_factory=OrgsConfig)
     cases: CasesConfig = Field(default_factory=CasesConfig)
 
     config_file: ClassVar[Path | None] = None  # set by load_settings on a subclass

@@ -47,6 +47,8 @@ from monitor.fetch import (
 from monitor.fetch import _size as format_size
 from monitor.leases import scan_lease
 from monitor.matching import MatchDetail, ReferenceIndex, match_how, thresholds_from_config
+from monitor.orgs import consent
+from monitor.orgs.consent import UNLIMITED, ConsentRequired, Permit
 from monitor.pool import DeadlinePool, PoolTaskError
 from monitor.queries import ALL_QUERIES, build_queries
 from monitor.search import SearchBackend, create_backend
@@ -195,6 +197,10 @@ WRITE_BATCH = 64
 
 class _Scan:
     """The state of one running scan (one subject)."""
+
+    # What the person's consent allows (monitor/orgs/consent.py): which search backends may
+    # receive the names. Unlimited for a person monitoring themselves.
+    permit: Permit = UNLIMITED
 
     def __init__(
         self,
@@ -700,7 +706,14 @@ class _Scan:
                 from monitor.evidence.warc import PageRecorder
 
                 self.recorder = PageRecorder(fetcher)
-            hits = await self.search(_backends(self.settings, search_client), name, aliases)
+            backends = [
+                b
+                for b in _backends(self.settings, search_client)
+                if self.permit.allows_backend(b.name, getattr(b, "kind", ""))
+            ]
+            if not backends:
+                raise ConsentRequired("the consent allows none of the configured search backends")
+            hits = await self.search(backends, name, aliases)
             page_urls: list[str] = []
             seen_pages: set[str] = set()
             direct: list[ImageCandidate] = []
@@ -790,7 +803,12 @@ async def run_scan(
         subject = s.get(Subject, subject_id)
         if subject is None:
             raise MonitorError(f"subject {subject_id} does not exist")
-        name, aliases = subject.name, [a.alias for a in subject.aliases]
+        # An organisation's person: only with valid consent, only the names it covers.
+        scan_permit = consent.permit(s, subject)
+        if not scan_permit.allows_name(subject.name):
+            raise ConsentRequired("the consent does not cover the person's name")
+        name = subject.name
+        aliases = [a.alias for a in subject.aliases if scan_permit.allows_name(a.alias)]
         refs = store.reference_records(s, subject_id)
         if not refs:
             raise NoReferences(
@@ -816,6 +834,7 @@ async def run_scan(
                 progress,
                 fetcher_factory,
             )
+            scan.permit = scan_permit
             await scan.run(name, aliases)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"

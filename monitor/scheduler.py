@@ -76,6 +76,7 @@ def due_subjects(db: Database, now: datetime) -> list[int]:
     stmt = (
         select(Subject.id, Subject.scan_lease_until, Subject.scan_lease_owner)
         .where(Subject.next_scan_at.is_(None) | (Subject.next_scan_at <= now))
+        .where(Subject.paused_reason.is_(None))  # e.g. consent expired (monitor/orgs)
         .order_by(Subject.next_scan_at.is_not(None), Subject.next_scan_at, Subject.id)
     )
     with db.session() as s:
@@ -170,6 +171,7 @@ class Scheduler:
         with self._idle:
             self._busy += 1
         try:
+            self.maintain(fixed if fixed is not None else self.now_fn())
             due = due_subjects(self.db, fixed if fixed is not None else self.now_fn())
             if due:
                 logger.info("%d subject(s) due for a scan", len(due))
@@ -295,6 +297,17 @@ class Scheduler:
             logger.warning(
                 "subject %d: could not record the failure (%s)", subject_id, _describe(exc)
             )
+
+    def maintain(self, now: datetime) -> None:
+        """Housekeeping before looking for due scans (monitor/orgs/maintenance.py): pause
+        people whose consent expired and tell their caseworker; delete findings and evidence
+        of cases closed longer than ``[orgs] retention_days``. Errors are logged."""
+        from monitor.orgs.maintenance import run_maintenance
+
+        try:
+            run_maintenance(self.db, self.settings, now)
+        except Exception as exc:
+            logger.warning("maintenance failed (%s)", _describe(exc))
 
     def deliver(self) -> None:
         """Run ``deliver_fn`` if there is one; its errors are logged, never raised."""

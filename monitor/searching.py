@@ -17,6 +17,7 @@ from monitor.config import SearchBackendConfig, Settings
 from monitor.db import Database
 from monitor.db.models import utcnow
 from monitor.errors import ConfigError, SearchBackendError
+from monitor.orgs import consent
 from monitor.queries import ALL_QUERIES, build_queries
 from monitor.search import SearchBackend, create_backend
 from monitor.search.base import (
@@ -84,7 +85,9 @@ def plan_scan(settings: Settings, db: Database, name: str) -> list[BackendPlan]:
     """The searches a scan of ``name`` would send now, per backend. Sends nothing."""
     with db.session() as s:
         subject = store.get_subject(s, name)
-        aliases = [a.alias for a in subject.aliases]
+        # only what the person's consent allows (monitor/orgs/consent.py)
+        scan_permit = consent.permit(s, subject)
+        aliases = [a.alias for a in subject.aliases if scan_permit.allows_name(a.alias)]
 
     async def names() -> list[tuple[str, str]]:
         async with httpx.AsyncClient() as client:  # handed to the backends, never used
@@ -94,7 +97,7 @@ def plan_scan(settings: Settings, db: Database, name: str) -> list[BackendPlan]:
             raise ConfigError(bad[0])
         return [(b.name, cfg.kind) for cfg, b, _ in built if b is not None]
 
-    backends = asyncio.run(names())
+    backends = [(n, k) for n, k in asyncio.run(names()) if scan_permit.allows_backend(n, k)]
     cfg = settings.search
     month = coverage.month_of(utcnow())
     with db.session() as s:

@@ -263,6 +263,7 @@ class EncryptedText(TypeDecorator[str]):
 # The purposes (associated data) of the encrypted columns.
 REFERENCE_HASH = "reference_hashes.value"
 REFERENCE_SHA256 = "references.content_sha256"
+OPERATOR_TOTP = "operators.totp_secret"  # an operator's second factor (monitor/orgs)
 
 
 def encrypted_rows_exist(connection: Any) -> bool:
@@ -272,6 +273,7 @@ def encrypted_rows_exist(connection: Any) -> bool:
     for sql in (
         "SELECT 1 FROM reference_hashes WHERE value LIKE 'enc1:%' LIMIT 1",
         "SELECT 1 FROM \"references\" WHERE content_sha256 LIKE 'enc1:%' LIMIT 1",
+        "SELECT 1 FROM operators WHERE totp_secret LIKE 'enc1:%' LIMIT 1",  # 0012 on
     ):
         if connection.execute(text(sql)).first() is not None:
             return True

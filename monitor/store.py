@@ -41,6 +41,7 @@ from monitor.db.models import (
 from monitor.errors import MonitorError, SubjectNotFound
 from monitor.hashing import VARIANT_SEPARATOR
 from monitor.matching import ReferenceHashRecord
+from monitor.orgs.scope import Scope, every_row, scoped
 from monitor.types import HashValue, ImageCandidate, ImageHashes, MatchResult, SearchHit
 from monitor.types import iso_utc as _iso
 from monitor.video import FrameHashes
@@ -60,15 +61,25 @@ def add_subject(
     aliases: Sequence[str] = (),
     email: str | None = None,
     interval: timedelta,
+    organisation_id: int | None = None,
 ) -> Subject:
-    """Create a subject; raise :class:`SubjectExists` if the name is taken."""
+    """Create a subject (of ``organisation_id``, None: a person monitoring themselves); raise
+    :class:`SubjectExists` if the name is taken there (names are unique per organisation)."""
     name = name.strip()
     if not name:
         raise MonitorError("a subject needs a name")
-    if session.scalar(select(Subject).where(Subject.name == name)) is not None:
+    same_org = (
+        Subject.organisation_id.is_(None)
+        if organisation_id is None
+        else Subject.organisation_id == organisation_id
+    )
+    if session.scalar(select(Subject).where(Subject.name == name, same_org)) is not None:
         raise SubjectExists(f"a subject named {name!r} already exists")
     subject = Subject(
-        name=name, email=email or None, interval_seconds=int(interval.total_seconds())
+        name=name,
+        email=email or None,
+        interval_seconds=int(interval.total_seconds()),
+        organisation_id=organisation_id,
     )
     seen = {name.casefold()}
     for alias in aliases:
@@ -81,15 +92,19 @@ def add_subject(
     return subject
 
 
-def get_subject(session: Session, name: str) -> Subject:
-    subject = session.scalar(select(Subject).where(Subject.name == name))
-    if subject is None:
+def get_subject(session: Session, name: str, scope: Scope | None = None) -> Subject:
+    """The subject called ``name`` among those ``scope`` may see (the scope in force when
+    None; see monitor/orgs/scope.py). Someone outside it is "not found", like no one."""
+    found = list(session.scalars(scoped(select(Subject).where(Subject.name == name), scope)))
+    if not found:
         raise SubjectNotFound(f"no subject named {name!r} (see `subject list`)")
-    return subject
+    if len(found) > 1:  # unscoped, and two organisations monitor people of that name
+        raise MonitorError(f"several people are named {name!r}: give the operator (--operator)")
+    return found[0]
 
 
-def all_subjects(session: Session) -> list[Subject]:
-    return list(session.scalars(select(Subject).order_by(Subject.name)))
+def all_subjects(session: Session, scope: Scope | None = None) -> list[Subject]:
+    return list(session.scalars(scoped(select(Subject).order_by(Subject.name), scope)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +131,7 @@ class SubjectInfo:
         }
 
 
-def subject_infos(session: Session) -> list[SubjectInfo]:
+def subject_infos(session: Session, scope: Scope | None = None) -> list[SubjectInfo]:
     refs: dict[int, int] = {
         subject_id: n
         for subject_id, n in session.execute(
@@ -140,24 +155,25 @@ def subject_infos(session: Session) -> list[SubjectInfo]:
             last_scan_at=s.last_scan_at,
             next_scan_at=s.next_scan_at,
         )
-        for s in all_subjects(session)
+        for s in all_subjects(session, scope)
     ]
 
 
-def erase_subject(session: Session, name: str) -> None:
+def erase_subject(session: Session, name: str, scope: Scope | None = None) -> None:
     """Remove a subject and everything about them: references, scans, hits, sightings,
-    matches, alerts, and found images that no other subject has seen."""
-    subject = get_subject(session, name)
+    matches, alerts, consent, and found images that no other subject has seen."""
+    subject = get_subject(session, name, scope)
     session.delete(subject)
     session.flush()
-    session.execute(
-        delete(Image).where(
-            ~exists().where(Sighting.image_id == Image.id),
-            ~exists().where(Match.image_id == Image.id),
+    with every_row(session):  # images other organisations' people were seen in are kept
+        session.execute(
+            delete(Image).where(
+                ~exists().where(Sighting.image_id == Image.id),
+                ~exists().where(Match.image_id == Image.id),
+            )
         )
-    )
-    forget_orphan_fetch_cache(session)  # image URLs only this subject's scans had seen
-    forget_orphan_page_cache(session)  # and page URLs
+        forget_orphan_fetch_cache(session)  # image URLs only this subject's scans had seen
+        forget_orphan_page_cache(session)  # and page URLs
 
 
 def reference_records(session: Session, subject_id: int) -> list[ReferenceHashRecord]:
@@ -756,16 +772,17 @@ def forget_unmatched_hashes(
     last_seen = (
         select(func.max(Sighting.last_seen)).where(Sighting.image_id == Image.id).scalar_subquery()
     )
-    stale = list(
-        session.scalars(
-            select(Image.id).where(
-                exists().where(ImageHash.image_id == Image.id),
-                ~exists().where(Match.image_id == Image.id),
-                func.coalesce(last_seen, Image.first_fetched_at)
-                < bindparam("cutoff", cutoff, type_=UTCDateTime()),
+    with every_row(session):  # "no person matched": no person of any organisation
+        stale = list(
+            session.scalars(
+                select(Image.id).where(
+                    exists().where(ImageHash.image_id == Image.id),
+                    ~exists().where(Match.image_id == Image.id),
+                    func.coalesce(last_seen, Image.first_fetched_at)
+                    < bindparam("cutoff", cutoff, type_=UTCDateTime()),
+                )
             )
         )
-    )
     for i in range(0, len(stale), CACHE_LOOKUP_CHUNK):
         ids = stale[i : i + CACHE_LOOKUP_CHUNK]
         session.execute(delete(ImageHash).where(ImageHash.image_id.in_(ids)))
@@ -829,8 +846,11 @@ class MatchRow:
         }
 
 
-def list_matches(session: Session, subject_name: str | None = None) -> list[MatchRow]:
-    """Every sighting of every matched image, newest first (one row per page and image URL)."""
+def list_matches(
+    session: Session, subject_name: str | None = None, scope: Scope | None = None
+) -> list[MatchRow]:
+    """Every sighting of every matched image, newest first (one row per page and image URL),
+    of the people ``scope`` may see."""
     stmt = (
         select(Subject.name, Sighting, Match, Image.sha256)
         .join(
@@ -840,8 +860,9 @@ def list_matches(session: Session, subject_name: str | None = None) -> list[Matc
         .join(Image, Image.id == Sighting.image_id)
         .order_by(Sighting.first_seen.desc(), Sighting.id.desc())
     )
+    stmt = scoped(stmt, scope)
     if subject_name is not None:
-        subject = get_subject(session, subject_name)
+        subject = get_subject(session, subject_name, scope)
         stmt = stmt.where(Sighting.subject_id == subject.id)
     return [
         MatchRow(

@@ -85,8 +85,11 @@ class CaseStateError(MonitorError):
 
 
 def get_case(session: Session, case_id: int) -> Match:
+    from monitor.orgs.scope import subject_in_scope
+
     case = session.get(Match, case_id)
-    if case is None:
+    # a case of someone outside the scope in force (monitor/orgs) is "not found", like none
+    if case is None or not subject_in_scope(session, case.subject_id):
         raise CaseNotFound(f"there is no case {case_id} (see `cases`)")
     return case
 
@@ -247,6 +250,9 @@ def list_cases(session: Session, subject_name: str | None = None) -> list[CaseSu
         .join(Subject, Subject.id == Match.subject_id)
         .order_by(Match.first_seen.desc(), Match.id.desc())
     )
+    from monitor.orgs.scope import scoped
+
+    stmt = scoped(stmt, None)  # the people the scope in force may see (monitor/orgs)
     if subject_name is not None:
         from monitor.store import get_subject
 

@@ -23,10 +23,11 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from monitor.secrets import REFERENCE_HASH, REFERENCE_SHA256, EncryptedText
+from monitor.secrets import OPERATOR_TOTP, REFERENCE_HASH, REFERENCE_SHA256, EncryptedText
 
 
 def utcnow() -> datetime:
@@ -69,9 +70,20 @@ class Subject(Base):
     """A person being monitored (with their consent)."""
 
     __tablename__ = "subjects"
+    __table_args__ = (
+        UniqueConstraint("organisation_id", "name", name="uq_subjects_organisation_id_name"),
+        Index(
+            "uq_subjects_household_name",
+            "name",
+            unique=True,
+            sqlite_where=text("organisation_id IS NULL"),
+            postgresql_where=text("organisation_id IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Unique per organisation (people without one: unique among themselves), see 0012.
+    name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
     interval_seconds: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -86,6 +98,15 @@ class Subject(Base):
     # Opt-in: keep an encrypted copy of each found image in the case's evidence folder
     # (monitor/cases/image_copies.py). Off by default; never on for a possible minor.
     keep_image_copies: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The organisation monitoring this person on their consent (monitor/orgs); NULL: a person
+    # monitoring themselves (the single-household mode). 0012.
+    organisation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organisations.id", ondelete="RESTRICT"), index=True
+    )
+    # Why monitoring is paused ("consent expired"); NULL: not paused. No scan runs while set.
+    paused_reason: Mapped[str | None] = mapped_column(String(200))
+    # Who gets the alerts of an organisation's person: "person", "caseworker" or "both".
+    alert_to: Mapped[str] = mapped_column(String(20), default="person", server_default="person")
 
     aliases: Mapped[list[Alias]] = relationship(
         back_populates="subject",
@@ -341,6 +362,10 @@ class Match(Base):
     # image ("pdq", "pdq.region"), "reference": the reference's ("pdq.mirror"), "distance",
     # "threshold", "bits"}; see matching.explain_match. NULL for matches made before.
     how: Mapped[str | None] = mapped_column(Text)
+    # The caseworker handling the case (an organisation's operator, 0012); NULL: nobody yet.
+    assigned_to: Mapped[int | None] = mapped_column(
+        ForeignKey("operators.id", ondelete="SET NULL"), index=True
+    )
 
     image: Mapped[Image] = relationship()
     subject: Mapped[Subject] = relationship()
@@ -450,6 +475,11 @@ class Notice(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_to: Mapped[str | None] = mapped_column(String(320))
+    # What came of the request (0012; `case request`): the site acknowledged it, removed the
+    # image, or refused; each with its date.
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     message_id: Mapped[str | None] = mapped_column(String(200))
     delivered_to: Mapped[str | None] = mapped_column(Text)
 
@@ -545,3 +575,81 @@ class PageCacheEntry(Base):
     fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # JSON: [[source, image URL], ...] as extracted ("img", "og:image", "video", ...).
     candidates: Mapped[str] = mapped_column(Text, default="[]")
+
+
+# ---------------------------------------------------------------- organisations (monitor/orgs)
+
+
+class Organisation(Base):
+    """A victim-support organisation monitoring people on their consent (0012)."""
+
+    __tablename__ = "organisations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Operator(Base):
+    """Someone who works for an organisation: an admin, a caseworker or a viewer (0012).
+
+    The passphrase is kept as a scrypt hash; the TOTP secret (second factor) encrypted with
+    the reference key (monitor/secrets.py)."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    role: Mapped[str] = mapped_column(String(20))  # admin | caseworker | viewer
+    passphrase_hash: Mapped[str] = mapped_column(String(300))
+    totp_secret: Mapped[str] = mapped_column(EncryptedText(OPERATOR_TOTP))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Consent(Base):
+    """A person's consent to be monitored by an organisation (0012): who gave it (the person,
+    or a representative with stated authority), when, how (the SHA-256 of the signed form, or
+    a confirmation link mailed to the person), which names may be searched, which search
+    backends may receive them, until when, and whether it was withdrawn. Erased with the
+    person (withdrawal erases at once)."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    given_by: Mapped[str] = mapped_column(String(20))  # "person" | "representative"
+    representative: Mapped[str | None] = mapped_column(String(200))  # name, when not the person
+    authority: Mapped[str | None] = mapped_column(Text)  # the representative's stated authority
+    given_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    method: Mapped[str] = mapped_column(String(20))  # "signed_form" | "mailed_link"
+    form_sha256: Mapped[str | None] = mapped_column(String(64))
+    link_token_sha256: Mapped[str | None] = mapped_column(String(64))  # mailed link's token
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # link clicked / form
+    names: Mapped[str] = mapped_column(Text)  # JSON list: the name and aliases consented to
+    backends: Mapped[str] = mapped_column(Text)  # JSON list of backend names, or ["*"]: any
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recorded_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
+
+
+class AuditEntry(Base):
+    """One view, change or export of a person's data (0012). Append-only: the database
+    refuses UPDATE and DELETE (triggers). ``detail`` never holds personal data (ids, counts,
+    field names), so after an erasure the log keeps that it happened and nothing about whom;
+    ``subject_id`` then points to no one."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    organisation_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no FK: kept
+    operator: Mapped[str] = mapped_column(String(320))  # operator email, or "local", "system"
+    action: Mapped[str] = mapped_column(String(40))
+    subject_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no FK: kept
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,161 @@
+"""Organisations and their operators: passphrases (scrypt), TOTP second factor (pyotp).
+
+A passphrase is kept as ``scrypt$n$r$p$salt$hash`` (hashlib.scrypt, no extra dependency); the
+TOTP secret encrypted with the reference key (``Operator.totp_secret``, monitor/secrets.py).
+:func:`authenticate` checks both and gives the operator's :class:`~monitor.orgs.scope.Scope`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import pyotp
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from monitor.db.models import Operator, Organisation
+from monitor.errors import MonitorError
+from monitor.orgs.scope import ROLES, Scope
+
+ISSUER = "Exposure Monitor"
+MIN_PASSPHRASE = 12
+_N, _R, _P = 2**15, 8, 1  # scrypt cost: ~32 MiB, a few tens of ms
+
+
+class OrganisationNotFound(MonitorError):
+    """No organisation has that name."""
+
+
+class LoginFailed(MonitorError):
+    """Unknown operator, wrong passphrase or wrong one-time code (never says which)."""
+
+
+def hash_passphrase(passphrase: str) -> str:
+    salt = secrets.token_bytes(16)
+    n = _N
+    digest = hashlib.scrypt(
+        passphrase.encode(), salt=salt, n=n, r=_R, p=_P, maxmem=64 * 2**20, dklen=32
+    )
+    b64 = base64.urlsafe_b64encode
+    return f"scrypt${n}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_passphrase(stored: str, passphrase: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            passphrase.encode(),
+            salt=base64.urlsafe_b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=64 * 2**20,
+            dklen=32,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.urlsafe_b64decode(digest))
+
+
+def add_organisation(session: Session, name: str) -> Organisation:
+    name = name.strip()
+    if not name:
+        raise MonitorError("an organisation needs a name")
+    if session.scalar(select(Organisation).where(Organisation.name == name)) is not None:
+        raise MonitorError(f"an organisation named {name!r} already exists")
+    org = Organisation(name=name)
+    session.add(org)
+    session.flush()
+    return org
+
+
+def get_organisation(session: Session, name: str) -> Organisation:
+    org = session.scalar(select(Organisation).where(Organisation.name == name))
+    if org is None:
+        raise OrganisationNotFound(f"no organisation named {name!r} (see `org list`)")
+    return org
+
+
+def organisations(session: Session) -> list[Organisation]:
+    return list(session.scalars(select(Organisation).order_by(Organisation.name)))
+
+
+def any_organisation(session: Session) -> bool:
+    return session.scalar(select(Organisation.id).limit(1)) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class NewOperator:
+    id: int
+    email: str
+    role: str
+    organisation: str
+    provisioning_uri: str  # shown once, for the authenticator app
+
+
+def add_operator(
+    session: Session, email: str, org: Organisation, role: str, passphrase: str
+) -> NewOperator:
+    """Create an operator; the TOTP provisioning URI is returned once and not shown again."""
+    email = email.strip().lower()
+    if role not in ROLES:
+        raise MonitorError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise MonitorError(f"the passphrase must have at least {MIN_PASSPHRASE} characters")
+    if session.scalar(select(Operator.id).where(Operator.email == email)) is not None:
+        raise MonitorError(f"an operator {email!r} already exists")
+    secret = pyotp.random_base32()
+    op = Operator(
+        organisation_id=org.id,
+        email=email,
+        role=role,
+        passphrase_hash=hash_passphrase(passphrase),
+        totp_secret=secret,
+    )
+    session.add(op)
+    session.flush()
+    uri = pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=f"{ISSUER} ({org.name})")
+    return NewOperator(op.id, email, role, org.name, uri)
+
+
+def operators_of(session: Session, org_id: int) -> list[Operator]:
+    return list(
+        session.scalars(
+            select(Operator).where(Operator.organisation_id == org_id).order_by(Operator.email)
+        )
+    )
+
+
+def get_operator(session: Session, email: str, org_id: int | None = None) -> Operator:
+    stmt = select(Operator).where(Operator.email == email.strip().lower())
+    if org_id is not None:
+        stmt = stmt.where(Operator.organisation_id == org_id)
+    op = session.scalar(stmt)
+    if op is None or op.disabled_at is not None:
+        raise MonitorError(f"no operator {email!r} in this organisation")
+    return op
+
+
+def scope_of(op: Operator) -> Scope:
+    return Scope(org_id=op.organisation_id, operator_id=op.id, operator=op.email, role=op.role)
+
+
+def authenticate(session: Session, email: str, passphrase: str, code: str) -> Scope:
+    """The operator's scope when the passphrase and the current TOTP code are right, else
+    :class:`LoginFailed` (which does not say what was wrong)."""
+    op = session.scalar(select(Operator).where(Operator.email == email.strip().lower()))
+    failed = LoginFailed("login failed: unknown operator, wrong passphrase or wrong code")
+    if op is None or op.disabled_at is not None:
+        verify_passphrase(hash_passphrase("x" * MIN_PASSPHRASE), passphrase)  # same time
+        raise failed
+    if not verify_passphrase(op.passphrase_hash, passphrase):
+        raise failed
+    if not pyotp.TOTP(op.totp_secret).verify(code.strip(), valid_window=1):
+        raise failed
+    return scope_of(op)
