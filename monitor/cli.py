@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import __version__, alerts, cases, store
+from monitor import __version__, alerts, cases, cli_web, store
 from monitor.cases import image_copies
 from monitor.config import Settings, load_settings
 from monitor.db import Database, check_sqlite_folder, describe_db_error
@@ -208,6 +208,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run the scheduler in the foreground (Ctrl-C stops)")
     _case_parsers(sub)
+    cli_web.register(sub)  # serve: the web app (monitor/cli_web.py)
     return p
 
 
@@ -982,6 +983,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "backends": cmd_backends,
     "cases": lambda args, settings: cmd_cases(args, settings),
     "case": lambda args, settings: cmd_case(args, settings),
+    "serve": lambda args, settings: cli_web.cmd_serve(args, settings),
 }
 
 

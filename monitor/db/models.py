@@ -545,3 +545,18 @@ class PageCacheEntry(Base):
     fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # JSON: [[source, image URL], ...] as extracted ("img", "og:image", "video", ...).
     candidates: Mapped[str] = mapped_column(Text, default="[]")
+
+
+# ---------------------------------------------------------------- web app (monitor/web/)
+
+
+class WebAccess(Base):
+    """The local web app's passphrase (an scrypt hash with its parameters, never the
+    passphrase), set on the first visit (0013). One row."""
+
+    __tablename__ = "web_access"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    passphrase_hash: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
