@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import select
 
 from monitor import alerts
-from monitor.support import support_lines
 from monitor.alerts import (
     OutboxFolderNotifier,
     PermanentDeliveryError,
@@ -27,6 +26,7 @@ from monitor.alerts import (
 from monitor.config import Settings
 from monitor.db import Database
 from monitor.db.models import Alias, Image, OutboxMessage, Scan, Sighting, Subject
+from monitor.support import support_lines
 from monitor.testing.smtp import LoopbackSMTP, self_signed_context
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
