@@ -307,7 +307,7 @@ def test_enrolment_upload_is_hashed_in_memory_and_never_written(
     post(c, "/people", {"name": NAME, "aliases": "J. Example\nj_example", "every": "12h"})
     # a JPEG followed by 2 MB of other bytes (decoders stop at its end): the upload is past
     # any 1 MB spool threshold, the hashing stays quick
-    photo = photo_bytes(5) + bytes(range(256)) * 8000
+    photo = photo_bytes(5, (320, 240)) + bytes(range(256)) * 8000
 
     def no_temp_files(*_a: object, **_k: object) -> None:
         raise AssertionError("a temporary file was opened during the upload")
@@ -320,7 +320,7 @@ def test_enrolment_upload_is_hashed_in_memory_and_never_written(
         data={"csrf": token},
         files=[
             ("photos", ("me.png", photo, "image/png")),
-            ("photos", ("me2.jpg", photo_bytes(7, (640, 480)), "image/jpeg")),
+            ("photos", ("me2.jpg", photo_bytes(7, (320, 240)), "image/jpeg")),
         ],
     )
     assert r.status_code == 303
@@ -341,7 +341,7 @@ def test_upload_over_the_cap_is_refused(tmp_path: Path) -> None:
     c = a.set_up()
     post(c, "/people", {"name": NAME})
     token = csrf_of(c.get("/people/1").text)
-    big = photo_bytes(7, (640, 480)) + bytes(1_000_000)
+    big = photo_bytes(7, (320, 240)) + bytes(1_000_000)
     r = c.post("/people/1/photos", data={"csrf": token}, files=[("photos", ("a.jpg", big))])
     assert r.status_code == 413
     a.db.dispose()
@@ -455,9 +455,9 @@ def world(tmp_path: Path) -> Iterator[World]:
     web = LoopbackWeb().start()
     search = FakeSearxng()
     url = search.install(web)
-    photo = photo_bytes(7, (640, 480))
+    photo = photo_bytes(7, (320, 240))
     web.add("/img/1.jpg", photo, "image/jpeg")
-    web.add("/img/other.jpg", photo_bytes(99, (640, 480)), "image/jpeg")
+    web.add("/img/other.jpg", photo_bytes(99, (320, 240)), "image/jpeg")
     page = web.add("/post/1.html", PAGE)
     search.add_result(NAME, "general", {"url": page, "title": "album"})
     settings = Settings(
