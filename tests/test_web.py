@@ -34,6 +34,7 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
+BASE = "http://127.0.0.1:8765"
 PASSPHRASE = "correct horse battery"
 NAME = "Jane Example"
 TEMPLATES = Path(__file__).parents[1] / "monitor" / "web" / "templates"
@@ -93,7 +94,7 @@ class App:
     client: TestClient
 
     def new_client(self) -> TestClient:
-        return TestClient(self.client.app, follow_redirects=False)
+        return TestClient(self.client.app, base_url=BASE, follow_redirects=False)
 
     def set_up(self) -> TestClient:
         page = self.client.get("/setup")
@@ -109,7 +110,7 @@ def make_app(settings: Settings) -> App:
     db = Database(settings.database_url)
     clock = Clock()
     app = create_app(settings, db, clock=clock, pool=POOL)
-    return App(settings, db, clock, TestClient(app, follow_redirects=False))
+    return App(settings, db, clock, TestClient(app, base_url=BASE, follow_redirects=False))
 
 
 @pytest.fixture
@@ -233,7 +234,7 @@ def test_forms_without_the_sessions_csrf_token_are_refused(app: App) -> None:
         assert [x.name for x in store.all_subjects(s)] == [NAME]
 
 
-def test_every_page_has_a_form_with_a_csrf_token(app: App) -> None:
+def test_every_page_has_a_form_with_a_csrf_token() -> None:
     for template in TEMPLATES.glob("*.html"):
         text = template.read_text()
         forms = text.count("<form")
@@ -271,6 +272,28 @@ def test_pages_carry_a_neutral_title_and_no_inline_script(app: App) -> None:
 # ---------------------------------------------------------------- binding
 
 
+def test_requests_for_another_host_name_are_refused(app: App) -> None:
+    """DNS rebinding: a page at evil.example whose name now points at 127.0.0.1."""
+    rebound = TestClient(app.client.app, base_url="http://evil.example:8765")
+    r = rebound.get("/setup")
+    assert r.status_code == 400 and 'name="passphrase"' not in r.text
+    assert r.headers["content-security-policy"] == SECURITY_HEADERS["content-security-policy"]
+    for base in ("http://localhost:8765", "http://[::1]:8765"):
+        assert TestClient(app.client.app, base_url=base).get("/setup").status_code == 200
+
+
+def test_allowed_host_names_follow_the_address_and_public_url(tmp_path: Path) -> None:
+    from monitor.web.app import allowed_hosts_for
+
+    s = Settings(data_dir=tmp_path)
+    assert "evil.example" not in allowed_hosts_for(s)
+    assert "192.168.1.5" in allowed_hosts_for(s, "192.168.1.5")
+    assert allowed_hosts_for(s, "0.0.0.0") == ["*"]
+    named = Settings(data_dir=tmp_path, web={"public_url": "https://notes.example.org"})
+    hosts = allowed_hosts_for(named, "0.0.0.0")
+    assert "notes.example.org" in hosts and "*" not in hosts
+
+
 def test_serve_listens_on_loopback_only_unless_public_with_tls(tmp_path: Path) -> None:
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         assert check_bind(host, 8765, public=False, cert=None, key=None).host == host
@@ -295,6 +318,31 @@ def test_serve_command_refuses_a_public_address(
 ) -> None:
     code, _out, err = run_cli(capsys, "serve", "--host", "0.0.0.0", "--no-scheduler")
     assert code == 2 and "refusing to listen on 0.0.0.0" in err
+
+
+@pytest.mark.parametrize("no_scheduler", [False, True])
+def test_serve_prints_the_address_and_runs_the_scheduler_unless_told_not_to(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    no_scheduler: bool,
+) -> None:
+    import uvicorn
+
+    from monitor.scheduler import Scheduler
+
+    calls: list[str] = []
+    served: list[object] = []
+    monkeypatch.setattr(Scheduler, "start", lambda self, block=True: calls.append(f"start {block}"))
+    monkeypatch.setattr(Scheduler, "shutdown", lambda self, wait=True: calls.append("shutdown"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(self.config))
+    monkeypatch.setenv("MONITOR_DATA_DIR", str(tmp_path / "data"))
+    argv = ["serve", "--port", "8799"] + (["--no-scheduler"] if no_scheduler else [])
+    code, out, _err = run_cli(capsys, *argv)
+    assert code == 0 and "http://127.0.0.1:8799/" in out
+    (config,) = served
+    assert config.host == "127.0.0.1" and config.port == 8799  # type: ignore[attr-defined]
+    assert calls == ([] if no_scheduler else ["start False", "shutdown"])
 
 
 # ---------------------------------------------------------------- people, upload in memory

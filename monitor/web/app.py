@@ -25,6 +25,7 @@ from typing import Any
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -866,10 +867,13 @@ def create_app(
     secure_cookies: bool = False,
     scheduler_running: bool = False,
     pool: Executor | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
     """The ASGI app. ``clock`` (aware UTC) drives the session idle timeout (tests); ``pool``
     hashes the images of scans started from the pages (default: a hashing pool of its own,
-    started at the first such scan)."""
+    started at the first such scan). Requests naming another host in their ``Host`` header are
+    refused (DNS rebinding: a web page whose name points at 127.0.0.1 must not reach these
+    pages); ``allowed_hosts`` defaults to :func:`allowed_hosts_for`."""
     web = WebApp(
         settings,
         db,
@@ -920,5 +924,23 @@ def create_app(
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.state.web = web
-    app.add_middleware(SecurityHeaders)
+    hosts = allowed_hosts if allowed_hosts is not None else allowed_hosts_for(settings)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+    app.add_middleware(SecurityHeaders)  # outermost: refusals carry the headers too
     return app
+
+
+def allowed_hosts_for(settings: Settings, host: str | None = None) -> list[str]:
+    """The names these pages answer to: loopback, ``host`` (the address served on, unless a
+    wildcard) and the host of ``[web] public_url``. A wildcard address without a public_url
+    answers to any name (only with ``serve --public``, behind TLS)."""
+    from urllib.parse import urlsplit
+
+    names = {"127.0.0.1", "localhost", "::1", "[::1]"}
+    host = (host or settings.web.host).strip("[]")
+    if settings.web.public_url:
+        names.add(urlsplit(settings.web.public_url).hostname or "")
+    elif host in ("0.0.0.0", "::"):
+        return ["*"]
+    names.add(host)
+    return sorted(n for n in names if n)

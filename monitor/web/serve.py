@@ -110,7 +110,7 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from monitor.web.app import create_app
+    from monitor.web.app import allowed_hosts_for, create_app
 
     with running_scheduler(settings, db) if scheduler else contextlib.nullcontext() as pool:
         app = create_app(
@@ -119,6 +119,7 @@ def serve(
             secure_cookies=plan.cert is not None,
             scheduler_running=scheduler,
             pool=pool,  # scans from the pages share the scheduler's hashing workers
+            allowed_hosts=allowed_hosts_for(settings, plan.host),
         )
         config = uvicorn.Config(
             app,
