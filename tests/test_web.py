@@ -258,6 +258,22 @@ def test_security_headers_on_every_response(app: App) -> None:
     assert "unsafe-inline" not in csp
 
 
+def test_an_unexpected_error_is_a_plain_page_with_the_headers(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.web import data
+
+    c = app.set_up()
+
+    def broken(_session: object) -> None:
+        raise RuntimeError("secret detail /home/jane")
+
+    monkeypatch.setattr(data, "overview", broken)
+    r = c.get("/")
+    assert r.status_code == 500 and "secret detail" not in r.text and "Exit this page" in r.text
+    assert r.headers["content-security-policy"] == SECURITY_HEADERS["content-security-policy"]
+
+
 def test_pages_carry_a_neutral_title_and_no_inline_script(app: App) -> None:
     c = app.set_up()
     post(c, "/people", {"name": NAME})

@@ -181,6 +181,16 @@ def page(*, auth_required: bool = True) -> Callable[[Handler], Handler]:
                     response = web.render(
                         request, "message.html", status=400, heading=None, message=str(exc)
                     )
+                except Exception:  # answered here, inside the security headers
+                    logger.exception("the page %s failed", request.url.path)
+                    response = web.render(
+                        request,
+                        "message.html",
+                        status=500,
+                        heading=None,
+                        message="This did not work. The details are in the log of the "
+                        "program serving these pages.",
+                    )
             ws = request.state.ws
             if ws.token != token:
                 response.set_cookie(
