@@ -417,10 +417,11 @@ def test_people_pages_add_set_and_erase(app: App) -> None:
     assert r.headers["location"] == "/people/1"
     assert post(c, "/people", {"name": NAME}).status_code == 400  # exists
     assert NAME in c.get("/people").text and "J. E." in c.get("/people/1").text
-    post(c, "/people/1/settings", {"every": "6h", "minor": "on"})
+    post(c, "/people/1/settings", {"every": "6h", "minor": "on", "aliases": "J. E.\nJE\nje"})
     with app.db.session() as s:
         subject = store.get_subject(s, NAME)
         assert subject.interval_seconds == 6 * 3600 and subject.minor
+        assert [a.alias for a in subject.aliases] == ["J. E.", "JE"]
     post(c, "/people/1/erase", {"confirm_name": "someone else"})
     with app.db.session() as s:
         assert len(store.all_subjects(s)) == 1

@@ -472,11 +472,14 @@ async def person_update(request: Request) -> Response:
     every = form.get("every").strip()
     interval = parse_interval(every) if every else None
     make_minor = form.get("minor") == "on"
+    aliases = [clean_name(a, "an alias") for a in form.get("aliases").splitlines() if a.strip()]
     with web.db.session() as s:
         subject = _subject(s, subject_id)
         name, was_minor = subject.name, subject.minor
         if interval is not None:
             subject.interval_seconds = int(interval.total_seconds())
+        if "aliases" in form.fields:
+            data.set_aliases(s, subject, aliases)
     if make_minor and not was_minor:
         image_copies.mark_minor(web.db, name, web.settings)
     return _back(request, f"/people/{subject_id}", "Saved.")

@@ -163,6 +163,23 @@ def references_count(session: Session, subject_id: int) -> tuple[int, int]:
     return int(refs or 0), int(hashes or 0)
 
 
+def set_aliases(session: Session, subject: Subject, aliases: list[str]) -> None:
+    """Replace a person's other names (cleaned by the caller), keeping their order, without
+    repeats or the name itself (as ``store.add_subject`` does)."""
+    from monitor.db.models import Alias
+
+    seen = {subject.name.casefold()}
+    wanted: list[str] = []
+    for alias in (a.strip() for a in aliases):
+        if alias and alias.casefold() not in seen:
+            seen.add(alias.casefold())
+            wanted.append(alias)
+    if [a.alias for a in subject.aliases] != wanted:
+        subject.aliases.clear()
+        session.flush()  # the old rows go before new ones with the same names come
+        subject.aliases.extend(Alias(alias=a) for a in wanted)
+
+
 class ScanRunner:
     """ "Scan now" from the web: one scan at a time in a worker thread (the subject's lease in
     the database keeps it from overlapping the scheduler's)."""
