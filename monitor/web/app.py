@@ -217,7 +217,7 @@ async def _read_post(request: Request, web: WebApp) -> Response | None:
     except FormError as exc:
         return web.render(request, "message.html", status=400, heading=None, message=str(exc))
     sent = form.get("csrf")
-    if not sent or not hmac.compare_digest(sent, request.state.ws.csrf):
+    if not sent or not hmac.compare_digest(sent.encode(), request.state.ws.csrf.encode()):
         return web.render(
             request,
             "message.html",
