@@ -25,6 +25,7 @@ from monitor.db.models import Match, Notice, Reference, SubjectHealth, WebAccess
 from monitor.demo.photos import photo_bytes
 from monitor.errors import MonitorError
 from monitor.testing.searxng import FakeSearxng
+from monitor.testing.smtp import LoopbackSMTP
 from monitor.testing.web import LoopbackWeb
 from monitor.web import create_app
 from monitor.web.app import SECURITY_HEADERS
@@ -514,6 +515,7 @@ class World:
     search: FakeSearxng
     app: App
     photo: bytes
+    smtp: LoopbackSMTP
 
 
 @pytest.fixture
@@ -526,15 +528,18 @@ def world(tmp_path: Path) -> Iterator[World]:
     web.add("/img/other.jpg", photo_bytes(99, (320, 240)), "image/jpeg")
     page = web.add("/post/1.html", PAGE)
     search.add_result(NAME, "general", {"url": page, "title": "album"})
+    smtp = LoopbackSMTP(tmp_path / "maildir").start()
     settings = Settings(
         data_dir=tmp_path / "data",
         search={"backends": [{"kind": "searxng", "url": url}]},
         fetch={"allow_private_networks": True, "timeout": 10},
         cases={"screenshots": False, "rdap_domain_url": "", "rdap_ip_url": ""},
+        mail={"smtp_host": "127.0.0.1", "smtp_port": smtp.port, "starttls": False},
     )
     a = make_app(settings)
-    yield World(web, search, a, photo)
+    yield World(web, search, a, photo, smtp)
     a.db.dispose()
+    smtp.stop()
     web.stop()
 
 
@@ -574,6 +579,15 @@ def test_scan_from_the_page_then_the_case_from_list_to_bundle(world: World) -> N
     with world.app.db.session() as s:
         assert s.get(Notice, notice_id).sent_at is None  # type: ignore[union-attr]
     assert "tick the box" in c.get(f"/cases/{case_id}/notices/{notice_id}").text
+    sent_before = len(world.smtp.messages)
+    post(
+        c,
+        f"/cases/{case_id}/notices/{notice_id}/send",
+        {"to": "abuse@example.org", "confirm": "yes"},
+    )
+    assert len(world.smtp.messages) == sent_before + 1
+    assert world.smtp.messages[-1]["To"] == "abuse@example.org"
+    assert 'id="case-state">notice_sent' in c.get(f"/cases/{case_id}").text
 
     bundle = c.get(f"/cases/{case_id}/bundle")
     assert bundle.headers["content-type"] == "application/zip"
