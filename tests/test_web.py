@@ -442,7 +442,16 @@ def test_dutch_labels(app: App) -> None:
         used |= set(re.findall(r'_\("([^"]+)"\)', template.read_text()))
         used |= set(re.findall(r"_\('([^']+)'\)", template.read_text()))
     used |= {"Overview", "People", "Scans", "Cases", "What to do now", "Settings", "Notes"}
+    app_py = (TEMPLATES.parent / "app.py").read_text()
+    messages = set(re.findall(r'_back\(\s*request,\s*[^,]+,\s*"([^"]+)"', app_py))
+    messages |= set(re.findall(r'^\s+"([^"]*\{[a-z_]+\}[^"]*)"', app_py, re.MULTILINE))
+    assert len(messages) > 10
+    used |= messages
     assert sorted(used - NL.keys()) == []
+    for english, dutch in NL.items():  # the same fields to fill in
+        assert set(re.findall(r"\{\w+\}", english)) == set(re.findall(r"\{\w+\}", dutch))
+    post(c, "/people", {"name": NAME})
+    assert f"{NAME} toegevoegd" in c.get("/people/1").text
 
 
 def test_overview_says_when_monitoring_is_degraded(app: App) -> None:

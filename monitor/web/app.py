@@ -133,7 +133,7 @@ class WebApp:
             csrf=ws.csrf,
             signed_in=ws.authenticated,
             path=request.url.path,
-            flash=ws.flash[:],
+            flash=[_flash(lang, text, values) for text, values in ws.flash],
             exit_url=self.settings.web.exit_url,
             **values,
         )
@@ -238,10 +238,15 @@ def _web(request: Request) -> WebApp:
     return request.app.state.web  # type: ignore[no-any-return]
 
 
-def _back(request: Request, url: str, message: str | None = None) -> Response:
-    if message:
-        request.state.ws.flash.append(message)
+def _back(request: Request, url: str, *messages: str, **values: object) -> Response:
+    """Redirect to ``url`` with messages shown there once: English texts with ``{name}``
+    fields, translated (monitor/web/i18n.py) before the values go in."""
+    request.state.ws.flash.extend((m, values) for m in messages if m)
     return RedirectResponse(url, 303)
+
+
+def _flash(lang: str, text: str, values: dict[str, object]) -> str:
+    return translator(lang)(text).format(**values)
 
 
 # ------------------------------------------------------------------ passphrase
@@ -374,7 +379,7 @@ async def people_page(request: Request) -> Response:
             subject = store.add_subject(s, name, aliases=aliases, email=email, interval=interval)
             subject.minor = form.get("minor") == "on"
             subject_id = subject.id
-        return _back(request, f"/people/{subject_id}", f"Added {name}. Next: add photos.")
+        return _back(request, f"/people/{subject_id}", "Added {name}. Next: add photos.", name=name)
     with web.db.session() as s:
         infos = store.subject_infos(s)
         ids = {subj.name: subj.id for subj in store.all_subjects(s)}
@@ -452,14 +457,24 @@ async def person_enrol(request: Request) -> Response:
         report, retro = await run_in_threadpool(enrol)
     finally:
         uploads.clear()
-    parts = [f"Hashed {report.enrolled} photo(s); only their hashes were stored."]
-    if report.duplicates:
-        parts.append(f"{report.duplicates} were already there.")
-    parts += [f"Could not use {e}" for e in report.errors]
-    parts += [f"{q}: a bland photo, it may miss or mis-match." for q in report.low_quality]
-    if retro is not None and retro.matched:
-        parts.append(f"{retro.matched} image(s) found earlier match: see Cases.")
-    return _back(request, f"/people/{subject_id}", " ".join(parts))
+    back = f"/people/{subject_id}"
+    response = _back(
+        request,
+        back,
+        "Hashed {enrolled} photo(s); only their hashes were stored.",
+        "{duplicates} were already there." if report.duplicates else "",
+        "{matched} image(s) found earlier match: see Cases."
+        if retro is not None and retro.matched
+        else "",
+        enrolled=report.enrolled,
+        duplicates=report.duplicates,
+        matched=retro.matched if retro is not None else 0,
+    )
+    for problem in report.errors:
+        _back(request, back, "Could not use {problem}", problem=problem)
+    for bland in report.low_quality:
+        _back(request, back, "{photo}: a bland photo, it may miss or mis-match.", photo=bland)
+    return response
 
 
 @page()
@@ -566,14 +581,20 @@ async def case_decide(request: Request) -> Response:
         fn = cases.confirm_case if action == "confirm" else cases.dismiss_case
         case = fn(s, case_id)
         status, subject_id = case.status, case.subject_id
-    message = f"Case {case_id}: {status}."
-    if action == "dismiss" and (
-        n := await run_in_threadpool(
+    deleted = 0
+    if action == "dismiss":
+        deleted = await run_in_threadpool(
             delete_image_copies, web.db, subject_id, web.settings, case_id=case_id
         )
-    ):
-        message += f" Deleted {n} kept image copy(ies)."
-    return _back(request, f"/cases/{case_id}", message)
+    return _back(
+        request,
+        f"/cases/{case_id}",
+        "Case {case}: {status}.",
+        "Deleted {n} kept image copy(ies)." if deleted else "",
+        case=case_id,
+        status=status,
+        n=deleted,
+    )
 
 
 @page()
@@ -587,8 +608,11 @@ async def case_recheck(request: Request) -> Response:
     return _back(
         request,
         f"/cases/{case_id}",
-        f"Checked again: {report.status}; {report.online} online, {report.gone} gone, "
-        f"{report.unreachable} unreachable.",
+        "Checked again: {status}; {online} online, {gone} gone, {unreachable} unreachable.",
+        status=report.status,
+        online=report.online,
+        gone=report.gone,
+        unreachable=report.unreachable,
     )
 
 
@@ -691,7 +715,9 @@ async def notice_send(request: Request) -> Response:
     sent = await run_in_threadpool(
         lambda: notices.send_notice(web.settings, web.db, notice_id, to, confirmed=True)
     )
-    return _back(request, f"/cases/{case_id}", f"Sent to {sent.sent_to}; recorded with the case.")
+    return _back(
+        request, f"/cases/{case_id}", "Sent to {to}; recorded with the case.", to=sent.sent_to
+    )
 
 
 # ------------------------------------------------------------------ images, behind a click
@@ -847,8 +873,10 @@ async def settings_mail_test(request: Request) -> Response:
     try:
         where = await run_in_threadpool(alerts.notifier_from_settings(web.settings).deliver, msg)
     except alerts.DeliveryError as exc:
-        return _back(request, "/settings", f"The test message was not delivered: {exc}")
-    return _back(request, "/settings", f"Test message delivered ({where}).")
+        return _back(
+            request, "/settings", "The test message was not delivered: {why}", why=str(exc)
+        )
+    return _back(request, "/settings", "Test message delivered ({where}).", where=where)
 
 
 @page()

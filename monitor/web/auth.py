@@ -114,7 +114,7 @@ class WebSession:
     last_seen: datetime
     authenticated: bool = False
     lang: str = ""
-    flash: list[str] = field(default_factory=list)
+    flash: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # shown once
     reveal_keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # one-time image keys
 
 

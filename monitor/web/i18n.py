@@ -149,6 +149,28 @@ NL: dict[str, str] = {
     "New passphrase": "Nieuwe wachtwoordzin",
     "Done.": "Klaar.",
     "Something went wrong": "Er ging iets mis",
+    # messages after an action
+    "Added {name}. Next: add photos.": "{name} toegevoegd. Voeg nu foto's toe.",
+    "Choose one or more photos first.": "Kies eerst een of meer foto's.",
+    "Hashed {enrolled} photo(s); only their hashes were stored.": "{enrolled} foto('s) gehasht; alleen de hashes zijn opgeslagen.",
+    "{duplicates} were already there.": "{duplicates} waren er al.",
+    "{matched} image(s) found earlier match: see Cases.": "{matched} eerder gevonden afbeelding(en) komen overeen: zie Zaken.",
+    "Could not use {problem}": "Niet bruikbaar: {problem}",
+    "{photo}: a bland photo, it may miss or mis-match.": "{photo}: een vlakke foto, die kan missen of verkeerd overeenkomen.",
+    "Saved.": "Opgeslagen.",
+    "Scan started; this page shows it when it is done (reload).": "Zoekronde gestart; deze pagina toont hem als hij klaar is (herlaad).",
+    "A scan of this person is already running.": "Er loopt al een zoekronde voor deze persoon.",
+    "Not erased: the name did not match.": "Niet gewist: de naam kwam niet overeen.",
+    "Erased: references, scans, cases and evidence are gone.": "Gewist: referenties, zoekrondes, zaken en bewijs zijn weg.",
+    "Case {case}: {status}.": "Zaak {case}: {status}.",
+    "Deleted {n} kept image copy(ies).": "{n} bewaarde kopie(ën) van de afbeelding verwijderd.",
+    "Checked again: {status}; {online} online, {gone} gone, {unreachable} unreachable.": "Opnieuw gecontroleerd: {status}; {online} online, {gone} weg, {unreachable} onbereikbaar.",
+    "Not sent: tick the box to confirm that you want it sent.": "Niet verstuurd: vink het vakje aan om te bevestigen dat je het wilt versturen.",
+    "Sent to {to}; recorded with the case.": "Verstuurd naar {to}; vastgelegd bij de zaak.",
+    "The test message was not delivered: {why}": "Het testbericht is niet afgeleverd: {why}",
+    "Test message delivered ({where}).": "Testbericht afgeleverd ({where}).",
+    "Not changed: the current passphrase is not right.": "Niet gewijzigd: de huidige wachtwoordzin klopt niet.",
+    "The passphrase was changed.": "De wachtwoordzin is gewijzigd.",
 }
 
 
