@@ -149,6 +149,12 @@ NL: dict[str, str] = {
     "New passphrase": "Nieuwe wachtwoordzin",
     "Done.": "Klaar.",
     "Something went wrong": "Er ging iets mis",
+    # scan results (monitor/web/data.py STATUS_WORDS)
+    "Every planned search was answered.": "Elke geplande zoekopdracht is beantwoord.",
+    "Some searches failed, were skipped or were answered only in part.": "Sommige zoekopdrachten mislukten, werden overgeslagen of maar deels beantwoord.",
+    "No search was answered, so nothing was looked at: this is not 'nothing found'.": "Geen enkele zoekopdracht is beantwoord, dus er is niets bekeken: dit is niet 'niets gevonden'.",
+    "Running now.": "Loopt nu.",
+    "Interrupted; the next scan finishes it.": "Onderbroken; de volgende zoekronde maakt hem af.",
     # messages after an action
     "Added {name}. Next: add photos.": "{name} toegevoegd. Voeg nu foto's toe.",
     "Choose one or more photos first.": "Kies eerst een of meer foto's.",
