@@ -663,3 +663,30 @@ def test_a_scan_whose_searches_all_failed_is_told_in_plain_words(world: World) -
     assert "No search was answered" in scans and "this is not &#39;nothing found&#39;" in scans
     overview = c.get("/").text
     assert "searched 0 of" in overview
+
+
+def _luminance(hex_colour: str) -> float:
+    rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_text_colours_meet_wcag_aa_contrast() -> None:
+    css = (TEMPLATES.parent / "static" / "style.css").read_text()
+    colours = dict(re.findall(r"--([a-z]+): (#[0-9a-f]{6})", css))
+    pairs = [  # (text, background) as the stylesheet uses them
+        ("fg", "bg"),
+        ("muted", "bg"),
+        ("accent", "bg"),
+        ("warn", "bg"),
+        ("err", "bg"),
+        ("#ffffff", "accent"),
+        ("#ffffff", "exit"),
+        ("#ffffff", "err"),
+        ("muted", "#f3f3f3"),  # the hint beside the exit button
+    ]
+    for text, background in pairs:
+        a = _luminance(colours.get(text, text))
+        b = _luminance(colours.get(background, background))
+        ratio = (max(a, b) + 0.05) / (min(a, b) + 0.05)
+        assert ratio >= 4.5, (text, background, round(ratio, 2))
