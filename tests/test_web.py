@@ -690,3 +690,41 @@ def test_text_colours_meet_wcag_aa_contrast() -> None:
         b = _luminance(colours.get(background, background))
         ratio = (max(a, b) + 0.05) / (min(a, b) + 0.05)
         assert ratio >= 4.5, (text, background, round(ratio, 2))
+
+
+def test_evidence_screenshot_only_behind_a_click_and_only_from_the_evidence_folder(
+    world: World,
+) -> None:
+    import json
+
+    from monitor.db.models import SightingState
+
+    c = _scanned(world)
+    with world.app.db.session() as s:
+        case_id = s.scalars(select(Match.id)).one()
+        state = s.scalars(select(SightingState)).first()
+        assert state is not None
+        sighting_id = state.sighting_id
+        folder = world.app.settings.data_dir / "evidence" / f"case-{case_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shot = folder / "shot.png"
+        png = io.BytesIO()
+        Image.new("RGB", (8, 8), "grey").save(png, "PNG")
+        shot.write_bytes(png.getvalue())
+        outside = world.app.settings.data_dir / "elsewhere.png"
+        outside.write_bytes(png.getvalue())
+        files = json.loads(state.evidence_files or "[]")
+        files += [
+            {"kind": "screenshot", "path": str(shot), "sha256": "x"},
+            {"kind": "screenshot", "path": str(outside), "sha256": "y"},
+        ]
+        state.evidence_files = json.dumps(files)
+    base = f"/cases/{case_id}/places/{sighting_id}/screenshot"
+    assert f"{base}/0" in c.get(f"/cases/{case_id}").text
+    warning = c.get(f"{base}/0").text
+    assert "<img" not in warning and "blurred" in warning
+    assert f'src="{base}/0.png"' in post(c, f"{base}/0").text
+    r = c.get(f"{base}/0.png")
+    assert r.status_code == 200 and r.content == png.getvalue()
+    assert c.get(f"{base}/1.png").status_code == 400  # not under <data>/evidence
+    assert c.get(f"{base}/7.png").status_code == 400
