@@ -745,3 +745,14 @@ def test_evidence_screenshot_only_behind_a_click_and_only_from_the_evidence_fold
     assert r.status_code == 200 and r.content == png.getvalue()
     assert c.get(f"{base}/1.png").status_code == 400  # not under <data>/evidence
     assert c.get(f"{base}/7.png").status_code == 400
+
+
+def test_settings_check_the_search_backends_now(world: World) -> None:
+    c = world.app.set_up()
+    html = post(c, "/settings/backends").text
+    assert "FAILING: searxng" in html and "Enable image engines" in html  # what to fix
+    assert html.count("Enable image engines") == 1
+    image = {"url": "https://p.example/", "img_src": "https://i.example/x.jpg"}
+    world.search.add_result("weather", "images", image)
+    html = post(c, "/settings/backends").text
+    assert 'id="backend-reports"' in html and "ok: searxng" in html
