@@ -461,8 +461,8 @@ def test_dutch_labels(app: App) -> None:
         used |= set(re.findall(r'_\("([^"]+)"\)', template.read_text()))
         used |= set(re.findall(r"_\('([^']+)'\)", template.read_text()))
     used |= {"Overview", "People", "Scans", "Cases", "What to do now", "Settings", "Notes"}
-    app_py = (TEMPLATES.parent / "app.py").read_text()
-    messages = set(re.findall(r'_back\(\s*request,\s*[^,]+,\s*"([^"]+)"', app_py))
+    app_py = "\n".join(p.read_text() for p in TEMPLATES.parent.glob("views_*.py"))
+    messages = set(re.findall(r'back\(\s*request,\s*[^,]+,\s*"([^"]+)"', app_py))
     messages |= set(re.findall(r'^\s+"([^"]*\{[a-z_]+\}[^"]*)"', app_py, re.MULTILINE))
     assert len(messages) > 10
     used |= messages | set(data.STATUS_WORDS.values())

@@ -102,7 +102,7 @@ def set_passphrase(db: Database, passphrase: str, *, first: bool) -> None:
             row.changed_at = datetime.now(UTC)
 
 
-def _stored_hash(db: Database) -> str | None:
+def stored_hash(db: Database) -> str | None:
     with db.session() as s:
         return s.scalar(select(WebAccess.passphrase_hash).limit(1))
 
@@ -171,7 +171,7 @@ class Sessions:
         now = self.clock()
         if self._wait_until is not None and now < self._wait_until:
             raise PassphraseError("too many wrong tries: wait half a minute and try again")
-        stored = _stored_hash(self.db)
+        stored = stored_hash(self.db)
         if stored is None or not verify_passphrase(passphrase, stored):
             self._failures += 1
             if self._failures >= _FAILURES_BEFORE_WAIT:
