@@ -24,7 +24,9 @@ and most servers show it once. Nothing else can send a row twice.
 
 What an alert says (promise 3): no image, no attachment; by default no name and no web address,
 only a neutral subject line (``[mail] subject``), a count of new items, how to see them on this
-computer, and the support contacts (``[mail] support_contacts``, shown without ``http(s)://``).
+computer (a link to the local web app's page, ``[web] alert_link``), and the support contacts
+(by ``[mail] country``, or ``[mail] support_contacts``; none with ``[mail] support_lines =
+false``; shown without ``http(s)://``, see monitor/support.py).
 ``[mail] detail = "full"`` adds the page and image addresses, never the name or the image.
 """
 
@@ -57,6 +59,7 @@ from monitor.db import Database
 from monitor.db.models import OutboxMessage, Scan, Sighting, Subject, SubjectHealth, utcnow
 from monitor.errors import MonitorError
 from monitor.paths import ensure_private_dir
+from monitor.support import support_lines
 
 __all__ = [
     "VIEW_COMMAND",
@@ -337,9 +340,8 @@ def _queue_health_notice(
             state=state,
             scans=health.search_failures,
             command=HEALTH_COMMAND,
-            support_contacts=[
-                _without_scheme(_one_line(c)) for c in settings.mail.support_contacts if c
-            ],
+            link=web_link(settings, "/"),
+            support_contacts=[_without_scheme(_one_line(c)) for c in support_lines(settings.mail)],
         )
     )
     body = re.sub(r"\n{3,}", "\n\n", body).strip("\n") + "\n"
@@ -387,6 +389,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def web_link(settings: Settings, path: str) -> str:
+    """The local web app's page an alert points to (``[web] alert_link``), or "" for the
+    command line. A page of this tool on the person's own machine: no name, no found URL."""
+    if not settings.web.alert_link:
+        return ""
+    return _one_line(settings.web.base_url() + path)
+
+
 def compose_alert(
     settings: Settings, message: OutboxMessage, urls: list[tuple[str, str]]
 ) -> tuple[str, str]:
@@ -404,7 +414,8 @@ def compose_alert(
             detail=cfg.detail,
             urls=[(_one_line(p), _one_line(i)) for p, i in urls] if cfg.detail == "full" else [],
             command=VIEW_COMMAND,
-            support_contacts=[_without_scheme(_one_line(c)) for c in cfg.support_contacts if c],
+            link=web_link(settings, "/cases"),
+            support_contacts=[_without_scheme(_one_line(c)) for c in support_lines(cfg)],
         )
     )
     body = re.sub(r"\n{3,}", "\n\n", body).strip("\n") + "\n"

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import __version__, alerts, cases, cli_orgs, store
+from monitor import __version__, alerts, cases, cli_orgs, cli_web, store
 from monitor.cases import image_copies
 from monitor.config import Settings, load_settings
 from monitor.db import Database, check_sqlite_folder, describe_db_error
@@ -212,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     _case_parsers(sub)
     cli_orgs.register(sub)  # org, operator, consent, audit, stats
     cli_orgs.register_case_actions(sub)  # case assign, case request
+    cli_web.register(sub)  # serve: the web app (monitor/cli_web.py)
     return p
 
 
@@ -991,6 +992,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "cases": lambda args, settings: cmd_cases(args, settings),
     "case": lambda args, settings: cmd_case(args, settings),
     **cli_orgs.COMMANDS,
+    "serve": lambda args, settings: cli_web.cmd_serve(args, settings),
 }
 
 

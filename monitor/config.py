@@ -216,15 +216,11 @@ class MailConfig(_Section):
     max_attempts: int = Field(default=50, ge=1)
     retry_base: Duration = timedelta(seconds=30)
     retry_max: Duration = timedelta(hours=6)
-    support_contacts: list[str] = Field(
-        default_factory=lambda: [
-            "If you are in danger now, call your local emergency number.",
-            "Revenge Porn Helpline (UK): https://revengepornhelpline.org.uk, 0345 6000 459",
-            "Cyber Civil Rights Initiative (US): https://cybercivilrights.org, 844-878-2274",
-            "Helpwanted (NL): https://helpwanted.nl",
-            "StopNCII: https://stopncii.org",
-        ]
-    )
+    # Support lines at the end of every alert. None: chosen by ``country`` (monitor/support.py:
+    # helplines, police and emergency number of that country, then international ones).
+    support_contacts: list[str] | None = None
+    country: str = ""  # ISO 3166 code: "NL", "BQ" (Caribbean Netherlands), "GB", "US"...
+    support_lines: bool = True  # false: alerts carry no support lines at all (more discreet)
 
     def password(self) -> str | None:
         """The SMTP password, read from the environment variable the file names."""
@@ -289,6 +285,27 @@ class OrgsConfig(_Section):
     confirm_url: str = ""
 
 
+class WebConfig(_Section):
+    """The local web app (``serve``, monitor/web/)."""
+
+    host: str = "127.0.0.1"  # anything but loopback needs `serve --public --cert --key`
+    port: int = Field(default=8765, ge=1, le=65535)
+    idle_timeout: Duration = timedelta(minutes=15)  # a session locks after this long unused
+    # What alerts link to; empty: http://<host>:<port>. Set it when serving behind a name.
+    public_url: str = ""
+    alert_link: bool = True  # alerts point to the web page (false: to the command line)
+    language: Literal["en", "nl"] = "en"
+    # Where "Exit this page" goes: a neutral site that replaces this one in the history.
+    exit_url: str = "https://www.bbc.co.uk/weather"
+    max_upload_bytes: int = Field(default=50_000_000, ge=1_000_000)  # one enrolment upload
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
 class _EnvWithoutDataDir(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name == "data_dir":
@@ -312,6 +329,7 @@ class Settings(BaseSettings):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     orgs: OrgsConfig = Field(default_factory=OrgsConfig)
     cases: CasesConfig = Field(default_factory=CasesConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     config_file: ClassVar[Path | None] = None  # set by load_settings on a subclass
 

@@ -26,6 +26,7 @@ from monitor.alerts import (
 from monitor.config import Settings
 from monitor.db import Database
 from monitor.db.models import Alias, Image, OutboxMessage, Scan, Sighting, Subject
+from monitor.support import support_lines
 from monitor.testing.smtp import LoopbackSMTP, self_signed_context
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -138,8 +139,10 @@ def test_discreet_alert_has_no_name_url_or_image_and_ends_with_support(
     msg = alerts.build_email(settings, outbox_row(db, row_id))
 
     raw = msg.as_string()
-    for secret in (NAME, ALIAS, "Secretname", "secretname", "example.net", "http://", "https://"):
+    for secret in (NAME, ALIAS, "Secretname", "secretname", "example.net", "https://"):
         assert secret not in raw, f"{secret!r} leaked into the alert"
+    # the one address in it is this tool's own page on the person's machine
+    assert raw.count("http://") == 1 and "http://127.0.0.1:8765/cases" in raw
     assert not msg.is_multipart() and msg.get_content_type() == "text/plain"
     assert not any(p.get_filename() or p.get_content_maintype() == "image" for p in msg.walk())
     assert msg["Subject"] == "You have a new notification"
@@ -147,8 +150,9 @@ def test_discreet_alert_has_no_name_url_or_image_and_ends_with_support(
 
     body = msg.get_content()
     assert "3 new items" in body
-    assert "python run_monitor.py matches" in body
-    contacts = [c.replace("https://", "") for c in settings.mail.support_contacts]
+    assert "open this page in a browser" in body and "type:" not in body
+    contacts = [c.replace("https://", "") for c in support_lines(settings.mail)]
+    assert any("stopncii.org" in c for c in contacts)
     tail = body.rstrip().splitlines()[-len(contacts) :]
     assert [line.strip(" -") for line in tail] == contacts
 
@@ -162,6 +166,44 @@ def test_custom_subject_and_contacts_are_used(db: Database, tmp_path: Path) -> N
     assert msg["Subject"] == "Weekly digest"
     body = msg.get_content()
     assert "1 new item " in body and body.rstrip().endswith("Call Sam: 0123 456")
+
+
+def test_without_the_web_link_the_alert_gives_the_command(db: Database, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(
+        update={"web": settings.web.model_copy(update={"alert_link": False})}
+    )
+    row_id = queue_alert(db, settings, items=1)
+    body = alerts.build_email(settings, outbox_row(db, row_id)).get_content()
+    assert "python run_monitor.py matches" in body and "http://" not in body
+
+
+def test_discreet_option_leaves_the_support_lines_out(db: Database, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, support_lines=False)
+    row_id = queue_alert(db, settings, items=1)
+    body = alerts.build_email(settings, outbox_row(db, row_id)).get_content()
+    assert "support" not in body.lower() and "stopncii" not in body.lower()
+    assert "http://127.0.0.1:8765/cases" in body
+
+
+@pytest.mark.parametrize(
+    ("country", "present", "absent"),
+    [
+        ("NL", ["offlimits.nl", "112", "0900-8844"], ["helpwanted.nl", "911"]),
+        ("BQ", ["KPCN", "911", "offlimits.nl"], ["112", "helpwanted.nl"]),
+        ("", ["local emergency number", "stopncii.org"], ["helpwanted.nl", "KPCN"]),
+    ],
+)
+def test_support_lines_are_chosen_by_country(
+    db: Database, tmp_path: Path, country: str, present: list[str], absent: list[str]
+) -> None:
+    settings = make_settings(tmp_path, country=country)
+    row_id = queue_alert(db, settings, items=1)
+    body = alerts.build_email(settings, outbox_row(db, row_id)).get_content().lower()
+    for text in present:
+        assert text.lower() in body, text
+    for text in absent:
+        assert text.lower() not in body, text
 
 
 def test_full_detail_adds_the_urls_but_never_the_name(db: Database, tmp_path: Path) -> None:

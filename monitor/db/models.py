@@ -653,3 +653,18 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(40))
     subject_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no FK: kept
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# ---------------------------------------------------------------- web app (monitor/web/)
+
+
+class WebAccess(Base):
+    """The local web app's passphrase (an scrypt hash with its parameters, never the
+    passphrase), set on the first visit (0013). One row."""
+
+    __tablename__ = "web_access"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    passphrase_hash: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
