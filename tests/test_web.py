@@ -756,3 +756,28 @@ def test_settings_check_the_search_backends_now(world: World) -> None:
     world.search.add_result("weather", "images", image)
     html = post(c, "/settings/backends").text
     assert 'id="backend-reports"' in html and "ok: searxng" in html
+
+
+def test_people_of_an_organisation_are_invisible_to_the_household_pages(world: World) -> None:
+    """The pages act as the household (like the CLI without --operator): a person monitored by
+    an organisation, with their scans and cases, cannot be seen, changed or erased here."""
+    from monitor.db.models import Subject
+    from monitor.orgs.accounts import add_organisation
+
+    c = _scanned(world)
+    with world.app.db.session() as s:
+        case_id = s.scalars(select(Match.id)).one()
+        org = add_organisation(s, "Helpline")
+        s.get(Subject, 1).organisation_id = org.id  # type: ignore[union-attr]
+        s.commit()
+    assert NAME not in c.get("/people").text
+    assert NAME not in c.get("/").text and NAME not in c.get("/scans").text
+    assert f"/cases/{case_id}" not in c.get("/cases").text
+    for path in ("/people/1", f"/cases/{case_id}", f"/cases/{case_id}/bundle"):
+        r = c.get(path)
+        assert r.status_code >= 400 and world.web.url("/img/1.jpg") not in r.text, path
+    assert post(c, "/people/1/erase", {"confirm_name": NAME}).status_code >= 400
+    assert post(c, f"/cases/{case_id}/dismiss").status_code >= 400
+    with world.app.db.session() as s:
+        subject = s.get(Subject, 1)
+        assert subject is not None and s.get(Match, case_id).status == "new"  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from monitor.config import Settings, format_duration
 from monitor.db import Database
 from monitor.errors import MonitorError
+from monitor.orgs.scope import HOUSEHOLD, using_scope
 from monitor.web import auth, data
 from monitor.web.forms import Form, FormError, FormTooLarge, read_form
 from monitor.web.i18n import LANGUAGES, translator
@@ -156,7 +157,10 @@ def page(*, auth_required: bool = True) -> Callable[[Handler], Handler]:
                 response = refused
             else:
                 try:
-                    response = await fn(request)
+                    # Until operators log in here, the pages are the household's: people of
+                    # an organisation are invisible to them, as to the CLI without --operator.
+                    with using_scope(HOUSEHOLD):
+                        response = await fn(request)
                 except MonitorError as exc:
                     response = web.render(
                         request, "message.html", status=400, heading=None, message=str(exc)

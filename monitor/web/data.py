@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import threading
 from concurrent.futures import Executor
@@ -17,6 +18,7 @@ from monitor.config import Settings
 from monitor.coverage import SearchOutcome, backend_coverage, coverage_line
 from monitor.db import Database
 from monitor.db.models import FetchErrorRecord, Scan, Subject, SubjectHealth
+from monitor.orgs.scope import scoped
 
 __all__ = ["PersonOverview", "ScanRow", "ScanRunner", "overview", "recent_scans"]
 
@@ -138,12 +140,13 @@ def overview(session: Session) -> list[PersonOverview]:
 
 
 def recent_scans(session: Session, limit: int = 30) -> list[ScanRow]:
-    rows = session.execute(
+    stmt = (
         select(Scan, Subject.name)
         .join(Subject, Subject.id == Scan.subject_id)
         .order_by(Scan.started_at.desc(), Scan.id.desc())
         .limit(limit)
-    ).all()
+    )
+    rows = session.execute(scoped(stmt, None)).all()  # the people of the scope in force
     return [_scan_row(session, scan, name) for scan, name in rows]
 
 
@@ -198,7 +201,8 @@ class ScanRunner:
             if name in self.running:
                 return False
             self.running.add(name)
-        self._pool.submit(self._scan, name)
+        # in the caller's scope (the household's), like the page that started it
+        self._pool.submit(contextvars.copy_context().run, self._scan, name)
         return True
 
     def _scan(self, name: str) -> None:

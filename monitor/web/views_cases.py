@@ -154,6 +154,7 @@ async def case_notice(request: Request) -> Response:
 
 
 def _notice(session: Any, case_id: int, notice_id: int) -> Notice:
+    case_core.get_case(session, case_id)  # "no such case" outside the scope in force
     notice = session.get(Notice, notice_id)
     if notice is None or notice.match_id != case_id:
         raise MonitorError("there is no such removal request")

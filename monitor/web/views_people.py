@@ -14,6 +14,7 @@ from monitor.config import format_duration
 from monitor.db.models import Subject
 from monitor.errors import MonitorError
 from monitor.inputs import check_email, clean_name, parse_interval
+from monitor.orgs.scope import subject_in_scope
 from monitor.web import data
 from monitor.web.core import (
     back,
@@ -56,7 +57,7 @@ async def scans_page(request: Request) -> Response:
 
 def _subject(session: Any, subject_id: int) -> Subject:
     subject = session.get(Subject, subject_id)
-    if subject is None:
+    if subject is None or not subject_in_scope(session, subject_id):
         raise MonitorError("there is no such person (erased?)")
     return subject
 
