@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,29 @@ def _fresh_sqlite_from_template(monkeypatch: pytest.MonkeyPatch, _schema_dir: Pa
         return None
 
     monkeypatch.setattr(monitor.db, "migrate", migrate)
+
+
+_REFERENCE_HASHES: dict[tuple[object, ...], object] = {}
+
+
+@pytest.fixture(autouse=True)
+def _reference_hashes_computed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enrolment (:mod:`monitor.enrol`) hashes a photo it was given before, with the same
+    arguments and hash algorithms, once per test session: many tests enrol the same generated
+    or corpus photos, and a reference's variants (rotations, crops...) take seconds of CPU.
+    The function is deterministic and its result immutable; errors are not remembered, and
+    tests calling :func:`monitor.hashing.compute_reference_hashes` themselves get the real one.
+    """
+    import monitor.enrol
+    from monitor import hashing
+
+    real = monitor.enrol.compute_reference_hashes
+
+    def compute_reference_hashes(data: bytes, **kwargs: object):  # type: ignore[no-untyped-def]
+        algorithms = tuple((name, id(alg)) for name, alg in hashing._REGISTRY.items())
+        key = (hashlib.sha256(data).digest(), len(data), tuple(sorted(kwargs.items())), algorithms)
+        if key not in _REFERENCE_HASHES:
+            _REFERENCE_HASHES[key] = real(data, **kwargs)
+        return _REFERENCE_HASHES[key]
+
+    monkeypatch.setattr(monitor.enrol, "compute_reference_hashes", compute_reference_hashes)
