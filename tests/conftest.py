@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,10 +36,12 @@ def corpus_files(folder: str, limit: int | None = None) -> list[Path]:
 
 
 def loopback_settings(tmp_path: Path, searxng_url: str, **mail: object) -> Settings:
-    """Settings for a scan of a loopback web, with everything stored under ``tmp_path``."""
+    """Settings for a scan of a loopback web, with everything stored under ``tmp_path``.
+    Searches are not paced to the default 2 a second (scans one after another would wait for
+    the loopback search engine; tests/test_pacing.py is about pacing)."""
     return Settings(
         data_dir=tmp_path / "data",
-        search={"backends": [{"kind": "searxng", "url": searxng_url}]},
+        search={"backends": [{"kind": "searxng", "url": searxng_url}], "rate": 1000.0},
         fetch={"allow_private_networks": True, "timeout": 10},
         mail={"retry_base": "1s", **mail},
     )
@@ -102,3 +106,74 @@ def _fresh_search_pacing() -> Iterator[None]:
     forget_shared()
     yield
     forget_shared()
+
+
+@pytest.fixture(scope="session")
+def _schema_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("schema")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sqlite_from_template(monkeypatch: pytest.MonkeyPatch, _schema_dir: Path) -> None:
+    """A new, empty SQLite database file opened by :class:`monitor.db.Database` gets a copy of
+    an SQLite database brought to the newest revision by the real migrations once per test
+    session, instead of running every migration again (a second of CPU, and hundreds of tests
+    open a fresh database). Anything else (a database with tables, an old revision,
+    PostgreSQL, an in-memory database, ``migrate`` imported and called directly) runs the real
+    migrations."""
+    import monitor.db
+
+    real_migrate = monitor.db.migrate
+    template = _schema_dir / "migrated.db"
+
+    def migrate(engine, keystore=None):  # type: ignore[no-untyped-def]
+        database = engine.url.database
+        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return real_migrate(engine, keystore)
+        raw = engine.raw_connection()
+        try:
+            target = raw.driver_connection
+            if target.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                return real_migrate(engine, keystore)
+            if not template.exists():
+                built = monitor.db.make_engine(f"sqlite:///{template}")
+                try:
+                    real_migrate(built)
+                finally:
+                    built.dispose()
+            source = sqlite3.connect(template)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+        finally:
+            raw.close()
+        return None
+
+    monkeypatch.setattr(monitor.db, "migrate", migrate)
+
+
+_REFERENCE_HASHES: dict[tuple[object, ...], object] = {}
+
+
+@pytest.fixture(autouse=True)
+def _reference_hashes_computed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enrolment (:mod:`monitor.enrol`) hashes a photo it was given before, with the same
+    arguments and hash algorithms, once per test session: many tests enrol the same generated
+    or corpus photos, and a reference's variants (rotations, crops...) take seconds of CPU.
+    The function is deterministic and its result immutable; errors are not remembered, and
+    tests calling :func:`monitor.hashing.compute_reference_hashes` themselves get the real one.
+    """
+    import monitor.enrol
+    from monitor import hashing
+
+    real = monitor.enrol.compute_reference_hashes
+
+    def compute_reference_hashes(data: bytes, **kwargs: object):  # type: ignore[no-untyped-def]
+        algorithms = tuple((name, id(alg)) for name, alg in hashing._REGISTRY.items())
+        key = (hashlib.sha256(data).digest(), len(data), tuple(sorted(kwargs.items())), algorithms)
+        if key not in _REFERENCE_HASHES:
+            _REFERENCE_HASHES[key] = real(data, **kwargs)
+        return _REFERENCE_HASHES[key]
+
+    monkeypatch.setattr(monitor.enrol, "compute_reference_hashes", compute_reference_hashes)

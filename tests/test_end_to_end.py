@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ NAME = "Jane Example"
 ALIAS = "J. Example"
 
 
+@cache  # (both tests serve the same distractors: decode and shrink the photos once)
 def _jpeg(path: Path, max_side: int = 900) -> bytes:
     im = Image.open(path).convert("RGB")
     im.thumbnail((max_side, max_side))

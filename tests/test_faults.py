@@ -79,6 +79,7 @@ class World:
                 f"""\
                 data_dir = "{tmp_path / "data"}"
                 [search]
+                rate = 1000.0
                 [[search.backends]]
                 kind = "searxng"
                 url = "{self.searxng_url}"
@@ -99,7 +100,9 @@ def _settings_dict(
     tmp_path: Path, searxng_url: str, sections: dict[str, dict[str, object]]
 ) -> dict[str, object]:
     base: dict[str, dict[str, object]] = {
-        "search": {"backends": [{"kind": "searxng", "url": searxng_url}]},
+        # (pacing is not what these tests are about: scans one after another need not wait
+        # for the default 2 requests a second to the loopback search engine)
+        "search": {"backends": [{"kind": "searxng", "url": searxng_url}], "rate": 1000.0},
         "fetch": {"allow_private_networks": True, "timeout": 10},
         "mail": {"retry_base": "1s"},
         "cases": {"capture_evidence": False},

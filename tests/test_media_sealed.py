@@ -363,6 +363,10 @@ def test_a_scan_of_network_capable_files_records_errors_and_reaches_nothing(
 
 # -- deadlines
 
+# The deadline of the pool test below, whose tasks are trivial (a scan decoding photos keeps
+# the 5 s it had): short, because every hung task waits it out, some twice.
+DEADLINE = 2.0
+
 
 @pytest.fixture
 def forkserver_started() -> None:
@@ -403,11 +407,11 @@ def test_a_hung_task_is_stopped_its_worker_replaced_and_the_scan_goes_on(
 
 @pytest.mark.usefixtures("forkserver_started")
 def test_the_deadline_pool_fails_only_the_guilty_task() -> None:
-    with hashing_pool(2, task_timeout=5) as p:
+    with hashing_pool(2, task_timeout=DEADLINE) as p:
         assert p.submit(square, 2).result() == 4
         hang = p.submit(hash_or_hang, HANG)
         crash = p.submit(hash_or_hang, CRASH)
-        slow = p.submit(sleep, 1.0)  # running when the others are stopped: run again
+        slow = p.submit(sleep, 0.4)  # running when the others are stopped: run again
         bad = p.submit(hash_or_hang, b"not an image")
         later = [p.submit(square, i) for i in range(20)]
         with pytest.raises(TaskTimedOut):
@@ -416,10 +420,10 @@ def test_the_deadline_pool_fails_only_the_guilty_task() -> None:
             crash.result(timeout=60)
         with pytest.raises(NotAnImageError):
             bad.result(timeout=60)
-        assert slow.result(timeout=60) == 1.0
+        assert slow.result(timeout=60) == 0.4
         assert [f.result(timeout=60) for f in later] == [i * i for i in range(20)]
         assert p.replaced >= 2
-        waiting = [p.submit(sleep, 0.5) for _ in range(6)]
+        waiting = [p.submit(sleep, 0.2) for _ in range(6)]
     # shutdown(wait=True) waited for them all
     assert all(f.done() for f in waiting)
 
