@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import functools
 import io
+import json
+from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from sqlalchemy import select
 
+from monitor import store
 from monitor.config import MatchConfig
+from monitor.db import Database
+from monitor.db.models import ImageHash, Match
 from monitor.demo import transforms as tf
+from monitor.enrol import enrol_images
 from monitor.hashing import compute_hashes, compute_reference_hashes
 from monitor.matching import (
     ReferenceHashRecord,
@@ -20,13 +28,17 @@ from monitor.matching import (
     match_how,
     thresholds_from_config,
 )
+from monitor.pipeline import hashing_pool, scan_subject
 from monitor.second_stage import (
     is_second_stage,
     second_stage_from_bytes,
     second_stage_hashes,
     window_tag,
 )
+from monitor.testing.searxng import FakeSearxng
+from monitor.testing.web import LoopbackWeb
 from monitor.types import HashValue, ImageHashes
+from tests.conftest import loopback_settings
 
 CFG = MatchConfig()
 
@@ -129,3 +141,43 @@ def test_unrelated_photos_are_not_candidates_and_the_names_are_stored_roles() ->
     assert all(n.startswith("pdq.s2.") and len(n.partition(".")[2]) <= 20 for n in names)
     assert window_tag("pdq.s2.w.crop20-44") == "pdq.crop20-44"
     assert window_tag("pdq.region") is None and not is_second_stage("pdq.region.2")
+
+
+def test_a_scan_finds_a_cropped_then_turned_copy_and_stores_its_second_stage_hashes(
+    tmp_path: Path,
+) -> None:
+    copy = _jpeg(tf.rotate(tf.crop(_photo(3), 0.12, anchor=(0.0, 0.5)), 3.6))
+    fake = FakeSearxng()
+    with LoopbackWeb() as web, hashing_pool(1) as pool:
+        url = fake.install(web)
+        web.add("/copy.jpg", copy, content_type="image/jpeg")
+        web.add("/unrelated.jpg", _jpeg(_photo(7)), content_type="image/jpeg")
+        web.add("/p.html", "<html><img src='/copy.jpg'><img src='/unrelated.jpg'></html>")
+        fake.add_result("Tess Turned", "general", {"url": web.url("/p.html")})
+        settings = loopback_settings(tmp_path, url)
+        settings.cases = settings.cases.model_copy(update={"capture_evidence": False})
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = Database(settings.database_url, key_file=settings.key_path)
+        try:
+            with db.session() as s:
+                subject = store.add_subject(s, "Tess Turned", interval=timedelta(days=1))
+                enrol_images(s, subject, [("ref", _jpeg(_photo(3)))])
+            summary = scan_subject(settings, db, "Tess Turned", pool=pool, deliver=False)
+            assert summary.images_hashed == 2 and summary.matches == 1
+            with db.session() as s:
+                match = s.scalars(select(Match)).one()
+                how = json.loads(match.how)
+                assert how["found"].startswith("pdq.s2.r+")
+                roles = set(
+                    s.scalars(select(ImageHash.role).where(ImageHash.image_id == match.image_id))
+                )
+                assert {"whole", "s2.w.crop30tl"} <= roles and any(
+                    r.startswith("s2.r") for r in roles
+                )
+                # the unrelated image was no candidate: no second-stage rows
+                others = set(
+                    s.scalars(select(ImageHash.role).where(ImageHash.image_id != match.image_id))
+                )
+                assert others and not any(r.startswith("s2.") for r in others)
+        finally:
+            db.dispose()
