@@ -625,6 +625,8 @@ def explain_match(how: Mapping[str, object] | str | None) -> str:
     words: list[str] = []
     if window_tag(found) is not None:  # second stage: a window of the found image
         words.append("part of the photo matched (something covers the rest)")
+    elif is_second_stage(found) and found.rsplit(VARIANT_SEPARATOR, 1)[-1].startswith("b"):
+        words.append("the photo inside a border, letterbox or screenshot (its box cut inwards)")
     elif is_second_stage(found):  # second stage: the found image turned back
         degrees = found.rsplit(VARIANT_SEPARATOR, 1)[-1][1:].rstrip("fs")
         try:

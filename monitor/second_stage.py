@@ -16,6 +16,9 @@ Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
   (``s``: a crop that was then "straightened"). A crop of a turned photo is near none of the
   stored turns (whole photo) nor the stored crops (upright); turned back, it is a crop, near a
   stored crop. Compared with every stored hash, at ``second_stage_pdq_threshold``.
+- **content boxes cut inwards** (``pdq.s2.b1i4``: the first content box with 4% of each side
+  cut away; :data:`INSETS`): the photo in a screenshot or a border whose box is a little off.
+  Compared with every stored hash, at ``second_stage_pdq_threshold``.
 - **windows** (``pdq.s2.w.crop30tl``): the picture cut to some of the enrolment crop windows
   (:data:`WINDOWS`, from :data:`monitor.hashing.CROP_WINDOWS`), each compared ONLY with the
   reference's hash of the same window (``pdq.crop30tl``): a sticker or emoji over part of the
@@ -39,12 +42,14 @@ from monitor.hashing import (
     VARIANT_SEPARATOR,
     _hash_input,
     _pdq,
+    content_boxes,
     decode_image,
 )
 from monitor.types import HashValue
 
 __all__ = [
     "SECOND",
+    "INSETS",
     "TURNS",
     "TURN_STEP",
     "WINDOW",
@@ -93,6 +98,12 @@ WINDOWS = (
 """Enrolment crop windows the found image is cut to, each compared with the reference's hash of
 the same window: 70% at the corners and centre, 75% at the corners, 80% at the corners, the
 middles of the sides and the centre."""
+
+INSETS = (0.02, 0.04, 0.07)
+"""Shares of each side cut from a content box (:func:`monitor.hashing.content_boxes`) for the
+inset hashes: a box that took in a strip of the page around the photo, or cut into it, is a few
+pixels off, and PDQ loses about 30 bits per 1% of shift; the box cut inwards is a crop of the
+photo, near a stored crop."""
 
 _WINDOW_BOXES = {tag: (size, anchor) for tag, size, anchor in CROP_WINDOWS if tag in WINDOWS}
 
@@ -146,14 +157,33 @@ def _windows(image: Image.Image, tags: Iterable[str]) -> Iterable[HashValue]:
         yield HashValue(f"pdq.{SECOND}.{WINDOW}.{tag}", value, quality)
 
 
+def _insets(image: Image.Image, insets: Iterable[float]) -> Iterable[HashValue]:
+    for i, (left, top, right, bottom) in enumerate(content_boxes(image)):
+        w, h = right - left, bottom - top
+        for inset in insets:
+            box = (
+                round(left + w * inset),
+                round(top + h * inset),
+                round(right - w * inset),
+                round(bottom - h * inset),
+            )
+            value, quality = _pdq(image.crop(box))
+            yield HashValue(f"pdq.{SECOND}.b{i + 1}i{round(inset * 100)}", value, quality)
+
+
 def second_stage_hashes(
-    image: Image.Image, *, turns: Iterable[float] = TURNS, windows: Iterable[str] = WINDOWS
+    image: Image.Image,
+    *,
+    turns: Iterable[float] = TURNS,
+    windows: Iterable[str] = WINDOWS,
+    insets: Iterable[float] = INSETS,
 ) -> tuple[HashValue, ...]:
     """The second-stage hashes of a decoded found image (see the module's docstring)."""
     rgb = _hash_input(image)  # turned and cut at the size PDQ is given anyway (256 px)
     if min(rgb.size) < 32:
         return ()
-    return (*_counter_turns(rgb, turns), *_windows(rgb, windows))
+    full = image if image.mode == "RGB" else image.convert("RGB")
+    return (*_counter_turns(rgb, turns), *_windows(rgb, windows), *_insets(full, insets))
 
 
 def second_stage_from_bytes(
