@@ -31,7 +31,10 @@ share of copies within it of their own reference. The nearest unrelated distance
 every decodable negative, those below the quality gate too (so it errs on the close side).
 ``production`` is the configured matcher:
 :class:`monitor.matching.ReferenceIndex` with the ``[match]`` defaults (fixed thresholds, not
-tuned per run); a copy counts when it matches its own reference, a negative when it matches any.
+tuned per run), with the second stage (``monitor/second_stage.py``) as a scan runs it: an image
+that matches nothing but is in the grey zone gets the second-stage hashes, made in the worker
+that hashed it (the index is built before the workers start); a copy counts when it matches its
+own reference, a negative when it matches any. The other methods use first-stage hashes only.
 
     python benchmarks/quality.py [--split held-out|tune|all] [--seed 1] [--copies 5]
                                  [--edits random|grid] [--quick] [--jobs 2] [--markdown FILE]
@@ -630,9 +633,10 @@ def main() -> None:
             f"Second stage (grey zone: a PDQ hash within {cfg.second_stage_grey} of a stored one, "
             f"no match): {candidates:,} of {len(negatives):,} negatives and {copy_candidates} of "
             f"{len(copies)} copies were candidates; {by_second} copies matched through it "
-            f"(thresholds: turned back {cfg.second_stage_pdq_threshold}, windows "
+            f"(thresholds: turned back or box cut inwards {cfg.second_stage_pdq_threshold}, windows "
             f"{cfg.second_stage_window_threshold}); nearest negative of its hashes: turned back "
-            f"{nearest_second.get('turn', '-')}, windows {nearest_second.get('window', '-')}."
+            f"or box cut inwards {nearest_second.get('every', '-')}, windows "
+            f"{nearest_second.get('window', '-')}."
         )
     lines.append("")
     neg_rows = []

@@ -425,8 +425,8 @@ class ReferenceIndex:
 
     def nearest_second(self, hashes: ImageHashes) -> dict[str, int]:
         """The nearest distance of a found image's second-stage hashes (for diagnostics):
-        ``turn`` over every stored hash, ``window`` over the same windows only; a kind the
-        image has no hashes of is left out."""
+        ``every`` (turned back, content boxes cut inwards) over every stored hash, ``window``
+        over the same windows only; a kind the image has no hashes of is left out."""
         found: dict[str, int] = {}
         for name, value, table, _ in self._queries(hashes):
             if not is_second_stage(name):
@@ -435,7 +435,7 @@ class ReferenceIndex:
             if paired is not None:
                 kind, distances = "window", table.paired(value, paired, table.bits)[1]
             else:
-                kind, distances = "turn", table.distances(value)
+                kind, distances = "every", table.distances(value)
             if distances.size:
                 found[kind] = min(found.get(kind, table.bits + 1), int(distances.min()))
         return found
