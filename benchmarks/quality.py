@@ -31,7 +31,10 @@ share of copies within it of their own reference. The nearest unrelated distance
 every decodable negative, those below the quality gate too (so it errs on the close side).
 ``production`` is the configured matcher:
 :class:`monitor.matching.ReferenceIndex` with the ``[match]`` defaults (fixed thresholds, not
-tuned per run); a copy counts when it matches its own reference, a negative when it matches any.
+tuned per run), with the second stage (``monitor/second_stage.py``) as a scan runs it: an image
+that matches nothing but is in the grey zone gets the second-stage hashes, made in the worker
+that hashed it (the index is built before the workers start); a copy counts when it matches its
+own reference, a negative when it matches any. The other methods use first-stage hashes only.
 
     python benchmarks/quality.py [--split held-out|tune|all] [--seed 1] [--copies 5]
                                  [--edits random|grid] [--quick] [--jobs 2] [--markdown FILE]
@@ -70,6 +73,7 @@ from monitor.matching import (  # noqa: E402
     ReferenceIndex,
     thresholds_from_config,
 )
+from monitor.second_stage import is_second_stage, second_stage_from_bytes  # noqa: E402
 from monitor.types import ImageHashes  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -265,12 +269,17 @@ METHODS = [
     Method("pdq", "pdq", lambda n: n == "pdq", lambda n: n == "pdq"),
     Method("pdq+dihedral", "pdq", _dihedral, lambda n: n == "pdq"),
     Method("pdq+variants", "pdq", lambda n: base_algorithm(n) == "pdq", lambda n: n == "pdq"),
-    Method("pdq+region", "pdq", lambda n: n == "pdq", lambda n: base_algorithm(n) == "pdq"),
+    Method(
+        "pdq+region",
+        "pdq",
+        lambda n: n == "pdq",
+        lambda n: base_algorithm(n) == "pdq" and not is_second_stage(n),
+    ),
     Method(
         "pdq+variants+region",
         "pdq",
         lambda n: base_algorithm(n) == "pdq",
-        lambda n: base_algorithm(n) == "pdq",
+        lambda n: base_algorithm(n) == "pdq" and not is_second_stage(n),
     ),
 ]
 
@@ -282,11 +291,22 @@ def _image(path: str) -> Image.Image:
     return tf.decode(Path(path).read_bytes())
 
 
+_SECOND: tuple[ReferenceIndex, int] | None = None
+"""The production index and the grey-zone bound, set before the copies and negatives are made:
+an image it does not match but finds grey gets the second stage, as a scan does."""
+
+
 def _hash(data: bytes) -> ImageHashes | None:
     try:
-        return compute_hashes(data)
+        hashes = compute_hashes(data)
     except NotAnImageError:
         return None
+    if _SECOND is not None:
+        index, grey = _SECOND
+        if index.match_detail(hashes) is None and index.grey(hashes, grey):
+            extra = second_stage_from_bytes(data)
+            hashes = ImageHashes(hashes.sha256, hashes.width, hashes.height, hashes.hashes + extra)
+    return hashes
 
 
 def _copy(job: tuple[str, int]) -> tuple[ImageHashes | None, str]:
@@ -472,6 +492,16 @@ def main() -> None:
         work = _copy
     with ProcessPoolExecutor(args.jobs) as pool:
         refs = list(pool.map(_reference, ref_paths))
+    thresholds = thresholds_from_config(cfg)
+    records = [
+        ReferenceHashRecord(j, hv.algorithm, hv.value)
+        for j, h in enumerate(refs)
+        for hv in h.hashes
+    ]
+    index = ReferenceIndex(records, thresholds, min_quality=cfg.min_quality)
+    global _SECOND
+    _SECOND = (index, cfg.second_stage_grey) if cfg.second_stage else None
+    with ProcessPoolExecutor(args.jobs) as pool:  # forked now: the workers see _SECOND
         negatives = [n for batch in pool.map(_negative, negative_jobs, chunksize=8) for n in batch]
         made = list(pool.map(work, jobs, chunksize=8))
     hashed = time.perf_counter() - started
@@ -501,14 +531,7 @@ def main() -> None:
         spread = f"{valid.mean():.0f} ± {valid.std():.0f}" if valid.size else "-"
         summary.append([m.name, str(threshold), spread, f"{n_pairs:,}", f"{bg_comparisons:,}", "0"])
 
-    # Production: the configured index, as a scan uses it.
-    thresholds = thresholds_from_config(cfg)
-    records = [
-        ReferenceHashRecord(j, hv.algorithm, hv.value)
-        for j, h in enumerate(refs)
-        for hv in h.hashes
-    ]
-    index = ReferenceIndex(records, thresholds, min_quality=cfg.min_quality)
+    # Production: the configured index, as a scan uses it (built above).
     prod = np.zeros(len(copies), dtype=bool)
     how: list[str] = []
     for i, h in enumerate(copies):
@@ -524,6 +547,7 @@ def main() -> None:
     false: list[str] = []
     nearest = np.full(len(negatives), 999)
     comparisons = np.zeros(len(negatives), dtype=np.int64)
+    candidates, nearest_second = 0, {}
     for i, (kind, name, h) in enumerate(negatives):
         if h is None:
             continue
@@ -531,12 +555,18 @@ def main() -> None:
         if detail is not None:
             false.append(f"{kind}: {name} ~ {detail.found}/{detail.reference} {detail.result}")
         nearest[i] = index.nearest(h).get("pdq", (0, 999))[1]
+        second = [hv for hv in h.hashes if is_second_stage(hv.algorithm)]
+        if second:
+            candidates += 1
+            for kind, d in index.nearest_second(h).items():
+                nearest_second[kind] = min(nearest_second.get(kind, 999), d)
         if usable[i]:
             comparisons[i] = sum(
                 len(index._tables[base_algorithm(hv.algorithm)])
                 for hv in h.hashes
                 if base_algorithm(hv.algorithm) in index.algorithms
-            )
+                and not is_second_stage(hv.algorithm)
+            ) + index.comparisons(ImageHashes(h.sha256, h.width, h.height, tuple(second)))
     total_comparisons = int(comparisons.sum())
     shown = ", ".join(f"{k} {v}" for k, v in thresholds.items())
     summary.append(
@@ -591,6 +621,23 @@ def main() -> None:
         f"{int(nearest.min())} (thresholds: whole photo {cfg.pdq_threshold}, variants "
         f"{cfg.variant_pdq_threshold}, regions {cfg.region_pdq_threshold})."
     )
+    if cfg.second_stage:
+        by_second = sum(1 for i, w in enumerate(how) if prod[i] and ".s2." in w.split("~")[0])
+        copy_candidates = sum(
+            1
+            for h in copies
+            if h is not None and any(is_second_stage(v.algorithm) for v in h.hashes)
+        )
+        lines.append("")
+        lines.append(
+            f"Second stage (grey zone: a PDQ hash within {cfg.second_stage_grey} of a stored one, "
+            f"no match): {candidates:,} of {len(negatives):,} negatives and {copy_candidates} of "
+            f"{len(copies)} copies were candidates; {by_second} copies matched through it "
+            f"(thresholds: turned back or box cut inwards {cfg.second_stage_pdq_threshold}, windows "
+            f"{cfg.second_stage_window_threshold}); nearest negative of its hashes: turned back "
+            f"or box cut inwards {nearest_second.get('every', '-')}, windows "
+            f"{nearest_second.get('window', '-')}."
+        )
     lines.append("")
     neg_rows = []
     for kind in dict.fromkeys(neg_kind.tolist()):

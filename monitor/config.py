@@ -196,6 +196,14 @@ class MatchConfig(_Section):
     # The PDQ hash of a found image's content box (padding, letterbox, screenshot of a post).
     regions: bool = True
     region_pdq_threshold: int = Field(default=52, ge=0, le=256)
+    # Second stage (monitor/second_stage.py): a found image that matched nothing but has a PDQ
+    # hash within second_stage_grey of any stored hash is turned back by 1-5 degrees
+    # (second_stage_pdq_threshold, against every stored hash) and cut to crop windows (each
+    # against the same window of each photo: second_stage_window_threshold).
+    second_stage: bool = True
+    second_stage_grey: int = Field(default=90, ge=0, le=256)
+    second_stage_pdq_threshold: int = Field(default=52, ge=0, le=256)
+    second_stage_window_threshold: int = Field(default=64, ge=0, le=256)
     # Hashes of found images no person matched are kept this long after the image was last
     # seen (a photo enrolled later is matched against them: monitor/retro.py), then deleted.
     keep_seen_days: int = Field(default=90, ge=1)

@@ -31,6 +31,7 @@ import numpy as np
 
 from monitor.config import MatchConfig
 from monitor.hashing import VARIANT_SEPARATOR, algorithms, base_algorithm, get_algorithm
+from monitor.second_stage import SECOND, WINDOW, is_second_stage, window_tag
 from monitor.types import ImageHashes, MatchResult
 
 __all__ = [
@@ -69,6 +70,9 @@ def thresholds_from_config(cfg: MatchConfig) -> dict[str, int]:
     }
     out["pdq.*"] = cfg.variant_pdq_threshold if cfg.variants else -1
     out["pdq.region"] = cfg.region_pdq_threshold if cfg.regions else -1
+    if cfg.second_stage:
+        out[f"pdq.{SECOND}"] = cfg.second_stage_pdq_threshold
+        out[f"pdq.{SECOND}.{WINDOW}"] = cfg.second_stage_window_threshold
     return out
 
 
@@ -174,6 +178,10 @@ class _Table:
         self.far_rows = np.flatnonzero(self.thresholds > self.bulk_threshold)
         self.tags = tags
         self.variant = np.asarray([VARIANT_SEPARATOR in t for t in tags], dtype=bool)
+        by_tag: dict[str, list[int]] = {}
+        for i, t in enumerate(tags):
+            by_tag.setdefault(t, []).append(i)
+        self.rows_by_tag = {t: np.asarray(r, dtype=np.int64) for t, r in by_tag.items()}
         self._scratch = np.empty(len(ids), dtype=np.uint64)
         self._count = np.empty(len(ids), dtype=np.uint8)
         self._head = np.empty(len(ids), dtype=np.uint8)
@@ -203,6 +211,19 @@ class _Table:
                 acc8[:] = 0
         assert acc is not None
         return acc
+
+    def paired(self, value: str, tag: str, bound: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows tagged ``tag`` (one per reference: e.g. its ``pdq.crop30tl``) within
+        ``bound`` of ``value``, and their distances."""
+        rows = self.rows_by_tag.get(tag)
+        if rows is None:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint16)
+        query = _pack(value.lower(), self.bits)
+        dist = np.zeros(rows.size, dtype=np.uint16)
+        for column, word in zip(self.columns, query, strict=True):
+            dist += _count_into(column[rows] ^ word, np.empty(rows.size, dtype=np.uint8))
+        keep = dist <= bound
+        return rows[keep], dist[keep]
 
     def within(self, value: str, bound: int, *, own: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The rows within ``bound`` of ``value`` (ascending) and their distances (``uint16``).
@@ -355,7 +376,33 @@ class ReferenceIndex:
                 continue
             if hv.algorithm != base_algorithm(hv.algorithm) and self._low_quality(hv.quality):
                 continue  # a flat region (a blank box in a screenshot) says nothing
+            if is_second_stage(hv.algorithm) and not self._second_stage(hv.algorithm):
+                continue  # only with thresholds given for them (thresholds_from_config)
             yield hv.algorithm, hv.value, table, threshold
+
+    def _second_stage(self, name: str) -> bool:
+        base = base_algorithm(name)
+        return f"{base}{VARIANT_SEPARATOR}{SECOND}" in self._given
+
+    def grey(self, hashes: ImageHashes, bound: int) -> bool:
+        """Whether a found image is a candidate for the second stage
+        (:mod:`monitor.second_stage`): one of its own PDQ hashes (the whole picture's, a content
+        box's; not second-stage ones) within ``bound`` of any stored hash, and its quality
+        enough to match at all. Call it for an image that matched nothing."""
+        pdq = hashes.get("pdq")
+        if pdq is None or self._low_quality(pdq.quality):
+            return False
+        table = self._tables.get("pdq")
+        if table is None:
+            return False
+        for hv in hashes.hashes:
+            if base_algorithm(hv.algorithm) != "pdq" or is_second_stage(hv.algorithm):
+                continue
+            if hv.algorithm != "pdq" and self._low_quality(hv.quality):
+                continue
+            if table.within(hv.value, bound)[0].size:
+                return True
+        return False
 
     def _low_quality(self, quality: int | None) -> bool:
         return quality is not None and quality < self.min_quality
@@ -365,7 +412,9 @@ class ReferenceIndex:
         reference hash (any variant, any hash of the found image), whether or not it is within
         the threshold (for diagnostics)."""
         found: dict[str, tuple[int, int]] = {}
-        for _, value, table, _ in self._queries(hashes):
+        for name, value, table, _ in self._queries(hashes):
+            if is_second_stage(name):
+                continue  # see nearest_second
             distances = table.distances(value)
             best = int(np.argmin(distances))  # first of equals: originals, lowest id
             alg = base_algorithm(table.tags[best])
@@ -373,6 +422,32 @@ class ReferenceIndex:
             if alg not in found or candidate[1] < found[alg][1]:
                 found[alg] = candidate
         return found
+
+    def nearest_second(self, hashes: ImageHashes) -> dict[str, int]:
+        """The nearest distance of a found image's second-stage hashes (for diagnostics):
+        ``every`` (turned back, content boxes cut inwards) over every stored hash, ``window``
+        over the same windows only; a kind the image has no hashes of is left out."""
+        found: dict[str, int] = {}
+        for name, value, table, _ in self._queries(hashes):
+            if not is_second_stage(name):
+                continue
+            paired = window_tag(name)
+            if paired is not None:
+                kind, distances = "window", table.paired(value, paired, table.bits)[1]
+            else:
+                kind, distances = "every", table.distances(value)
+            if distances.size:
+                found[kind] = min(found.get(kind, table.bits + 1), int(distances.min()))
+        return found
+
+    def comparisons(self, hashes: ImageHashes) -> int:
+        """How many stored hashes :meth:`match_detail` compares a found image's hashes with
+        (every row of its algorithm, or for a second-stage window its one row per photo)."""
+        total = 0
+        for name, _, table, _ in self._queries(hashes):
+            paired = window_tag(name)
+            total += len(table) if paired is None else len(table.rows_by_tag.get(paired, ()))
+        return total
 
     @staticmethod
     def _limits(
@@ -404,12 +479,18 @@ class ReferenceIndex:
             return None  # a flat or blank image: its hashes say nothing about content
         best: tuple[float, int, int, MatchDetail] | None = None
         for found_name, value, table, query_threshold in self._queries(hashes):
-            rows, distances = table.within(
-                value,
-                self._bound(table, found_name, query_threshold),
-                own=VARIANT_SEPARATOR not in found_name,  # judged by the rows' own thresholds
-            )
-            limit = self._limits(table, found_name, query_threshold, rows)
+            paired = window_tag(found_name)
+            limit: int | np.ndarray
+            if paired is not None:  # a window: only against the same window of each photo
+                rows, distances = table.paired(value, paired, query_threshold)
+                limit = query_threshold
+            else:
+                rows, distances = table.within(
+                    value,
+                    self._bound(table, found_name, query_threshold),
+                    own=VARIANT_SEPARATOR not in found_name,  # judged by the rows' thresholds
+                )
+                limit = self._limits(table, found_name, query_threshold, rows)
             ok = distances <= limit
             if not ok.any():
                 continue
@@ -542,9 +623,20 @@ def explain_match(how: Mapping[str, object] | str | None) -> str:
     found, reference = str(how["found"]), str(how.get("reference") or "")
     base, _, ref_tag = reference.partition(VARIANT_SEPARATOR)
     words: list[str] = []
-    if VARIANT_SEPARATOR in found:  # a content box of the found image
+    if window_tag(found) is not None:  # second stage: a window of the found image
+        words.append("part of the photo matched (something covers the rest)")
+    elif is_second_stage(found) and found.rsplit(VARIANT_SEPARATOR, 1)[-1].startswith("b"):
+        words.append("the photo inside a border, letterbox or screenshot (its box cut inwards)")
+    elif is_second_stage(found):  # second stage: the found image turned back
+        degrees = found.rsplit(VARIANT_SEPARATOR, 1)[-1][1:].rstrip("fs")
+        try:
+            turn = f"about {abs(int(degrees)) / 10:g} degrees"
+        except ValueError:
+            turn = "a little"
+        words.append(f"turned by {turn} (found by turning it back)")
+    elif VARIANT_SEPARATOR in found:  # a content box of the found image
         words.append("the photo inside a border, letterbox or screenshot")
-    if ref_tag:
+    if ref_tag and window_tag(found) is None:  # a window is compared with its own window
         words.append(_reference_words(ref_tag))
     if not words:
         words.append("same photo")

@@ -53,6 +53,7 @@ from monitor.pool import DeadlinePool, PoolTaskError
 from monitor.queries import ALL_QUERIES, build_queries
 from monitor.search import SearchBackend, create_backend
 from monitor.search.pacing import PacedBackend, SearchSkipped, limits_for
+from monitor.second_stage import is_second_stage, second_stage_from_bytes
 from monitor.types import ImageCandidate, ImageHashes, ResultKind, SearchHit
 from monitor.video import FrameHashes, FrameLimits, hash_media, may_have_frames
 
@@ -548,7 +549,8 @@ class _Scan:
             if fut is None:
                 fut = asyncio.get_running_loop().create_future()
                 self.hash_by_sha[sha] = fut
-                fut.set_result(await self._hash(url, sha, body))
+                hashed = await self._hash(url, sha, body)
+                fut.set_result(await self._second_stage(url, hashed, body))
             del body
         hashes = await fut  # the same bytes at another URL are hashed once
         remember = self.settings.fetch.conditional_requests and (
@@ -694,6 +696,34 @@ class _Scan:
         except Exception as exc:  # a worker crash must not end the scan
             self.error(url, "hash", f"hashing failed: {exc!r}")
         return None
+
+    async def _second_stage(
+        self, url: str, hashes: ImageHashes | None, body: bytes
+    ) -> ImageHashes | None:
+        """``hashes`` with the second-stage hashes (:mod:`monitor.second_stage`) when the
+        image, a still, matches nothing but is in the grey zone; made from ``body``, in memory,
+        and stored with the image's other hashes. An error leaves ``hashes`` as they are."""
+        cfg = self.settings.match
+        if (
+            hashes is None
+            or not cfg.second_stage
+            or hashes.sha256 in self.frames_by_sha  # a video or an animation: frames matched
+            or any(is_second_stage(h.algorithm) for h in hashes.hashes)  # known with them
+            or self.index.match_detail(hashes) is not None
+            or not self.index.grey(hashes, cfg.second_stage_grey)
+        ):
+            return hashes
+        try:
+            loop = asyncio.get_running_loop()
+            extra = await loop.run_in_executor(
+                self.pool,
+                partial(second_stage_from_bytes, max_pixels=self.frame_limits.max_pixels),
+                body,
+            )
+        except (NotAnImageError, PoolTaskError) as exc:
+            self.error(url, "hash", f"second stage: {exc}")
+            return hashes
+        return ImageHashes(hashes.sha256, hashes.width, hashes.height, hashes.hashes + extra)
 
     async def run(self, name: str, aliases: list[str]) -> None:
         fetch_cfg = self.settings.fetch

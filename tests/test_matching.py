@@ -110,8 +110,16 @@ def test_thresholds_from_config() -> None:
         "phash": 10,
         "pdq.*": 56,
         "pdq.region": 52,
+        "pdq.s2": 52,
+        "pdq.s2.w": 64,
     }
-    cfg = MatchConfig(pdq_threshold=20, phash_threshold=6, variants=False, region_pdq_threshold=9)
+    cfg = MatchConfig(
+        pdq_threshold=20,
+        phash_threshold=6,
+        variants=False,
+        region_pdq_threshold=9,
+        second_stage=False,
+    )
     assert thresholds_from_config(cfg) == {"pdq": 20, "phash": 6, "pdq.*": -1, "pdq.region": 9}
 
 

@@ -1,0 +1,198 @@
+"""Second stage: more hashes of a found image that came near a reference but matched nothing.
+
+The first stage compares a found image's own PDQ hashes (the whole picture and its content
+boxes) with every stored hash of the references. Some chains of two edits leave a copy in a
+grey zone: nearer to a reference than unrelated photos usually are, but beyond every threshold.
+Only for such a candidate (see :meth:`monitor.matching.ReferenceIndex.grey`) the found image,
+still in memory, is transformed here and hashed again; the references are untouched: nothing
+more is stored about a reference photo than its PDQ hashes (promise 1; no keypoints).
+
+Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
+
+- **counter-turns** (``pdq.s2.r+35f``, ``pdq.s2.r-20s``; tenths of a degree): the picture turned back by 1 to 5
+  degrees either way in steps of :data:`TURN_STEP`, then cut down two ways: to the rectangle a
+  turn with a grown canvas leaves the original in (``f``: the corners of a crop that was then
+  turned, black, white or coloured, fall outside) and to the largest upright rectangle inside
+  (``s``: a crop that was then "straightened"). A crop of a turned photo is near none of the
+  stored turns (whole photo) nor the stored crops (upright); turned back, it is a crop, near a
+  stored crop. Compared with every stored hash, at ``second_stage_pdq_threshold``.
+- **content boxes cut inwards** (``pdq.s2.b1i4``: the first content box with 4% of each side
+  cut away; :data:`INSETS`): the photo in a screenshot or a border whose box is a little off.
+  Compared with every stored hash, at ``second_stage_pdq_threshold``.
+- **windows** (``pdq.s2.w.crop30tl``): the picture cut to some of the enrolment crop windows
+  (:data:`WINDOWS`, from :data:`monitor.hashing.CROP_WINDOWS`), each compared ONLY with the
+  reference's hash of the same window (``pdq.crop30tl``): a sticker or emoji over part of the
+  photo leaves some windows clean, and a window compared with its one counterpart has one
+  chance, not ~500, to meet a look-alike (``second_stage_window_threshold``).
+
+Everything here works on the decoded image in memory (promise 2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from PIL import Image
+
+from monitor.errors import NotAnImageError
+from monitor.hashing import (
+    CROP_WINDOWS,
+    DEFAULT_MAX_PIXELS,
+    VARIANT_SEPARATOR,
+    _hash_input,
+    _pdq,
+    content_boxes,
+    decode_image,
+)
+from monitor.types import HashValue
+
+__all__ = [
+    "SECOND",
+    "INSETS",
+    "TURNS",
+    "TURN_STEP",
+    "WINDOW",
+    "WINDOWS",
+    "is_second_stage",
+    "second_stage_hashes",
+    "second_stage_from_bytes",
+    "window_tag",
+]
+
+SECOND = "s2"
+"""The role prefix of second-stage hashes: ``pdq.s2.<what>``."""
+
+WINDOW = "w"
+"""Second-stage window hashes are ``pdq.s2.w.<crop tag>``."""
+
+TURN_STEP = 0.5
+"""Degrees between counter-turns: PDQ changes by up to about 45 bits for a turn 1 degree off,
+so a step of half a degree leaves every turn within a quarter degree of one tried."""
+
+TURNS = tuple(
+    sign * (1.0 + TURN_STEP * i) for i in range(round(4 / TURN_STEP) + 1) for sign in (1, -1)
+)
+"""The counter-turns tried, in degrees: +-1, +-1.5, ... +-5 (18)."""
+
+WINDOWS = (
+    "crop30tl",
+    "crop30tr",
+    "crop30bl",
+    "crop30br",
+    "crop30c",
+    "crop25tl",
+    "crop25tr",
+    "crop25bl",
+    "crop25br",
+    "crop20-00",
+    "crop20-08",
+    "crop20-80",
+    "crop20-88",
+    "crop20-04",
+    "crop20-40",
+    "crop20-48",
+    "crop20-84",
+    "crop20-44",
+)
+"""Enrolment crop windows the found image is cut to, each compared with the reference's hash of
+the same window: 70% at the corners and centre, 75% at the corners, 80% at the corners, the
+middles of the sides and the centre."""
+
+INSETS = (0.02, 0.04, 0.07)
+"""Shares of each side cut from a content box (:func:`monitor.hashing.content_boxes`) for the
+inset hashes: a box that took in a strip of the page around the photo, or cut into it, is a few
+pixels off, and PDQ loses about 30 bits per 1% of shift; the box cut inwards is a crop of the
+photo, near a stored crop."""
+
+_WINDOW_BOXES = {tag: (size, anchor) for tag, size, anchor in CROP_WINDOWS if tag in WINDOWS}
+
+
+def is_second_stage(name: str) -> bool:
+    """Whether a hash name is a second-stage hash (``pdq.s2.r+20f``, ``pdq.s2.w.crop30tl``)."""
+    parts = name.split(VARIANT_SEPARATOR)
+    return len(parts) > 2 and parts[1] == SECOND
+
+
+def window_tag(name: str) -> str | None:
+    """The reference hash a second-stage window hash is compared with (``pdq.s2.w.crop30tl``
+    -> ``pdq.crop30tl``), or ``None`` for any other hash."""
+    parts = name.split(VARIANT_SEPARATOR, 3)
+    if len(parts) == 4 and parts[1] == SECOND and parts[2] == WINDOW:
+        return f"{parts[0]}{VARIANT_SEPARATOR}{parts[3]}"
+    return None
+
+
+def _counter_turns(image: Image.Image, turns: Iterable[float]) -> Iterable[HashValue]:
+    w, h = image.size
+    for degrees in turns:
+        c, s = math.cos(math.radians(abs(degrees))), math.sin(math.radians(abs(degrees)))
+        back = image.rotate(-degrees, resample=Image.Resampling.BILINEAR, expand=False)
+        # A picture of (w0, h0) turned on a grown canvas fills w = w0 c + h0 s, h = w0 s + h0 c.
+        det = c * c - s * s
+        w0, h0 = (w * c - h * s) / det, (h * c - w * s) / det
+        if min(w0, h0) >= 16:
+            box = (
+                round((w - w0) / 2) + 1,
+                round((h - h0) / 2) + 1,
+                round((w + w0) / 2) - 1,
+                round((h + h0) / 2) - 1,
+            )
+            value, quality = _pdq(back.crop(box))
+            yield HashValue(f"pdq.{SECOND}.r{round(degrees * 10):+d}f", value, quality)
+        k = min(w / (w * c + h * s), h / (w * s + h * c))  # the largest upright rectangle
+        kw, kh = k * w / 2, k * h / 2
+        box = (round(w / 2 - kw), round(h / 2 - kh), round(w / 2 + kw), round(h / 2 + kh))
+        value, quality = _pdq(back.crop(box))
+        yield HashValue(f"pdq.{SECOND}.r{round(degrees * 10):+d}s", value, quality)
+
+
+def _windows(image: Image.Image, tags: Iterable[str]) -> Iterable[HashValue]:
+    w, h = image.size
+    for tag in tags:
+        size, (ax, ay) = _WINDOW_BOXES[tag]
+        kw, kh = max(1, round(w * size)), max(1, round(h * size))
+        left, top = round((w - kw) * ax), round((h - kh) * ay)
+        value, quality = _pdq(image.crop((left, top, left + kw, top + kh)))
+        yield HashValue(f"pdq.{SECOND}.{WINDOW}.{tag}", value, quality)
+
+
+def _insets(image: Image.Image, insets: Iterable[float]) -> Iterable[HashValue]:
+    for i, (left, top, right, bottom) in enumerate(content_boxes(image)):
+        w, h = right - left, bottom - top
+        for inset in insets:
+            box = (
+                round(left + w * inset),
+                round(top + h * inset),
+                round(right - w * inset),
+                round(bottom - h * inset),
+            )
+            value, quality = _pdq(image.crop(box))
+            yield HashValue(f"pdq.{SECOND}.b{i + 1}i{round(inset * 100)}", value, quality)
+
+
+def second_stage_hashes(
+    image: Image.Image,
+    *,
+    turns: Iterable[float] = TURNS,
+    windows: Iterable[str] = WINDOWS,
+    insets: Iterable[float] = INSETS,
+) -> tuple[HashValue, ...]:
+    """The second-stage hashes of a decoded found image (see the module's docstring)."""
+    rgb = _hash_input(image)  # turned and cut at the size PDQ is given anyway (256 px)
+    if min(rgb.size) < 32:
+        return ()
+    full = image if image.mode == "RGB" else image.convert("RGB")
+    return (*_counter_turns(rgb, turns), *_windows(rgb, windows), *_insets(full, insets))
+
+
+def second_stage_from_bytes(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[HashValue, ...]:
+    """:func:`second_stage_hashes` of image bytes, decoded as for hashing. A top-level function,
+    so it can run in a process pool. Raises :class:`NotAnImageError`."""
+    image = decode_image(data, max_pixels=max_pixels)
+    try:
+        return second_stage_hashes(image)
+    except Exception as exc:  # a hash library choking on odd pixels
+        raise NotAnImageError(f"second stage failed: {exc}") from None
