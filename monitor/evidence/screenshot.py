@@ -53,7 +53,11 @@ How it is taken:
   then taken from the first pass into the second. The text stays sharp, the images are blurred
   as strongly as before, and no pass ever shows an image unblurred. A page with no image, or
   with more than :data:`MAX_BLURRED_BOXES` of them, is shot once at full scale, blurred.
-* The picture is the page from its top, as tall as the page up to ``max_height`` pixels.
+* The picture is the page from its top, as tall as the page up to ``max_height`` pixels; a page
+  taller than :data:`FULL_PAGE_HEIGHT` that shows an image the capture is about (``focus``: a
+  case's matched image) is shot in parts instead: its top (one viewport) and each such image
+  with half a viewport above and below, joined by grey strips drawn by us that say how many
+  pixels are left out; the banner and the PNG text chunks name the parts (see :func:`_spans`).
 * The banner is drawn with Pillow onto the PNG **after** the capture, in a strip added *above*
   the page: the page's own CSS or scripts can neither hide it nor be hidden by it. It shows the
   full URL asked for, the URL shown after redirects if different, the UTC capture time and that
