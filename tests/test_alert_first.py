@@ -156,6 +156,25 @@ def test_the_alert_is_delivered_before_any_evidence_is_captured(
     assert shooter.closed
 
 
+def test_the_browser_is_started_only_for_new_sightings_of_an_adult(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shooter = FakeScreenshotter(world.smtp)
+    _use(monkeypatch, shooter)
+    assert scan_subject(world.settings, world.db, NAME).new_sightings == 3
+    assert len(shooter.delivered_at_capture) == 1 + 3  # the browser, then the three pages
+    # Nothing new: no browser at all.
+    assert scan_subject(world.settings, world.db, NAME).new_sightings == 0
+    assert len(shooter.delivered_at_capture) == 1 + 3
+    # A new place, but the person may be a minor: nothing is captured, no browser started.
+    with world.db.session() as s:
+        store.get_subject(s, NAME).minor = True
+    world.web.add("/post/6.html", PAGE.format(n=6).replace("me.jpg", "me.jpg?six"))
+    world.search.add_result(NAME, "general", {"url": world.web.url("/post/6.html")})
+    assert scan_subject(world.settings, world.db, NAME).new_sightings == 1
+    assert len(shooter.delivered_at_capture) == 1 + 3
+
+
 def test_a_hanging_capture_does_not_hold_the_alert_back(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

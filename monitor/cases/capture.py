@@ -422,6 +422,10 @@ class EarlyBrowser:
         cases = self.settings.cases
         if self._future is not None or not (cases.capture_evidence and cases.screenshots):
             return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not inside the scan's event loop: the capture starts it
+            return
         shared = _shared_browser(self.settings)
         self._future = asyncio.ensure_future(
             shared.open() if shared is not None else _open_screenshotter(self.settings)
