@@ -248,6 +248,8 @@ class _Scan:
         self.recorder: Any = None
         self.matched_pages: set[str] = set()
         self.scanned_pages: dict[str, Any] = {}  # page URL -> cases.capture.ScannedPage
+        # Called at the first new sighting committed (see run_scan: starts the browser)
+        self.on_new_sighting: Callable[[], None] | None = None
 
     # -- recording
 
@@ -278,6 +280,9 @@ class _Scan:
         for outcome in outcomes:
             self.summary.new_matches += outcome.new_match
             self.summary.new_sightings += outcome.alerted
+            if outcome.new_sighting and self.on_new_sighting is not None:
+                hook, self.on_new_sighting = self.on_new_sighting, None
+                hook()
         self._tick()
 
     # -- bookkeeping
@@ -839,6 +844,7 @@ async def run_scan(
             raise ConsentRequired("the consent does not cover the person's name")
         name = subject.name
         aliases = [a.alias for a in subject.aliases if scan_permit.allows_name(a.alias)]
+        minor = bool(subject.minor)
         refs = store.reference_records(s, subject_id)
         if not refs:
             raise NoReferences(
@@ -851,6 +857,11 @@ async def run_scan(
     )
     status, error, finished = "failed", None, False
     scan: _Scan | None = None
+    # The screenshot browser starts at the scan's first new sighting, so its start-up overlaps
+    # the rest of the scan; it loads no page before the alert has gone out.
+    from monitor.cases.capture import EarlyBrowser
+
+    browser = EarlyBrowser(settings)
     try:
         with _pool_or(pool) as executor:
             scan = _Scan(
@@ -865,9 +876,12 @@ async def run_scan(
                 fetcher_factory,
             )
             scan.permit = scan_permit
+            if not minor:
+                scan.on_new_sighting = browser.start
             await scan.run(name, aliases)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
+        await browser.aclose()
         raise
     else:
         finished = True  # even when no search was answered: a scan that finished
@@ -910,14 +924,18 @@ async def run_scan(
         if report.sent:
             summary.alert_seconds = round(time.monotonic() - started, 3)
 
-    captured = await after_scan(
-        settings,
-        db,
-        subject_id,
-        scan_id,
-        before_capture=send_alerts if deliver else None,
-        pages=scan.scanned_pages if scan is not None else None,
-    )
+    try:
+        captured = await after_scan(
+            settings,
+            db,
+            subject_id,
+            scan_id,
+            before_capture=send_alerts if deliver else None,
+            pages=scan.scanned_pages if scan is not None else None,
+            browser=browser,
+        )
+    finally:
+        await browser.aclose()  # (when the capture did not take it)
     if scan is not None:
         scan.scanned_pages = {}  # the pages' HTML is not needed any more
     if captured is not None:

@@ -93,10 +93,14 @@ class FakeScreenshotter:
     def __init__(self, smtp: LoopbackSMTP, mode: str = "shoot") -> None:
         self.smtp, self.mode = smtp, mode
         self.delivered_at_capture: list[int] = []
+        self.focus: list[tuple[str, ...]] = []  # the images each capture was asked to show
         self.started = threading.Event()
         self.closed = False
 
-    async def capture(self, url: str, out_path: Path, *, may_show_minor: bool) -> _Shot:
+    async def capture(
+        self, url: str, out_path: Path, *, may_show_minor: bool, focus: tuple[str, ...] = ()
+    ) -> _Shot:
+        self.focus.append(tuple(focus))
         self.delivered_at_capture.append(len(self.smtp.messages))
         self.started.set()
         if self.mode == "hang":
@@ -140,13 +144,35 @@ def test_the_alert_is_delivered_before_any_evidence_is_captured(
     summary = scan_subject(world.settings, world.db, NAME)
     assert summary.new_sightings == 3 and summary.alerts_sent == 1
     assert len(world.smtp.messages) == 1
-    # The browser was started, and every archive and screenshot begun, after the alert arrived.
-    assert shooter.delivered_at_capture == [1, 1, 1, 1]
+    # The browser was started during the scan, at its first new sighting (its start-up
+    # overlaps the scan), once; every archive and screenshot began after the alert arrived.
+    assert shooter.delivered_at_capture == [0, 1, 1, 1]
     assert archives_started == [1, 1, 1]
+    # each page shot around the matched image
+    assert sorted(shooter.focus) == [(world.web.url("/img/me.jpg"),)] * 3
     assert summary.alert_seconds is not None and summary.alert_seconds <= summary.seconds + 5
     assert (summary.evidence_archives, summary.evidence_screenshots) == (3, 3)
     assert summary.evidence_parts() == "archives 3/3, screenshots 3/3"
     assert shooter.closed
+
+
+def test_the_browser_is_started_only_for_new_sightings_of_an_adult(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shooter = FakeScreenshotter(world.smtp)
+    _use(monkeypatch, shooter)
+    assert scan_subject(world.settings, world.db, NAME).new_sightings == 3
+    assert len(shooter.delivered_at_capture) == 1 + 3  # the browser, then the three pages
+    # Nothing new: no browser at all.
+    assert scan_subject(world.settings, world.db, NAME).new_sightings == 0
+    assert len(shooter.delivered_at_capture) == 1 + 3
+    # A new place, but the person may be a minor: nothing is captured, no browser started.
+    with world.db.session() as s:
+        store.get_subject(s, NAME).minor = True
+    world.web.add("/post/6.html", PAGE.format(n=6).replace("me.jpg", "me.jpg?six"))
+    world.search.add_result(NAME, "general", {"url": world.web.url("/post/6.html")})
+    assert scan_subject(world.settings, world.db, NAME).new_sightings == 1
+    assert len(shooter.delivered_at_capture) == 1 + 3
 
 
 def test_a_hanging_capture_does_not_hold_the_alert_back(

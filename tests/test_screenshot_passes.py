@@ -1,5 +1,6 @@
 """The two passes of a screenshot (blurred images at a quarter scale, the page sharp with its
-images not painted) are laid together box by box: no browser needed here."""
+images not painted) are laid together box by box; a tall page is shot at its top and around
+the image the capture is about, the parts joined by strips that say what is left out."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from monitor.demo.photos import photo_bytes
 from monitor.evidence.screenshot import (
     BLURRED_PASS_SCALE,
     BOX_MARGIN_PX,
+    GAP_BACKGROUND,
+    GAP_HEIGHT,
     MAX_BLURRED_BOXES,
+    Picture,
     Screenshotter,
     Shot,
     _blurred_boxes,
+    _spans,
     chromium_path,
 )
 from monitor.testing.web import LoopbackWeb
@@ -113,3 +118,91 @@ async def test_images_stay_blurred_when_the_page_insists_on_showing_them(
     heading = shot.crop((20, 10 + h, 700, 70 + h))
     assert sharpness(heading) > 0.3 * itself  # the text is sharp
     assert info.blurred_elements >= 3
+
+
+# --- a tall page is shot around the image the capture is about ---------------------------
+
+
+def test_a_short_page_or_one_without_the_image_is_shot_whole():
+    assert _spans(2500, [[0, 2000, 400, 300]], 900, 12_000) == ((0, 2500),)
+    assert _spans(20_000, [], 900, 12_000) == ((0, 12_000),)  # cut at max_height, as before
+
+
+def test_a_tall_page_is_shot_at_its_top_and_around_the_image():
+    # an image 6,000 px down a 10,000 px page: the top viewport, and the image with half a
+    # viewport above and below
+    assert _spans(10_000, [[0, 6000, 800, 1000]], 900, 12_000) == ((0, 900), (5550, 7450))
+    # an image near the top joins the top part; one at the very end stops at the page's end
+    assert _spans(10_000, [[0, 1200, 800, 500]], 900, 12_000) == ((0, 2150),)
+    assert _spans(10_000, [[0, 9500, 800, 500]], 900, 12_000) == ((0, 900), (9050, 10_000))
+    # an image below max_height is shown too (a whole-page shot would have cut it off)
+    assert _spans(30_000, [[0, 25_000, 800, 500]], 900, 12_000) == ((0, 900), (24_550, 25_950))
+    # two images far apart: two parts; the parts together never exceed max_height
+    spans = _spans(40_000, [[0, 30_000, 800, 9000], [0, 5000, 800, 400]], 900, 12_000)
+    assert spans[:2] == ((0, 900), (4550, 5850))
+    assert sum(bottom - top for top, bottom in spans) == 12_000
+    # parts that would cover most of the page anyway: the whole page
+    assert _spans(3600, [[0, 1000, 800, 1500]], 900, 12_000) == ((0, 3600),)
+
+
+def test_the_parts_are_joined_by_strips_that_say_what_is_left_out():
+    top = Shot(png((200, 90), (255, 255, 255)))
+    part = Shot(png((200, 50), (0, 0, 255)))
+    picture = Picture((((0, 90), top), ((500, 550), part)), page_height=800)
+    assert not picture.whole
+    image = picture.image()
+    assert image.size == (200, 90 + GAP_HEIGHT + 50 + GAP_HEIGHT)
+    assert image.getpixel((199, 95)) == GAP_BACKGROUND  # the strip under the top
+    assert image.getpixel((5, 90 + GAP_HEIGHT + 5)) == (0, 0, 255)  # then the part
+    assert image.getpixel((199, image.height - 2)) == GAP_BACKGROUND  # the page goes on
+    assert picture.parts_line().startswith(
+        "Parts of the page shown (px from its top): 0-90, 500-550 of 800"
+    )
+    whole = Picture((((0, 90), top),), page_height=90)
+    assert whole.whole and whole.parts_line() == "" and whole.image().size == (200, 90)
+
+
+TALL_PAGE = """<!DOCTYPE html>
+<html><head><style>body {{ margin: 0; font: 40px sans-serif; }}</style></head><body>
+<h1 style="margin:0; height:200px">Site title</h1>
+<img src="/other.jpg" width="400" height="300" alt="">
+<div style="height:5000px">Filler text</div>
+<p style="margin:0; height:100px">Posted by someone</p>
+<img src="/photo.jpg?x=1" width="400" height="300" alt="">
+<div style="height:3000px"></div>
+</body></html>"""
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="no Chromium (apt-get install chromium)")
+async def test_a_tall_page_shows_its_address_its_top_and_the_image_blurred(tmp_path: Path):
+    from monitor.evidence.screenshot import BANNER_BACKGROUND
+
+    with LoopbackWeb() as site:
+        site.add("/photo.jpg", PHOTO, "image/jpeg")
+        site.add("/other.jpg", photo_bytes(8, (400, 300)), "image/jpeg")
+        url = site.add("/tall.html", TALL_PAGE)
+        async with Screenshotter(allow_private_networks=True, timeout=60) as shooter:
+            info = await shooter.capture(
+                url, tmp_path / "p.png", may_show_minor=False, focus=[site.url("/photo.jpg?x=1")]
+            )
+            whole = await shooter.capture(url, tmp_path / "w.png", may_show_minor=False)
+    assert whole.parts == ((0, whole.page_height),) and whole.page_height > 8000
+    assert info.page_height == whole.page_height
+    # the top viewport and the image with half a viewport around it: about 2,100 px, not 8,600
+    (top, first), (start, end) = info.parts
+    assert (top, first) == (0, 900) and start <= 5500 and end >= 5800
+    shot = Image.open(info.path)
+    text = shot.text  # PNG text chunks
+    assert text["Source"] == url
+    assert text["Page parts shown"] == f"0-900, {start}-{end} of {info.page_height} px"
+    shot = shot.convert("RGB")
+    h = info.banner_height
+    assert shot.height == h + 900 + GAP_HEIGHT + (end - start) + GAP_HEIGHT
+    assert shot.getpixel((5, 5)) == BANNER_BACKGROUND  # the banner with address and time
+    # the matched image, blurred, half a viewport into its part
+    y = h + 900 + GAP_HEIGHT + 450
+    region = shot.crop((40, y + 40, 360, y + 260))
+    itself = sharpness(Image.open(io.BytesIO(PHOTO)).crop((40, 40, 360, 260)))
+    assert sharpness(region) < 0.15 * itself
+    assert np.asarray(region, dtype=np.float64).std() > 3  # the blurred image is there
+    assert shot.getpixel((1270, h + 905)) == GAP_BACKGROUND  # what is left out, marked

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "PAGE_REUSE_SECONDS",
     "CaptureReport",
+    "EarlyBrowser",
     "ScannedPage",
     "capture_pending",
     "evidence_key",
@@ -121,7 +122,7 @@ async def _capture_page(
     own copy of that screenshot in its case's folder. With ``page`` (the scan's own response,
     still fresh) the WARCs archive it instead of fetching the page again."""
     results = await asyncio.gather(
-        _screenshot(settings, jobs[0], browser, now),
+        _screenshot(settings, jobs[0], browser, now, tuple(job.image_url for job in jobs)),
         *(_archive(settings, job, now, keystore, page) for job in jobs),
     )
     shot, shot_problems = results[0]
@@ -197,8 +198,10 @@ async def _screenshot(
     job: _Job,
     browser: Awaitable[tuple[Any, str | None]] | None,
     now: datetime,
+    focus: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The page's screenshot, into the folder of ``job``'s case: (file, problems)."""
+    """The page's screenshot, into the folder of ``job``'s case: (file, problems). A tall
+    page is shot around the ``focus`` images (the sightings' own) and its top."""
     from monitor.evidence import evidence_dir
     from monitor.evidence.store import capture_file_name
 
@@ -211,6 +214,7 @@ async def _screenshot(
             job.page_url,
             folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
             may_show_minor=False,
+            focus=focus,
         )
     except Exception as exc:
         return None, [f"screenshot: {_reason(exc)}"]
@@ -304,6 +308,7 @@ async def capture_pending(
     force: bool = False,
     now: datetime | None = None,
     pages: Mapping[str, ScannedPage] | None = None,
+    early: EarlyBrowser | None = None,
 ) -> CaptureReport:
     """Capture evidence for sightings that have none yet (or whose capture failed).
 
@@ -312,18 +317,22 @@ async def capture_pending(
     screenshot of the call, up to :data:`CONCURRENT_CAPTURES` pages are captured at once, and
     a page with several sightings is shot once (each sighting gets a copy in its case).
     ``pages``: matched pages as a scan just received them, by URL; one received less than
-    :data:`PAGE_REUSE_SECONDS` ago is archived as it is, not fetched again."""
+    :data:`PAGE_REUSE_SECONDS` ago is archived as it is, not fetched again.
+    ``early``: a browser a scan started before (see :class:`EarlyBrowser`), used (or closed)
+    here."""
     report = CaptureReport()
-    if not (settings.cases.capture_evidence or force):
-        return report
-    jobs = _jobs(db, case_ids, subject_id)
+    started_early = early.take() if early is not None else None
+    shared = _shared_browser(settings)
+    jobs = _jobs(db, case_ids, subject_id) if settings.cases.capture_evidence or force else []
     if not jobs:
+        if started_early is not None:
+            await _close_browser(started_early, shared)
         return report
     started = time.monotonic()
     # The browser starts while the first web archives are written (or, inside
-    # shared_screenshots, is the one already running for this thread's scans).
-    shared = _shared_browser(settings)
-    browser = asyncio.ensure_future(
+    # shared_screenshots, is the one already running for this thread's scans), unless the
+    # scan started it already.
+    browser = started_early or asyncio.ensure_future(
         shared.open() if shared is not None else _open_screenshotter(settings)
     )
     if not settings.cases.screenshots:
@@ -371,18 +380,66 @@ async def capture_pending(
     finally:
         if not browser.done():  # cancelled while the browser was starting
             browser.cancel()
-        screenshotter = None
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            screenshotter = (await browser)[0]
-        if screenshotter is not None and shared is None:  # a shared one stays open
-            try:
-                await screenshotter.__aexit__(None, None, None)
-            except Exception as exc:  # pragma: no cover - closing a browser that already died
-                log.info("closing the screenshot browser failed: %s", exc)
+        await _close_browser(browser, shared)
         report.seconds = round(time.monotonic() - started, 3)
     if not report.screenshot_note and report.screenshots == 0 and shot_problems:
         report.screenshot_note = shot_problems[0]  # none taken: the first reason
     return report
+
+
+async def _close_browser(
+    browser: asyncio.Future[tuple[Any, str | None]], shared: _SharedBrowser | None
+) -> None:
+    """Close the browser ``browser`` started (once started), unless it is the shared one."""
+    screenshotter = None
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        screenshotter = (await browser)[0]
+    if screenshotter is not None and shared is None:  # a shared one stays open
+        try:
+            await screenshotter.__aexit__(None, None, None)
+        except Exception as exc:  # pragma: no cover - closing a browser that already died
+            log.info("closing the screenshot browser failed: %s", exc)
+
+
+class EarlyBrowser:
+    """The screenshot browser of one scan, started before its evidence is captured.
+
+    ``start()`` (called by the scan at its first new sighting, on its event loop) starts the
+    browser in the background, so that its start-up (a second or more) overlaps the rest of
+    the scan instead of following it; no page is loaded in it before the scan's alert has gone
+    out (:func:`capture_pending` does that, given this object). Nothing happens when
+    screenshots are off. ``aclose()`` closes a browser nobody took."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._future: asyncio.Future[tuple[Any, str | None]] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._future is not None
+
+    def start(self) -> None:
+        cases = self.settings.cases
+        if self._future is not None or not (cases.capture_evidence and cases.screenshots):
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not inside the scan's event loop: the capture starts it
+            return
+        shared = _shared_browser(self.settings)
+        self._future = asyncio.ensure_future(
+            shared.open() if shared is not None else _open_screenshotter(self.settings)
+        )
+
+    def take(self) -> asyncio.Future[tuple[Any, str | None]] | None:
+        """The starting (or started) browser, now the caller's to close; None if none."""
+        future, self._future = self._future, None
+        return future
+
+    async def aclose(self) -> None:
+        future = self.take()
+        if future is not None:
+            await _close_browser(future, _shared_browser(self.settings))
 
 
 class _SharedBrowser:

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select
 
 from monitor import alerts
-from monitor.cases.capture import CaptureReport, ScannedPage, capture_pending
+from monitor.cases.capture import CaptureReport, EarlyBrowser, ScannedPage, capture_pending
 from monitor.cases.contacts import page_language
 from monitor.cases.core import OPEN_STATES, add_event, case_sightings, get_case, sighting_states
 from monitor.config import Settings
@@ -436,12 +436,13 @@ async def after_scan(
     *,
     before_capture: Callable[[], object] | None = None,
     pages: Mapping[str, ScannedPage] | None = None,
+    browser: EarlyBrowser | None = None,
 ) -> CaptureReport | None:
     """After a scan's matches are committed: removed places seen again are reappearances (a
     discreet alert), then ``before_capture()`` (the scan sends its alerts: capturing never
     delays them, and a failure to send does not stop it), then new sightings get their
-    evidence captured (``pages``: see :func:`capture_pending`). Never raises; returns the
-    capture report (None if capturing itself broke)."""
+    evidence captured (``pages``, ``browser``: see :func:`capture_pending`). Never raises;
+    returns the capture report (None if capturing itself broke)."""
     try:
         _reappeared_in_scan(settings, db, subject_id, scan_id)
     except Exception:
@@ -452,7 +453,9 @@ async def after_scan(
         except Exception:
             log.exception("scan %d: sending alerts failed; they stay queued", scan_id)
     try:
-        report = await capture_pending(settings, db, subject_id=subject_id, pages=pages)
+        report = await capture_pending(
+            settings, db, subject_id=subject_id, pages=pages, early=browser
+        )
         if report.failed:
             log.info(
                 "scan %d: %d evidence capture(s) failed; retried on re-check",

@@ -90,6 +90,7 @@ async def capture_sighting(
     files = [EvidenceFile(warc_path, warc.warc.sha256, "warc", f"web archive of {page_url}")]
     shot: ScreenshotInfo | None = None
     error: str | None = None
+    focus = (image_url,) if image_url else ()
     if may_show_minor:
         error = "not taken: the person may be a minor"
     elif not screenshot:
@@ -98,7 +99,9 @@ async def capture_sighting(
         png_path = directory / capture_file_name("page", suffix=".png")
         try:
             if screenshotter is not None:
-                shot = await screenshotter.capture(page_url, png_path, may_show_minor=False)
+                shot = await screenshotter.capture(
+                    page_url, png_path, may_show_minor=False, focus=focus
+                )
             else:
                 async with Screenshotter(
                     allow_private_networks=settings.fetch.allow_private_networks,
@@ -106,7 +109,7 @@ async def capture_sighting(
                     is_blocked=is_blocked,
                     user_agent=settings.fetch.user_agent,
                 ) as own:
-                    shot = await own.capture(page_url, png_path, may_show_minor=False)
+                    shot = await own.capture(page_url, png_path, may_show_minor=False, focus=focus)
         except ScreenshotError as exc:
             error = str(exc)
     if shot is not None:

@@ -53,7 +53,11 @@ How it is taken:
   then taken from the first pass into the second. The text stays sharp, the images are blurred
   as strongly as before, and no pass ever shows an image unblurred. A page with no image, or
   with more than :data:`MAX_BLURRED_BOXES` of them, is shot once at full scale, blurred.
-* The picture is the page from its top, as tall as the page up to ``max_height`` pixels.
+* The picture is the page from its top, as tall as the page up to ``max_height`` pixels; a page
+  taller than :data:`FULL_PAGE_HEIGHT` that shows an image the capture is about (``focus``: a
+  case's matched image) is shot in parts instead: its top (one viewport) and each such image
+  with half a viewport above and below, joined by grey strips drawn by us that say how many
+  pixels are left out; the banner and the PNG text chunks name the parts (see :func:`_spans`).
 * The banner is drawn with Pillow onto the PNG **after** the capture, in a strip added *above*
   the page: the page's own CSS or scripts can neither hide it nor be hidden by it. It shows the
   full URL asked for, the URL shown after redirects if different, the UTC capture time and that
@@ -77,6 +81,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,13 +167,42 @@ _INIT_SCRIPT = (
 # MIN_BLUR_PX), background images and pseudo-elements included, in open shadow roots too.
 _BLUR_SCRIPT = """
 (args) => {
-  const [css, minBlur] = args;
+  const [css, minBlur, focusUrls] = args;
   const MEDIA = new Set(['IMG', 'PICTURE', 'VIDEO', 'CANVAS', 'IFRAME', 'EMBED', 'OBJECT']);
   const hasUrl = (v) => v && v !== 'none' && v.includes('url(');
+  const absolute = (u) => {
+    try { const x = new URL(u, document.baseURI); x.hash = ''; return x.href; }
+    catch (e) { return ''; }
+  };
+  const focus = new Set((focusUrls || []).map(absolute).filter((u) => u));
+  // Every address an element shows an image from: its src-like attributes (srcset and
+  // lazy-load ones too), those of its <source> children, and its CSS url(...) values.
+  const shown = (el, styles) => {
+    const out = [];
+    const attrs = (e) => {
+      for (const a of e.attributes || []) {
+        if (/src|poster|original|^data$/i.test(a.name)) {
+          for (const part of a.value.split(',')) out.push(part.trim().split(/\\s+/)[0]);
+        }
+      }
+    };
+    attrs(el);
+    for (const child of el.children || []) if (child.tagName === 'SOURCE') attrs(child);
+    if (el.currentSrc) out.push(el.currentSrc);
+    for (const v of styles) {
+      for (const m of (v || '').matchAll(/url\\(\\s*(['"]?)(.*?)\\1\\s*\\)/g)) out.push(m[2]);
+    }
+    return out;
+  };
   let count = 0;
   const rects = [];  // each blurred element's box on the page (CSS px) and its blur radius
-  const blur = (el) => {
+  const focusRects = [];  // the boxes of those showing one of focusUrls
+  const blur = (el, styles) => {
     const r = el.getBoundingClientRect();
+    if (focus.size && r.width > 0 && r.height > 0
+        && shown(el, styles).some((u) => u && focus.has(absolute(u)))) {
+      focusRects.push([r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]);
+    }
     const px = Math.max(minBlur, Math.round(0.08 * Math.max(r.width, r.height)));
     // no transition or animation may delay the blur (or undo it) before the shot
     el.style.setProperty('transition', 'none', 'important');
@@ -198,7 +232,8 @@ _BLUR_SCRIPT = """
           || hasUrl(cs.borderImageSource) || hasUrl(cs.maskImage)
           || hasUrl(before.backgroundImage) || hasUrl(after.backgroundImage)
           || hasUrl(before.content) || hasUrl(after.content) || hasUrl(cs.content)) {
-        blur(el);
+        blur(el, [cs.backgroundImage, before.backgroundImage, after.backgroundImage,
+                  before.content, after.content, cs.content]);
       }
     }
   };
@@ -207,7 +242,7 @@ _BLUR_SCRIPT = """
   s.textContent = css;
   (document.head || document.documentElement).appendChild(s);
   visit(document);
-  return [count, rects];
+  return [count, rects, focusRects];
 }
 """
 
@@ -298,6 +333,9 @@ class ScreenshotInfo:
     browser_version: str
     banner_height: int
     blurred_elements: int
+    # The parts of the page shown, (top, bottom) in CSS px from its top, and its whole height
+    parts: tuple[tuple[int, int], ...] = ()
+    page_height: int = 0
 
 
 def _first_line(exc: BaseException) -> str:
@@ -477,8 +515,15 @@ class Screenshotter:
         *,
         may_show_minor: bool,
         timeout: float | None = None,
+        focus: Sequence[str] = (),
     ) -> ScreenshotInfo:
         """Load ``url``, blur its images, take the shot, stamp the banner, write ``out_path``.
+
+        ``focus``: the addresses of the images the capture is about (a case's matched image).
+        A page taller than :data:`FULL_PAGE_HEIGHT` that shows one of them is shot in parts:
+        its top (one viewport) and each such image with half a viewport above and below,
+        joined by grey strips that say how much of the page is left out (see :func:`_spans`).
+        Any other page is shot whole, from its top, up to ``max_height``.
 
         ``out_path`` (a ``.png``) is created owner-only and must not exist. ``timeout``
         (seconds) replaces the Screenshotter's for this capture (waiting for a free slot not
@@ -499,7 +544,9 @@ class Screenshotter:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
         async with self._slots:
             try:
-                shot, final_url, blurred, captured_at = await self._load_and_shoot(url, timeout)
+                shot, final_url, blurred, captured_at = await self._load_and_shoot(
+                    url, timeout, tuple(focus)
+                )
             finally:
                 self._make_spare()  # while the shot is written, not while the page loads
         return await asyncio.to_thread(
@@ -552,14 +599,16 @@ class Screenshotter:
             context, _page = await spare
             await context.close()
 
-    async def _load_and_shoot(self, url: str, timeout: float) -> tuple[Shot, str, int, datetime]:
+    async def _load_and_shoot(
+        self, url: str, timeout: float, focus: tuple[str, ...] = ()
+    ) -> tuple[Picture, str, int, datetime]:
         """The page's PNG in a fresh context of its own (closed afterwards)."""
         started = time.monotonic()
         context: Any = None
         try:
             async with asyncio.timeout(timeout):
                 context, page = await self._take_tab()
-                return await self._shoot(page, url, timeout, started)
+                return await self._shoot(page, url, timeout, started, focus)
         except TimeoutError:
             raise ScreenshotError(
                 f"{url}: gave up after {timeout:g} s (the page did not finish loading)"
@@ -583,7 +632,7 @@ class Screenshotter:
 
     def _write(
         self,
-        shot: Shot,
+        shot: Picture,
         url: str,
         final_url: str,
         blurred: int,
@@ -592,13 +641,20 @@ class Screenshotter:
     ) -> ScreenshotInfo:
         """Lay the blurred boxes in, stamp the banner, write the PNG (in a worker thread:
         Pillow's work is CPU-bound)."""
-        stamped, banner_height = stamp_banner(shot.page(), url, final_url, captured_at)
+        spans, page_height = shot.spans, shot.page_height
+        stamped, banner_height = stamp_banner(
+            shot.image(), url, final_url, captured_at, parts_line=shot.parts_line()
+        )
         del shot
         meta = PngImagePlugin.PngInfo()
         meta.add_text("Source", url)
         if final_url != url:
             meta.add_text("Source (after redirects)", final_url)
         meta.add_text("Creation Time", _utc_text(captured_at))
+        meta.add_text(
+            "Page parts shown",
+            ", ".join(f"{top}-{bottom}" for top, bottom in spans) + f" of {page_height} px",
+        )
         meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
         meta.add_text("Comment", "Every image on the page is blurred.")
         buffer = io.BytesIO()
@@ -620,11 +676,13 @@ class Screenshotter:
             browser_version=self.browser_version,
             banner_height=banner_height,
             blurred_elements=blurred,
+            parts=spans,
+            page_height=page_height,
         )
 
     async def _shoot(
-        self, page: Any, url: str, timeout: float, started: float
-    ) -> tuple[Shot, str, int, datetime]:
+        self, page: Any, url: str, timeout: float, started: float, focus: tuple[str, ...] = ()
+    ) -> tuple[Picture, str, int, datetime]:
         page.set_default_timeout(timeout * 1000)
         in_flight = _InFlight(page)
         # Up to the commit only: Playwright's own wait for `load` can hang for good when the
@@ -643,27 +701,42 @@ class Screenshotter:
         settle = min(MAX_SETTLE_SECONDS, timeout / 4)
         await in_flight.quiet(QUIET_SECONDS if self.javascript else 0.0, settle)
         await _images_settled(page, settle)
-        blurred, rects = await page.evaluate(_BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX])
-        height = int(await page.evaluate(_PAGE_HEIGHT))
-        height = max(1, min(height, self.max_height))
+        blurred, rects, focus_rects = await page.evaluate(
+            _BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX, list(focus)]
+        )
+        page_height = max(1, int(await page.evaluate(_PAGE_HEIGHT)))
         width = self.viewport[0]
-        boxes = _blurred_boxes(rects, width, height)
-        if boxes is None:  # one pass, at full scale (the slow way: big blurs cost seconds)
-            shot = Shot(await _screenshot(page, width, height))
-        else:
-            # Two passes of the same layout: the page with its images blurred, at a quarter of
-            # the scale (Chromium's blur of a camera-size photo costs seconds at full scale,
-            # a tenth of that here), then at full scale with every blurred element not painted
-            # (its text sharp, no image at all); the blurred boxes of the first are laid into
-            # the second when the PNG is written.
-            blurred_png = await _screenshot(page, width, height, BLURRED_PASS_SCALE)
+        spans = _spans(page_height, focus_rects, self.viewport[1], self.max_height)
+        # Each part: one pass at full scale (no image in it, or too many: the slow way, big
+        # blurs cost seconds), or two passes of the same layout: the part with its images
+        # blurred, at a quarter of the scale (Chromium's blur of a camera-size photo costs
+        # seconds at full scale, a tenth of that here), then at full scale with every blurred
+        # element not painted (its text sharp, no image at all); the blurred boxes of the first
+        # are laid into the second when the PNG is written. Every blurred pass comes first:
+        # hiding the images is for the whole page.
+        boxes = [
+            _blurred_boxes([[x, y - top, w, h, px] for x, y, w, h, px in rects], width, b - top)
+            for top, b in spans
+        ]
+        first: list[bytes] = []
+        for (top, bottom), part_boxes in zip(spans, boxes, strict=True):
+            scale = 1.0 if part_boxes is None else BLURRED_PASS_SCALE
+            first.append(await _screenshot(page, width, bottom - top, scale, top=top))
+        parts: list[tuple[tuple[int, int], Shot]] = []
+        if any(part_boxes is not None for part_boxes in boxes):
             await page.evaluate(_HIDE_SCRIPT, HIDE_CSS)
-            shot = Shot(await _screenshot(page, width, height), blurred_png, boxes)
+        for (top, bottom), part_boxes, png in zip(spans, boxes, first, strict=True):
+            if part_boxes is None:
+                parts.append(((top, bottom), Shot(png)))
+            else:
+                sharp = await _screenshot(page, width, bottom - top, top=top)
+                parts.append(((top, bottom), Shot(sharp, png, part_boxes)))
+        picture = Picture(tuple(parts), page_height)
         captured_at = datetime.now(UTC)
         final_url = page.url
         if urlsplit(final_url).scheme not in WEB_SCHEMES:
             raise ScreenshotError(f"{url}: the page went to {final_url[:200]}; not captured")
-        return shot, final_url, int(blurred), captured_at
+        return picture, final_url, int(blurred), captured_at
 
     def _refused(self, url: str, since: float, *, hop: str = "") -> ScreenshotError | None:
         """The error for a capture of ``url`` whose page (or redirect ``hop``) the guard proxy
@@ -769,7 +842,9 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[s
     return lines
 
 
-def banner_lines(url: str, final_url: str, captured_at: datetime) -> list[str]:
+def banner_lines(
+    url: str, final_url: str, captured_at: datetime, parts_line: str = ""
+) -> list[str]:
     """The banner's text, before wrapping."""
     lines = [
         f"Captured {_utc_text(captured_at)} by Exposure Monitor {monitor.__version__}"
@@ -778,11 +853,18 @@ def banner_lines(url: str, final_url: str, captured_at: datetime) -> list[str]:
     ]
     if final_url and final_url != url:
         lines.append(f"Shown after redirects: {final_url}")
+    if parts_line:
+        lines.append(parts_line)
     return lines
 
 
 def stamp_banner(
-    png: bytes | Image.Image, url: str, final_url: str, captured_at: datetime
+    png: bytes | Image.Image,
+    url: str,
+    final_url: str,
+    captured_at: datetime,
+    *,
+    parts_line: str = "",
 ) -> tuple[Image.Image, int]:
     """The screenshot with a banner strip added above it; and the strip's height in pixels."""
     if isinstance(png, Image.Image):
@@ -794,7 +876,7 @@ def stamp_banner(
     measure = ImageDraw.Draw(page)
     margin = 12
     lines: list[str] = []
-    for text in banner_lines(url, final_url, captured_at):
+    for text in banner_lines(url, final_url, captured_at, parts_line):
         lines += _wrap(measure, text, font, page.width - 2 * margin)
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (BANNER_FONT_SIZE, 4)
     line_height = ascent + descent + 4
@@ -881,8 +963,10 @@ class _InFlight:
             await asyncio.sleep(0.02)
 
 
-async def _screenshot(page: Any, width: int, height: int, scale: float = 1.0) -> bytes:
-    """The page from its top, ``width`` x ``height`` CSS pixels (times ``scale``), as PNG.
+async def _screenshot(
+    page: Any, width: int, height: int, scale: float = 1.0, *, top: int = 0
+) -> bytes:
+    """The page from ``top``, ``width`` x ``height`` CSS pixels (times ``scale``), as PNG.
 
     Chromium's screenshot command directly rather than ``page.screenshot``: with
     ``optimizeForSpeed`` Chromium encodes the PNG with fast zlib settings, about four times
@@ -894,7 +978,7 @@ async def _screenshot(page: Any, width: int, height: int, scale: float = 1.0) ->
             "Page.captureScreenshot",
             {
                 "format": "png",
-                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": scale},
+                "clip": {"x": 0, "y": top, "width": width, "height": height, "scale": scale},
                 "captureBeyondViewport": True,
                 "optimizeForSpeed": True,
             },
@@ -954,6 +1038,117 @@ def _blurred_boxes(
         if right > left and bottom > top:
             boxes.append((left, top, right, bottom))
     return tuple(boxes)
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """What the browser gave for one capture: the shot of each part of the page shown, with
+    its ``(top, bottom)`` in CSS pixels from the page's top, and the page's whole height."""
+
+    parts: tuple[tuple[tuple[int, int], Shot], ...]
+    page_height: int
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        return tuple(span for span, _ in self.parts)
+
+    @property
+    def whole(self) -> bool:
+        """Whether the picture is the whole page, in one piece."""
+        return self.spans == ((0, self.page_height),)
+
+    def parts_line(self) -> str:
+        """The banner's line saying which parts of the page are shown ("" for the whole)."""
+        if self.whole:
+            return ""
+        shown = ", ".join(f"{top:,}-{bottom:,}" for top, bottom in self.spans)
+        return (
+            f"Parts of the page shown (px from its top): {shown} of {self.page_height:,}; "
+            "grey strips mark what is left out (the web archive holds the whole page)"
+        )
+
+    def image(self) -> Image.Image:
+        """The parts one under the other, with a grey strip wherever the page is left out."""
+        pieces: list[Image.Image] = []
+        end = 0
+        for (top, bottom), shot in self.parts:
+            if top > end:
+                pieces.append(_gap_strip(pieces, f"{top - end:,} px of the page left out here"))
+            pieces.append(shot.page())
+            end = bottom
+        if end < self.page_height:
+            left = self.page_height - end
+            pieces.append(_gap_strip(pieces, f"the page goes on for {left:,} px, left out"))
+        if len(pieces) == 1:
+            return pieces[0]
+        out = Image.new("RGB", (pieces[0].width, sum(p.height for p in pieces)))
+        y = 0
+        for piece in pieces:
+            out.paste(piece, (0, y))
+            y += piece.height
+        return out
+
+
+GAP_HEIGHT = 40  # the grey strip marking a part of the page left out
+GAP_BACKGROUND = (96, 96, 96)
+GAP_FOREGROUND = (255, 255, 255)
+FULL_PAGE_HEIGHT = 3000
+"""A page up to this tall (CSS px) is always shot whole; a taller one is shot in parts around
+the images a capture is about (``focus``): see :func:`_spans`."""
+MAX_FOCUS_PARTS = 4  # parts around focus images, at most (the page's top not counted)
+
+
+def _gap_strip(pieces: list[Image.Image], text: str) -> Image.Image:
+    """A grey strip as wide as the shot, saying what is left out (drawn by us, like the banner:
+    nothing of the page)."""
+    width = pieces[0].width if pieces else 1280
+    strip = Image.new("RGB", (width, GAP_HEIGHT), GAP_BACKGROUND)
+    font = _font(BANNER_FONT_SIZE - 2)
+    ImageDraw.Draw(strip).text((12, 10), f"[ {text} ]", fill=GAP_FOREGROUND, font=font)
+    return strip
+
+
+def _spans(
+    page_height: int, focus_rects: list[list[float]], viewport_height: int, max_height: int
+) -> tuple[tuple[int, int], ...]:
+    """The parts of the page to shoot, ``(top, bottom)`` in CSS px.
+
+    The whole page (up to ``max_height``) when it is at most :data:`FULL_PAGE_HEIGHT` tall or
+    no focus image is on it. Else its top (one viewport: the site, the title) and each focus
+    image's box (``[x, y, w, h]``, the first :data:`MAX_FOCUS_PARTS` from the top) with half a
+    viewport above and below (a caption, a user name); parts less than half a viewport apart
+    are joined, and all of them together are at most ``max_height`` tall. Shooting a tall page
+    of camera-size photos whole costs seconds of browser and Pillow work for pixels that are
+    not about the case; and an image more than ``max_height`` down the page is now shown too.
+    """
+    whole = ((0, min(page_height, max_height)),)
+    if page_height <= FULL_PAGE_HEIGHT or not focus_rects:
+        return whole
+    margin = viewport_height // 2
+    spans = [(0, min(viewport_height, page_height))]
+    for _x, y, _w, h in sorted(focus_rects, key=lambda r: r[1])[:MAX_FOCUS_PARTS]:
+        top = max(0, math.floor(y) - margin)
+        bottom = min(page_height, math.ceil(y + h) + margin)
+        if bottom > top:
+            spans.append((top, bottom))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for top, bottom in spans:
+        if merged and top <= merged[-1][1] + margin:  # a short gap is shown, not cut out
+            merged[-1] = (merged[-1][0], max(merged[-1][1], bottom))
+        else:
+            merged.append((top, bottom))
+    out: list[tuple[int, int]] = []
+    room = max_height
+    for top, bottom in merged:
+        if room <= 0:
+            break
+        bottom = min(bottom, top + room)
+        out.append((top, bottom))
+        room -= bottom - top
+    if page_height <= max_height and max_height - room >= page_height * 2 // 3:
+        return whole  # nearly all of it anyway: the whole page
+    return tuple(out)
 
 
 async def _images_settled(page: Any, at_most: float) -> None:
