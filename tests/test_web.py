@@ -650,6 +650,38 @@ def test_blurred_image_only_after_a_warning_and_a_click_once(world: World) -> No
     assert c.get(src.group(1).replace("&amp;", "&")).status_code == 403  # the key works once
 
 
+def test_the_image_to_blur_is_decoded_in_the_hashing_pool_not_in_the_server(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Web bytes are decoded where a scan decodes them (another process, with a deadline): a
+    decoder that hangs on them costs a 502, not the server."""
+    from concurrent.futures import Future
+
+    from monitor.pool import TaskTimedOut
+
+    c = _scanned(world)
+    decoded_in: list[object] = []
+
+    class HungDecoder(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            decoded_in.append(getattr(fn, "__name__", fn))
+            f: Future[bytes] = Future()
+            f.set_exception(TaskTimedOut("the task ran past its deadline"))
+            return f
+
+    monkeypatch.setattr(c.app.state.web.runner, "pool", HungDecoder(1))  # type: ignore[attr-defined]
+    with world.app.db.session() as s:
+        case_id = s.scalars(select(Match.id)).one()
+    sighting = re.search(r"/places/(\d+)/image", c.get(f"/cases/{case_id}").text)
+    assert sighting
+    shown = post(c, f"/cases/{case_id}/places/{sighting.group(1)}/image").text
+    src = re.search(r'<img id="blurred" src="([^"]+)"', shown)
+    assert src
+    r = c.get(src.group(1).replace("&amp;", "&"))
+    assert r.status_code == 502 and "Could not show it" in r.text
+    assert decoded_in == ["blur_image_bytes"]
+
+
 def test_no_image_at_all_for_a_person_who_may_be_under_18(world: World) -> None:
     c = _scanned(world, minor=True)
     with world.app.db.session() as s:

@@ -7,7 +7,9 @@ dozen pixels, blown up and blurred again, and returned as JPEG bytes for one res
 
 from __future__ import annotations
 
+import asyncio
 import io
+from concurrent.futures import Executor
 
 from PIL import Image as PILImage
 from PIL import ImageFilter
@@ -35,9 +37,13 @@ def blur_image_bytes(data: bytes) -> bytes:
     return out.getvalue()
 
 
-async def fetch_blurred(settings: Settings, image_url: str) -> bytes:
+async def fetch_blurred(settings: Settings, image_url: str, pool: Executor | None = None) -> bytes:
     """Fetch ``image_url`` now (guarded) and blur it; raises ``FetchError`` or
-    ``NotAnImageError`` with a readable reason."""
+    ``NotAnImageError`` with a readable reason. The web's bytes are decoded in ``pool`` (the
+    hashing pool: another process, with a deadline, as in a scan) when given, never in the
+    process serving the pages."""
     async with Fetcher(settings.fetch) as fetcher:
         resource = await fetcher.fetch_image(image_url)
-    return blur_image_bytes(resource.body)
+    if pool is None:
+        return blur_image_bytes(resource.body)
+    return await asyncio.wrap_future(pool.submit(blur_image_bytes, resource.body))

@@ -205,13 +205,23 @@ class ScanRunner:
         self._pool.submit(contextvars.copy_context().run, self._scan, name)
         return True
 
-    def _scan(self, name: str) -> None:
-        from monitor.pipeline import hashing_pool, scan_subject
+    def hashing_pool(self) -> Executor:
+        """The pool that decodes web bytes (with a deadline per task), started when first
+        needed."""
+        from monitor.pipeline import hashing_pool
 
-        try:
+        with self._lock:
             if self.pool is None and self._own_pool is None:
                 self._own_pool = hashing_pool()
             pool = self.pool or self._own_pool
+        assert pool is not None
+        return pool
+
+    def _scan(self, name: str) -> None:
+        from monitor.pipeline import scan_subject
+
+        try:
+            pool = self.hashing_pool()
             summary = scan_subject(self.settings, self.db, name, pool=pool)
             self.last[name] = f"{summary.status}: {summary.searched}"
         except Exception as exc:  # shown on the page; the scan records its own failure

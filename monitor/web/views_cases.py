@@ -16,6 +16,7 @@ from monitor import alerts, cases, store
 from monitor.cases import core as case_core
 from monitor.db.models import Notice, Subject
 from monitor.errors import MonitorError
+from monitor.pool import PoolTaskError
 from monitor.web.core import (
     WebApp,
     back,
@@ -250,9 +251,11 @@ async def blurred_image(request: Request) -> Response:
     if minor:
         return Response("Not shown.", 403, media_type="text/plain")
     try:
-        body = await fetch_blurred(web.settings, image_url)
+        body = await fetch_blurred(web.settings, image_url, pool=web.runner.hashing_pool())
     except MonitorError as exc:
         return Response(f"Could not fetch it now: {exc}", 502, media_type="text/plain")
+    except PoolTaskError as exc:  # the decoder hung or crashed on these bytes
+        return Response(f"Could not show it: {exc}", 502, media_type="text/plain")
     return Response(body, media_type="image/jpeg")
 
 
