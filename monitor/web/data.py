@@ -150,6 +150,19 @@ def recent_scans(session: Session, limit: int = 30) -> list[ScanRow]:
     return [_scan_row(session, scan, name) for scan, name in rows]
 
 
+def pending_alerts(session: Session) -> int:
+    """Alerts waiting to be delivered, of the people in the scope in force."""
+    from monitor.db.models import OutboxMessage
+
+    stmt = (
+        select(func.count())
+        .select_from(OutboxMessage)
+        .join(Subject, Subject.id == OutboxMessage.subject_id)
+        .where(OutboxMessage.status.in_(("pending", "sending")))
+    )
+    return int(session.scalar(scoped(stmt, None)) or 0)
+
+
 def references_count(session: Session, subject_id: int) -> tuple[int, int]:
     """(reference photos, stored hashes) of a person."""
     from monitor.db.models import Reference, ReferenceHash

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,8 @@ from monitor.config import format_duration
 from monitor.db.models import Subject
 from monitor.errors import MonitorError
 from monitor.inputs import check_email, clean_name, parse_interval
-from monitor.orgs.scope import subject_in_scope
+from monitor.orgs import audit, consent
+from monitor.orgs.scope import HOUSEHOLD, current_scope, subject_in_scope
 from monitor.web import data
 from monitor.web.core import (
     back,
@@ -22,17 +24,18 @@ from monitor.web.core import (
     page,
     web_of,
 )
+from monitor.web.forms import Form
 
 # ------------------------------------------------------------------ overview, scans
 
 
-@page()
+@page(audit="overview")
 async def overview_page(request: Request) -> Response:
     web = web_of(request)
     with web.db.session() as s:
         people = data.overview(s)
         open_cases = case_core.count_open(s)
-        waiting = alerts.pending_count(s)
+        waiting = data.pending_alerts(s)
     return web.render(
         request,
         "overview.html",
@@ -44,7 +47,7 @@ async def overview_page(request: Request) -> Response:
     )
 
 
-@page()
+@page(audit="scans")
 async def scans_page(request: Request) -> Response:
     web = web_of(request)
     with web.db.session() as s:
@@ -62,9 +65,48 @@ def _subject(session: Any, subject_id: int) -> Subject:
     return subject
 
 
+def backend_choices(settings: Any) -> list[str]:
+    """What a consent may allow: the configured backends' kinds and names."""
+    kinds = sorted({b.kind for b in settings.search.backends})
+    names = sorted({b.name for b in settings.search.backends if b.name} - set(kinds))
+    return kinds + names or [consent.ANY_BACKEND]
+
+
+def consent_fields(form: Form, settings: Any) -> dict[str, Any]:
+    """The consent of an organisation's person from the form (as ``subject add --consent-by
+    --consent-file --consent-until --allow-backend``): the signed form's SHA-256 is computed in
+    memory and the file dropped."""
+    from datetime import UTC, datetime
+
+    by = form.get("consent_by").strip()
+    files = [u for u in form.files if u.field == "consent_form" and u.data]
+    form.files.clear()
+    if not by or not files:
+        raise MonitorError(
+            "an organisation's person needs consent: who gave it, and the signed consent form"
+        )
+    digest = hashlib.sha256(files[0].data).hexdigest()
+    files.clear()
+    person = by.casefold() == "person"
+    until = form.get("consent_until").strip()
+    try:
+        valid_until = datetime.strptime(until, "%Y-%m-%d").replace(tzinfo=UTC) if until else None
+    except ValueError:
+        raise MonitorError(f"consent until: expected a date YYYY-MM-DD, got {until!r}") from None
+    return {
+        "given_by": "person" if person else "representative",
+        "representative": None if person else clean_name(by, "consent given by"),
+        "authority": form.get("authority").strip() or None,
+        "form_sha": digest,
+        "valid_until": valid_until,
+        "backends": form.getlist("backend"),
+    }
+
+
 @page()
 async def people_page(request: Request) -> Response:
     web = web_of(request)
+    scope = current_scope() or HOUSEHOLD
     if request.method == "POST":
         form = form_of(request)
         name = clean_name(form.get("name"), "the name")
@@ -72,23 +114,38 @@ async def people_page(request: Request) -> Response:
         email = check_email(form.get("email")) if form.get("email").strip() else None
         every = form.get("every").strip()
         interval = parse_interval(every) if every else web.settings.schedule.default_interval
+        fields = consent_fields(form, web.settings) if scope.org_id is not None else None
         with web.db.session() as s:
-            subject = store.add_subject(s, name, aliases=aliases, email=email, interval=interval)
+            subject = store.add_subject(
+                s,
+                name,
+                aliases=aliases,
+                email=email,
+                interval=interval,
+                organisation_id=scope.org_id,
+            )
             subject.minor = form.get("minor") == "on"
+            if fields is not None:
+                consent.record_consent(
+                    s, subject, names=[name, *aliases], operator_id=scope.operator_id, **fields
+                )
+                audit.log(s, scope, "subject add", subject_id=subject.id, detail="web: signed form")
             subject_id = subject.id
         return back(request, f"/people/{subject_id}", "Added {name}. Next: add photos.", name=name)
     with web.db.session() as s:
         infos = store.subject_infos(s)
         ids = {subj.name: subj.id for subj in store.all_subjects(s)}
+        audit.log(s, scope, "subject list", detail="web")
     return web.render(
         request,
         "people.html",
         people=[(ids[i.name], i) for i in infos],
         default_every=format_duration(web.settings.schedule.default_interval),
+        backends=backend_choices(web.settings),
     )
 
 
-@page()
+@page(audit="subject show")
 async def person_page(request: Request) -> Response:
     web = web_of(request)
     subject_id = int(request.path_params["subject_id"])
@@ -104,8 +161,12 @@ async def person_page(request: Request) -> Response:
             "minor": subject.minor,
             "last_scan_at": subject.last_scan_at,
             "next_scan_at": subject.next_scan_at,
+            "organisation": subject.organisation_id,
+            "paused": subject.paused_reason,
         }
         person_cases = cases.list_cases(s, subject.name)
+        record = consent.latest(s, subject_id) if subject.organisation_id else None
+        consent_info = consent.describe(record) if record else None
     return web.render(
         request,
         "person.html",
@@ -113,6 +174,7 @@ async def person_page(request: Request) -> Response:
         references=refs,
         hashes=hashes,
         person_cases=person_cases,
+        consent=consent_info,
         running=subject.name in web.runner.running,
         last_result=web.runner.last.get(subject.name),
         max_mb=web.settings.web.max_upload_bytes // 1_000_000,
@@ -125,7 +187,7 @@ def format_duration_seconds(seconds: int) -> str:
     return format_duration(timedelta(seconds=seconds))
 
 
-@page()
+@page(audit="enroll")
 async def person_enrol(request: Request) -> Response:
     """Photos from the upload, hashed in memory (monitor.enrol) and dropped."""
     from monitor.enrol import enrol_images
@@ -174,7 +236,7 @@ async def person_enrol(request: Request) -> Response:
     return response
 
 
-@page()
+@page(audit="subject update")
 async def person_update(request: Request) -> Response:
     from monitor.cases import image_copies
 
@@ -197,7 +259,7 @@ async def person_update(request: Request) -> Response:
     return back(request, f"/people/{subject_id}", "Saved.")
 
 
-@page()
+@page(audit="scan")
 async def person_scan(request: Request) -> Response:
     web = web_of(request)
     subject_id = int(request.path_params["subject_id"])
@@ -214,6 +276,30 @@ async def person_scan(request: Request) -> Response:
 
 
 @page()
+async def person_consent_withdraw(request: Request) -> Response:
+    """Consent withdrawn (an organisation's person): monitoring stops and everything is erased
+    at once, after the name was typed; the audit log keeps that it happened, without it."""
+    from monitor.orgs.erasure import withdraw_and_erase
+
+    web = web_of(request)
+    subject_id = int(request.path_params["subject_id"])
+    with web.db.session() as s:
+        subject = _subject(s, subject_id)
+        name, org = subject.name, subject.organisation_id
+    if org is None:
+        raise MonitorError("consent is recorded for an organisation's people only")
+    if form_of(request).get("confirm_name") != name:
+        return back(request, f"/people/{subject_id}", "Not withdrawn: the name did not match.")
+    scope = current_scope()
+    await run_in_threadpool(withdraw_and_erase, web.settings, web.db, name, scope)
+    return back(
+        request,
+        "/people",
+        "Consent withdrawn: monitoring stopped and everything stored about the person is erased.",
+    )
+
+
+@page(audit="subject remove")
 async def person_erase(request: Request) -> Response:
     web = web_of(request)
     subject_id = int(request.path_params["subject_id"])

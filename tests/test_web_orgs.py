@@ -1,0 +1,302 @@
+"""The web app for organisations (issue 13): operators log in with a passphrase and a one-time
+code, see and change only their organisation's people through every route, viewers only look,
+every look and change is in the audit log, a person is added only with consent, casework
+(assignment, removal-request outcomes, statistics)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import pyotp
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from monitor import store
+from monitor.config import Settings
+from monitor.db.models import (
+    AuditEntry,
+    Consent,
+    Image,
+    Match,
+    Notice,
+    Sighting,
+    Subject,
+    utcnow,
+)
+from monitor.orgs import accounts, consent
+from tests.test_web import App, csrf_of, make_app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+PASS = "correct horse battery staple"
+
+
+@dataclass
+class World:
+    app: App
+    secrets: dict[str, str] = field(default_factory=dict)
+    people: dict[str, int] = field(default_factory=dict)  # name -> subject id
+    cases: dict[str, int] = field(default_factory=dict)  # name -> case id
+    notices: dict[str, int] = field(default_factory=dict)  # name -> sent notice id
+
+    def client(self, email: str, code: str | None = None) -> TestClient:
+        """A browser logged in as ``email``."""
+        c = self.app.new_client()
+        r = self.log_in(c, email, code)
+        assert r.status_code == 303 and r.headers["location"] == "/", r.text
+        return c
+
+    def log_in(self, c: TestClient, email: str, code: str | None = None, passphrase: str = PASS):
+        page = c.get("/login")
+        return c.post(
+            "/login",
+            data={
+                "csrf": csrf_of(page.text),
+                "email": email,
+                "passphrase": passphrase,
+                "code": code or pyotp.TOTP(self.secrets[email]).now(),
+            },
+        )
+
+    def audit(self) -> list[tuple[str, str, int | None]]:
+        with self.app.db.session() as s:
+            return [
+                (e.operator, e.action, e.subject_id)
+                for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))
+            ]
+
+
+def _case(s, subject: Subject, seed: int, host: str) -> tuple[int, int]:
+    image = Image(sha256=hashlib.sha256(f"img{seed}".encode()).hexdigest(), width=9, height=9)
+    s.add(image)
+    s.flush()
+    seen = utcnow() - timedelta(days=10)
+    s.add(
+        Sighting(
+            subject_id=subject.id,
+            image_id=image.id,
+            page_url=f"https://{host}/page{seed}",
+            image_url=f"https://{host}/img{seed}.jpg",
+            first_seen=seen,
+            last_seen=seen,
+        )
+    )
+    match = Match(
+        subject_id=subject.id,
+        image_id=image.id,
+        algorithm="pdq",
+        distance=5,
+        first_seen=seen,
+        status="confirmed",
+    )
+    s.add(match)
+    s.flush()
+    notice = Notice(
+        match_id=match.id,
+        lang="en",
+        subject_line="Removal request",
+        body="Please remove.",
+        sent_at=seen + timedelta(days=1),
+        sent_to=f"abuse@{host}",
+    )
+    s.add(notice)
+    s.flush()
+    return match.id, notice.id
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setattr(accounts, "_N", 2**10)  # cheap passphrase hashing in tests
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        web={"exit_url": "https://example.org/"},
+        search={"backends": [{"kind": "searxng", "name": "main", "url": "http://127.0.0.1:9/"}]},
+    )
+    w = World(make_app(settings))
+    with w.app.db.session() as s:
+        orgs = {n: accounts.add_organisation(s, n) for n in ("A", "B")}
+        for email, org, role in (
+            ("a@a.org", "A", "admin"),
+            ("c@a.org", "A", "caseworker"),
+            ("v@a.org", "A", "viewer"),
+            ("b@b.org", "B", "admin"),
+        ):
+            new = accounts.add_operator(s, email, orgs[org], role, PASS)
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(new.provisioning_uri).query)
+            w.secrets[email] = query["secret"][0]
+        for name, org in (("Ann Smith", "A"), ("Bob Jones", "B")):
+            subject = store.add_subject(
+                s, name, interval=timedelta(days=1), organisation_id=orgs[org].id
+            )
+            consent.record_consent(
+                s, subject, given_by="person", names=[name], backends=["main"], form_sha="0" * 64
+            )
+            w.people[name] = subject.id
+            w.cases[name], w.notices[name] = _case(s, subject, subject.id, f"{org.lower()}.test")
+    yield w
+    w.app.db.dispose()
+
+
+def _routes(w: World, name: str) -> list[tuple[str, str, dict[str, str]]]:
+    """Every route that reads or changes a person's data, for ``name``."""
+    sid, cid, nid = w.people[name], w.cases[name], w.notices[name]
+    place = f"/cases/{cid}/places/{sid}"  # sighting ids follow subject ids in this world
+    return [
+        ("GET", f"/people/{sid}", {}),
+        ("POST", f"/people/{sid}/settings", {"every": "2h", "aliases": "X"}),
+        ("POST", f"/people/{sid}/scan", {}),
+        ("POST", f"/people/{sid}/photos", {}),
+        ("POST", f"/people/{sid}/erase", {"confirm_name": name}),
+        ("POST", f"/people/{sid}/consent/withdraw", {"confirm_name": name}),
+        ("GET", f"/cases/{cid}", {}),
+        ("POST", f"/cases/{cid}/confirm", {}),
+        ("POST", f"/cases/{cid}/dismiss", {}),
+        ("POST", f"/cases/{cid}/recheck", {}),
+        ("GET", f"/cases/{cid}/bundle", {}),
+        ("POST", f"/cases/{cid}/notice", {"lookup": "off"}),
+        ("GET", f"/cases/{cid}/notices/{nid}", {}),
+        ("POST", f"/cases/{cid}/notices/{nid}/send", {"confirm": "yes", "to": "x@y.test"}),
+        ("POST", f"/cases/{cid}/assign", {"email": "c@a.org"}),
+        ("POST", f"/cases/{cid}/request", {"state": "removed", "at": "2026-01-02"}),
+        ("GET", f"{place}/image", {}),
+        ("POST", f"{place}/image", {}),
+        ("GET", f"{place}/blurred.jpg?k=x", {}),
+        ("GET", f"{place}/screenshot/0", {}),
+        ("GET", f"{place}/screenshot/0.png", {}),
+    ]
+
+
+def _send(c: TestClient, method: str, path: str, data: dict[str, str]):
+    if method == "GET":
+        return c.get(path)
+    token = csrf_of(c.get("/help").text)
+    return c.post(path, data={"csrf": token, **data})
+
+
+def _state(w: World, name: str) -> tuple[object, ...]:
+    with w.app.db.session() as s:
+        subject = s.get(Subject, w.people[name])
+        case = s.get(Match, w.cases[name])
+        notice = s.get(Notice, w.notices[name])
+        return (
+            subject.interval_seconds,
+            len(subject.aliases),
+            case.status,
+            case.assigned_to,
+            notice.removed_at,
+            s.scalar(select(Consent.withdrawn_at).where(Consent.subject_id == subject.id)),
+        )
+
+
+def test_an_operator_sees_and_changes_nothing_of_another_organisation(world: World) -> None:
+    c = world.client("a@a.org")
+    before = _state(world, "Bob Jones")
+    for page in ("/", "/people", "/cases", "/scans", "/stats"):
+        r = c.get(page)
+        assert r.status_code == 200, page
+        assert "Bob Jones" not in r.text and "b.test" not in r.text, page
+    assert "Ann Smith" in c.get("/people").text
+    for method, path, data in _routes(world, "Bob Jones"):
+        r = _send(c, method, path, data)
+        assert r.status_code in (400, 403, 404), (method, path, r.status_code)
+        assert "Bob Jones" not in r.text and "b.test" not in r.text, path
+    assert _state(world, "Bob Jones") == before
+    # and B's admin does see Bob, not Ann
+    b = world.client("b@b.org")
+    assert "Bob Jones" in b.get("/people").text
+    assert "Ann Smith" not in b.get("/cases").text
+
+
+def test_a_viewer_looks_but_changes_nothing(world: World) -> None:
+    v = world.client("v@a.org")
+    before = _state(world, "Ann Smith")
+    assert "Ann Smith" in v.get(f"/people/{world.people['Ann Smith']}").text
+    assert v.get(f"/cases/{world.cases['Ann Smith']}").status_code == 200
+    for method, path, data in _routes(world, "Ann Smith"):
+        if method == "POST" and not path.endswith("/image"):
+            r = _send(v, method, path, data)
+            assert r.status_code == 403, (path, r.status_code)
+    r = _send(v, "POST", "/people", {"name": "New Person", "consent_by": "person"})
+    assert r.status_code == 403
+    assert _state(world, "Ann Smith") == before
+    with world.app.db.session() as s:
+        assert s.scalar(select(Subject).where(Subject.name == "New Person")) is None
+
+
+def test_looks_and_changes_are_audited_without_personal_data(world: World) -> None:
+    c = world.client("c@a.org")
+    ann, case = world.people["Ann Smith"], world.cases["Ann Smith"]
+    c.get(f"/people/{ann}")
+    c.get(f"/cases/{case}")
+    assert c.get(f"/cases/{case}/bundle").status_code == 200
+    assert _send(c, "POST", f"/people/{ann}/settings", {"every": "3h"}).status_code == 303
+    log = world.audit()
+    assert ("c@a.org", "subject show", ann) in log
+    assert ("c@a.org", "case show", ann) in log
+    assert ("c@a.org", "case evidence export", ann) in log
+    assert ("c@a.org", "subject update", ann) in log
+    with world.app.db.session() as s:
+        details = " ".join(s.scalars(select(AuditEntry.detail)))
+    assert "Ann" not in details and "a.test" not in details
+
+
+def test_wrong_login_parts_are_not_told_apart(world: World) -> None:
+    secret = world.secrets["a@a.org"]
+    wrong_code = str((int(pyotp.TOTP(secret).now()) + 500_000) % 1_000_000).zfill(6)
+    texts = set()
+    for email, passphrase, code in (
+        ("nobody@a.org", PASS, pyotp.TOTP(secret).now()),
+        ("a@a.org", "wrong passphrase!", pyotp.TOTP(secret).now()),
+        ("a@a.org", PASS, wrong_code),
+    ):
+        c = world.app.new_client()
+        r = world.log_in(c, email, code, passphrase)
+        assert r.status_code == 400
+        texts.add(re.search(r'role="alert">([^<]*)<', r.text).group(1))
+        assert c.get("/people").status_code == 303  # still logged out
+    assert len(texts) == 1
+    # the household passphrase page is not offered once organisations exist
+    assert world.app.new_client().get("/setup").headers["location"] == "/login"
+
+
+def test_a_person_is_added_only_with_consent(world: World) -> None:
+    c = world.client("c@a.org")
+    token = csrf_of(c.get("/people").text)
+    fields = {"csrf": token, "name": "Cas Doe", "consent_by": "person", "backend": "main"}
+    r = c.post("/people", data=fields)  # no signed form
+    assert r.status_code == 400 and "consent" in r.text
+    form = b"%PDF signed by Cas"
+    r = c.post(
+        "/people",
+        data={**fields, "consent_until": "2099-01-01"},
+        files={"consent_form": ("consent.pdf", form, "application/pdf")},
+    )
+    assert r.status_code == 303, r.text
+    with world.app.db.session() as s:
+        subject = s.scalar(select(Subject).where(Subject.name == "Cas Doe"))
+        record = consent.latest(s, subject.id)
+        assert subject.organisation_id == s.scalar(
+            select(accounts.Organisation.id).where(accounts.Organisation.name == "A")
+        )
+        assert record.form_sha256 == hashlib.sha256(form).hexdigest()
+        assert record.valid_until.year == 2099 and "main" in record.backends
+        cas = subject.id
+    page = c.get(f"/people/{cas}").text
+    assert hashlib.sha256(form).hexdigest() in page
+    assert ("c@a.org", "subject add", cas) in world.audit()
+    # withdrawal erases at once, after the name is typed
+    r = _send(c, "POST", f"/people/{cas}/consent/withdraw", {"confirm_name": "Cas"})
+    with world.app.db.session() as s:
+        assert s.get(Subject, cas) is not None
+    r = _send(c, "POST", f"/people/{cas}/consent/withdraw", {"confirm_name": "Cas Doe"})
+    assert r.status_code == 303
+    with world.app.db.session() as s:
+        assert s.get(Subject, cas) is None
+    assert ("c@a.org", "consent withdrawn", cas) in world.audit()
