@@ -300,3 +300,29 @@ def test_a_person_is_added_only_with_consent(world: World) -> None:
     with world.app.db.session() as s:
         assert s.get(Subject, cas) is None
     assert ("c@a.org", "consent withdrawn", cas) in world.audit()
+
+
+def test_casework_assignment_request_outcomes_and_statistics(world: World) -> None:
+    c = world.client("c@a.org")
+    case, ann = world.cases["Ann Smith"], world.people["Ann Smith"]
+    page = c.get(f"/cases/{case}").text
+    assert "not assigned" in page and "c@a.org" in page and "b@b.org" not in page
+    assert _send(c, "POST", f"/cases/{case}/assign", {"email": "b@b.org"}).status_code == 400
+    assert _send(c, "POST", f"/cases/{case}/assign", {"email": "v@a.org"}).status_code == 400
+    assert _send(c, "POST", f"/cases/{case}/assign", {"email": "c@a.org"}).status_code == 303
+    assert re.search(r'id="assigned">c@a.org<', c.get(f"/cases/{case}").text)
+    stats = c.get("/stats").text
+    assert "a.test" in stats and "0%" in stats
+    r = _send(c, "POST", f"/cases/{case}/request", {"state": "removed", "at": "2030-01-05"})
+    assert r.status_code == 303
+    assert "2030-01-05" in c.get(f"/cases/{case}").text
+    with world.app.db.session() as s:
+        notice = s.get(Notice, world.notices["Ann Smith"])
+        assert notice.removed_at.date().isoformat() == "2030-01-05"
+        # the case counts as removed once every place is gone (re-check); here by hand
+        s.get(Match, case).removed_at = notice.removed_at
+    stats = c.get("/stats").text
+    assert re.search(r"a\.test</td><td>1</td><td>1</td><td>100%", stats), stats
+    assert "b.test" not in stats
+    log = world.audit()
+    assert ("c@a.org", "case assign", ann) in log and ("c@a.org", "case request", ann) in log

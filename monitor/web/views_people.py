@@ -43,7 +43,7 @@ async def overview_page(request: Request) -> Response:
         open_cases=open_cases,
         waiting=waiting,
         scheduler_running=web.scheduler_running,
-        running=web.runner.running,
+        running=web.runner.running_in({p.id for p in people}),
     )
 
 
@@ -52,7 +52,8 @@ async def scans_page(request: Request) -> Response:
     web = web_of(request)
     with web.db.session() as s:
         rows = data.recent_scans(s)
-    return web.render(request, "scans.html", scans=rows, running=web.runner.running)
+        visible = {subject.id for subject in store.all_subjects(s)}
+    return web.render(request, "scans.html", scans=rows, running=web.runner.running_in(visible))
 
 
 # ------------------------------------------------------------------ people
@@ -175,8 +176,8 @@ async def person_page(request: Request) -> Response:
         hashes=hashes,
         person_cases=person_cases,
         consent=consent_info,
-        running=subject.name in web.runner.running,
-        last_result=web.runner.last.get(subject.name),
+        running=subject_id in web.runner.running,
+        last_result=web.runner.last.get(subject_id),
         max_mb=web.settings.web.max_upload_bytes // 1_000_000,
     )
 
@@ -265,7 +266,7 @@ async def person_scan(request: Request) -> Response:
     subject_id = int(request.path_params["subject_id"])
     with web.db.session() as s:
         name = _subject(s, subject_id).name
-    started = web.runner.start(name)
+    started = web.runner.start(subject_id, name)
     return back(
         request,
         "/scans",
