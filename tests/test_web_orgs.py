@@ -326,3 +326,42 @@ def test_casework_assignment_request_outcomes_and_statistics(world: World) -> No
     assert "b.test" not in stats
     log = world.audit()
     assert ("c@a.org", "case assign", ann) in log and ("c@a.org", "case request", ann) in log
+
+
+def test_the_mailed_consent_link_confirms_only_after_the_button(world: World) -> None:
+    with world.app.db.session() as s:
+        subject = store.add_subject(
+            s, "Dee Link", interval=timedelta(days=1), organisation_id=1, email="d@x.test"
+        )
+        token = consent.new_link_token()
+        consent.record_consent(
+            s, subject, given_by="person", names=["Dee Link"], backends=["*"], link_token=token
+        )
+        dee = subject.id
+    person = world.app.new_client()  # not logged in
+    page = person.get(f"/confirm?code={token}")
+    assert page.status_code == 200 and "Dee Link" not in page.text
+    with world.app.db.session() as s:
+        assert consent.latest(s, dee).confirmed_at is None  # opening the link is not agreeing
+    r = person.post("/confirm", data={"csrf": csrf_of(page.text), "code": token + "x"})
+    assert r.status_code == 400
+    r = person.post("/confirm", data={"csrf": csrf_of(page.text), "code": token})
+    assert r.status_code == 200
+    with world.app.db.session() as s:
+        assert consent.latest(s, dee).confirmed_at is not None
+    assert ("the person (confirmation link)", "consent confirmed", dee) in world.audit()
+    # B's admin cannot confirm a code of A's person
+    token2 = "another-code-for-dee"
+    with world.app.db.session() as s:
+        consent.record_consent(
+            s,
+            s.get(Subject, dee),
+            given_by="person",
+            names=["Dee Link"],
+            backends=["*"],
+            link_token=token2,
+        )
+    b = world.client("b@b.org")
+    assert _send(b, "POST", "/consent/confirm", {"code": token2}).status_code == 400
+    a = world.client("c@a.org")
+    assert _send(a, "POST", "/consent/confirm", {"code": token2}).status_code == 303

@@ -43,6 +43,8 @@ from monitor.web.views_cases import (
     stats_page,
 )
 from monitor.web.views_people import (
+    consent_code_confirm,
+    consent_link_page,
     overview_page,
     people_page,
     person_consent_withdraw,
@@ -107,6 +109,8 @@ def create_app(
         Route("/people/{subject_id:int}/scan", person_scan, methods=post),
         Route("/people/{subject_id:int}/erase", person_erase, methods=post),
         Route("/people/{subject_id:int}/consent/withdraw", person_consent_withdraw, methods=post),
+        Route("/consent/confirm", consent_code_confirm, methods=post),
+        Route("/confirm", consent_link_page, methods=both),
         Route("/cases", cases_page, methods=get),
         Route(f"/cases/{cid}", case_page, methods=get),
         Route(f"/cases/{cid}/confirm", case_decide, methods=post),

@@ -234,6 +234,16 @@ NL: dict[str, str] = {
     "median days to removal": "mediaan aantal dagen tot verwijdering",
     "Site": "Site",
     "Removal rate": "Verwijderd (aandeel)",
+    "Confirm a consent by its code": "Een toestemming bevestigen met de code",
+    "The code from the mail the person received": "De code uit de e-mail die de persoon kreeg",
+    "Confirm": "Bevestigen",
+    "Consent confirmed: monitoring can start.": "Toestemming bevestigd: het zoeken kan beginnen.",
+    "Thank you": "Dank je",
+    "Your consent is confirmed. The people helping you can start now; you can withdraw your consent at any time by telling them.": "Je toestemming is bevestigd. De mensen die je helpen kunnen nu beginnen; je kunt je toestemming altijd intrekken door het hun te zeggen.",
+    "Confirm your consent": "Bevestig je toestemming",
+    "You asked to be helped with finding images of you published without your consent. Nothing is searched until you confirm that you agree.": "Je hebt gevraagd om hulp bij het vinden van beelden van jou die zonder je toestemming zijn gepubliceerd. Er wordt niets gezocht tot je bevestigt dat je het goedvindt.",
+    "Code": "Code",
+    "I agree": "Ik ga akkoord",
 }
 
 

@@ -276,6 +276,40 @@ async def person_scan(request: Request) -> Response:
     )
 
 
+@page(auth_required=False, changes=False)
+async def consent_link_page(request: Request) -> Response:
+    """The page the consent link mailed to a person opens (``[orgs] confirm_url``, e.g.
+    ``https://help.example/confirm?code=``). Opening it confirms nothing (mail programs open
+    links to check them); the person presses the button. No log-in: the code is the key, and
+    the page names no one."""
+    from monitor.orgs.scope import Scope, using_scope
+
+    web = web_of(request)
+    code = request.query_params.get("code", "").strip()
+    done = False
+    if request.method == "POST":
+        code = form_of(request).get("code").strip()
+        # the person is no operator: the code is looked up among every organisation's
+        with using_scope(None), web.db.session() as s:
+            record = consent.confirm_link(s, code)
+            subject = s.get(Subject, record.subject_id)
+            org = subject.organisation_id if subject else None
+            person = Scope(org_id=org, operator="the person (confirmation link)")
+            audit.log(s, person, "consent confirmed", subject_id=record.subject_id)
+        done = True
+    return web.render(request, "confirm.html", code=code, done=done)
+
+
+@page(audit="consent confirm")
+async def consent_code_confirm(request: Request) -> Response:
+    """A caseworker types the code the person passed on (their mail had no link)."""
+    web = web_of(request)
+    with web.db.session() as s:
+        record = consent.confirm_link(s, form_of(request).get("code"))
+        subject_id = record.subject_id
+    return back(request, f"/people/{subject_id}", "Consent confirmed: monitoring can start.")
+
+
 @page()
 async def person_consent_withdraw(request: Request) -> Response:
     """Consent withdrawn (an organisation's person): monitoring stops and everything is erased
