@@ -26,6 +26,7 @@ from monitor.db.models import (
     Image,
     Match,
     Notice,
+    Operator,
     Sighting,
     Subject,
     utcnow,
@@ -262,6 +263,13 @@ def test_wrong_login_parts_are_not_told_apart(world: World) -> None:
         texts.add(re.search(r'role="alert">([^<]*)<', r.text).group(1))
         assert c.get("/people").status_code == 303  # still logged out
     assert len(texts) == 1
+    # after five wrong tries in a row even the right ones wait (the household's slow-down)
+    for _ in range(2):
+        world.log_in(world.app.new_client(), "a@a.org", wrong_code)
+    r = world.log_in(world.app.new_client(), "a@a.org")
+    assert r.status_code == 400 and "wait" in r.text
+    world.app.clock.now += timedelta(minutes=1)
+    assert world.log_in(world.app.new_client(), "a@a.org").status_code == 303
     # the household passphrase page is not offered once organisations exist
     assert world.app.new_client().get("/setup").headers["location"] == "/login"
 
@@ -300,6 +308,14 @@ def test_a_person_is_added_only_with_consent(world: World) -> None:
     with world.app.db.session() as s:
         assert s.get(Subject, cas) is None
     assert ("c@a.org", "consent withdrawn", cas) in world.audit()
+
+
+def test_a_disabled_operator_is_logged_out(world: World) -> None:
+    c = world.client("c@a.org")
+    assert c.get("/people").status_code == 200
+    with world.app.db.session() as s:
+        s.scalar(select(Operator).where(Operator.email == "c@a.org")).disabled_at = utcnow()
+    assert c.get("/people").headers["location"] == "/login"
 
 
 def test_casework_assignment_request_outcomes_and_statistics(world: World) -> None:

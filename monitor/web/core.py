@@ -155,6 +155,9 @@ def page(
             web: WebApp = request.app.state.web
             token = request.cookies.get(COOKIE)
             ws, expired = web.sessions.get(token)
+            if ws is not None and ws.scope is not None and not _operator_active(web, ws.scope):
+                web.sessions.drop(ws)  # disabled by their admin since logging in
+                ws = None
             if ws is None:
                 ws = web.sessions.new(web.settings.web.language)
             request.state.ws = ws
@@ -218,6 +221,14 @@ def operators_log_in(web: WebApp) -> bool:
 
     with web.db.session() as s:
         return any_organisation(s)
+
+
+def _operator_active(web: WebApp, scope: OrgScope) -> bool:
+    from monitor.db.models import Operator
+
+    with web.db.session() as s:
+        op = s.get(Operator, scope.operator_id)
+        return op is not None and op.disabled_at is None
 
 
 def _subject_of(web: WebApp, request: Request) -> int | None:
