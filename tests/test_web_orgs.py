@@ -151,6 +151,7 @@ def _routes(w: World, name: str) -> list[tuple[str, str, dict[str, str]]]:
     place = f"/cases/{cid}/places/{sid}"  # sighting ids follow subject ids in this world
     return [
         ("GET", f"/people/{sid}", {}),
+        ("GET", f"/people/{sid}/audit.json", {}),
         ("POST", f"/people/{sid}/settings", {"every": "2h", "aliases": "X"}),
         ("POST", f"/people/{sid}/scan", {}),
         ("POST", f"/people/{sid}/photos", {}),
@@ -243,7 +244,18 @@ def test_looks_and_changes_are_audited_without_personal_data(world: World) -> No
     assert ("c@a.org", "case show", ann) in log
     assert ("c@a.org", "case evidence export", ann) in log
     assert ("c@a.org", "subject update", ann) in log
+    export = c.get(f"/people/{ann}/audit.json")
+    assert export.status_code == 200
+    assert {"subject show", "case show"} <= {e["action"] for e in export.json()}
+    assert {e["subject_id"] for e in export.json()} == {ann}
+    assert "subject update" in c.get("/audit").text
+    assert world.client("v@a.org").get("/audit").status_code == 403
+    assert "c@a.org" not in world.client("b@b.org").get("/audit").text
+    r = _send(c, "POST", f"/people/{ann}/erase", {"confirm_name": "Ann Smith"})
+    assert r.status_code == 303
+    assert ("c@a.org", "subject remove", ann) in world.audit()
     with world.app.db.session() as s:
+        assert s.get(Subject, ann) is None
         details = " ".join(s.scalars(select(AuditEntry.detail)))
     assert "Ann" not in details and "a.test" not in details
 

@@ -43,10 +43,12 @@ from monitor.web.views_cases import (
     stats_page,
 )
 from monitor.web.views_people import (
+    audit_page,
     consent_code_confirm,
     consent_link_page,
     overview_page,
     people_page,
+    person_audit_export,
     person_consent_withdraw,
     person_enrol,
     person_erase,
@@ -110,6 +112,8 @@ def create_app(
         Route("/people/{subject_id:int}/erase", person_erase, methods=post),
         Route("/people/{subject_id:int}/consent/withdraw", person_consent_withdraw, methods=post),
         Route("/consent/confirm", consent_code_confirm, methods=post),
+        Route("/people/{subject_id:int}/audit.json", person_audit_export, methods=get),
+        Route("/audit", audit_page, methods=get),
         Route("/confirm", consent_link_page, methods=both),
         Route("/cases", cases_page, methods=get),
         Route(f"/cases/{cid}", case_page, methods=get),

@@ -244,6 +244,14 @@ NL: dict[str, str] = {
     "You asked to be helped with finding images of you published without your consent. Nothing is searched until you confirm that you agree.": "Je hebt gevraagd om hulp bij het vinden van beelden van jou die zonder je toestemming zijn gepubliceerd. Er wordt niets gezocht tot je bevestigt dat je het goedvindt.",
     "Code": "Code",
     "I agree": "Ik ga akkoord",
+    "Audit log": "Auditlog",
+    "Every look at and change of a person's data, by whom and when (newest first). It holds no names: a person is a number.": "Elke inzage in en wijziging van gegevens van een persoon, door wie en wanneer (nieuwste eerst). Er staan geen namen in: een persoon is een nummer.",
+    "When": "Wanneer",
+    "Who": "Wie",
+    "What": "Wat",
+    "Person": "Persoon",
+    "Detail": "Details",
+    "Download who looked at or changed this person's data (audit log)": "Download wie de gegevens van deze persoon heeft ingezien of gewijzigd (auditlog)",
 }
 
 

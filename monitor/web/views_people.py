@@ -310,6 +310,41 @@ async def consent_code_confirm(request: Request) -> Response:
     return back(request, f"/people/{subject_id}", "Consent confirmed: monitoring can start.")
 
 
+def _audit_scope() -> Any:
+    scope = current_scope() or HOUSEHOLD
+    if scope.org_id is None:
+        raise MonitorError("the audit log is kept for organisations")
+    scope.require("admin", "caseworker")  # as `audit` on the command line
+    return scope
+
+
+@page()
+async def audit_page(request: Request) -> Response:
+    """The organisation's audit log (newest first): who looked at or changed what, when."""
+    web = web_of(request)
+    scope = _audit_scope()
+    with web.db.session() as s:
+        rows = list(reversed(audit.entries(s, scope)))[:500]
+    return web.render(request, "audit.html", entries=rows)
+
+
+@page(audit="audit export")
+async def person_audit_export(request: Request) -> Response:
+    """One person's audit entries as JSON (their right of access)."""
+    import json
+
+    web = web_of(request)
+    scope = _audit_scope()
+    subject_id = int(request.path_params["subject_id"])
+    with web.db.session() as s:
+        rows = [e.as_json() for e in audit.entries(s, scope, subject_id)]
+    return Response(
+        json.dumps(rows, indent=2),
+        media_type="application/json",
+        headers={"content-disposition": f'attachment; filename="audit-{subject_id}.json"'},
+    )
+
+
 @page()
 async def person_consent_withdraw(request: Request) -> Response:
     """Consent withdrawn (an organisation's person): monitoring stops and everything is erased
