@@ -27,6 +27,7 @@ from monitor.db.models import (
     Match,
     Notice,
     Operator,
+    OutboxMessage,
     Sighting,
     Subject,
     utcnow,
@@ -393,3 +394,37 @@ def test_the_mailed_consent_link_confirms_only_after_the_button(world: World) ->
     assert _send(b, "POST", "/consent/confirm", {"code": token2}).status_code == 400
     a = world.client("c@a.org")
     assert _send(a, "POST", "/consent/confirm", {"code": token2}).status_code == 303
+
+
+def test_add_with_a_mailed_link_and_renew_with_a_new_form(world: World) -> None:
+    c = world.client("c@a.org")
+    token = csrf_of(c.get("/people").text)
+    fields = {"csrf": token, "name": "Eve Mail", "consent_by": "person", "backend": "main"}
+    r = c.post("/people", data={**fields, "consent_how": "link"})  # no email to mail it to
+    assert r.status_code == 400
+    with world.app.db.session() as s:
+        assert s.scalar(select(Subject).where(Subject.name == "Eve Mail")) is None
+    r = c.post(
+        "/people",
+        data={**fields, "consent_how": "link", "email": "eve@x.test", "alert_to": "both"},
+    )
+    assert r.status_code == 303, r.text
+    with world.app.db.session() as s:
+        eve = s.scalar(select(Subject).where(Subject.name == "Eve Mail"))
+        assert eve.alert_to == "both"
+        assert consent.latest(s, eve.id).confirmed_at is None  # not valid before the person agrees
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.subject_id == eve.id))
+        assert mail.kind == "consent_link" and "Eve" not in mail.body
+        eve_id = eve.id
+    form = b"%PDF renewed"
+    r = c.post(
+        f"/people/{eve_id}/consent/renew",
+        data={"csrf": token, "consent_by": "Rita Rep", "authority": "guardian", "backend": "main"},
+        files={"consent_form": ("c.pdf", form, "application/pdf")},
+    )
+    assert r.status_code == 303, r.text
+    with world.app.db.session() as s:
+        record = consent.latest(s, eve_id)
+        assert record.form_sha256 == hashlib.sha256(form).hexdigest()
+        assert record.representative == "Rita Rep" and record.confirmed_at is not None
+    assert ("c@a.org", "consent renew", eve_id) in world.audit()

@@ -252,6 +252,14 @@ NL: dict[str, str] = {
     "Person": "Persoon",
     "Detail": "Details",
     "Download who looked at or changed this person's data (audit log)": "Download wie de gegevens van deze persoon heeft ingezien of gewijzigd (auditlog)",
+    "Or: mail the person a link to confirm (needs their email above; nothing is searched until they confirm)": "Of: mail de persoon een link om te bevestigen (het e-mailadres hierboven is nodig; er wordt niets gezocht tot de persoon bevestigt)",
+    "Alerts go to": "Meldingen gaan naar",
+    "the person": "de persoon",
+    "the caseworker": "de hulpverlener",
+    "both": "beiden",
+    "Record a new consent (renewal)": "Een nieuwe toestemming vastleggen (verlenging)",
+    "New consent recorded; monitoring goes on.": "Nieuwe toestemming vastgelegd; het zoeken gaat door.",
+    "Added {name}; a consent link was mailed. Nothing is searched before they agree.": "{name} toegevoegd; er is een toestemmingslink gemaild. Er wordt niets gezocht voordat de persoon akkoord gaat.",
 }
 
 

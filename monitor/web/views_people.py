@@ -15,7 +15,7 @@ from monitor.config import format_duration
 from monitor.db.models import Subject
 from monitor.errors import MonitorError
 from monitor.inputs import check_email, clean_name, parse_interval
-from monitor.orgs import audit, consent
+from monitor.orgs import audit, casework, consent
 from monitor.orgs.scope import HOUSEHOLD, current_scope, subject_in_scope
 from monitor.web import data
 from monitor.web.core import (
@@ -73,20 +73,22 @@ def backend_choices(settings: Any) -> list[str]:
     return kinds + names or [consent.ANY_BACKEND]
 
 
-def consent_fields(form: Form, settings: Any) -> dict[str, Any]:
+def consent_fields(form: Form, settings: Any, *, link_allowed: bool = False) -> dict[str, Any]:
     """The consent of an organisation's person from the form (as ``subject add --consent-by
-    --consent-file --consent-until --allow-backend``): the signed form's SHA-256 is computed in
-    memory and the file dropped."""
+    --consent-file|--consent-link --consent-until --allow-backend``): the signed form's SHA-256
+    is computed in memory and the file dropped; or a code for a mailed confirmation link."""
     from datetime import UTC, datetime
 
     by = form.get("consent_by").strip()
     files = [u for u in form.files if u.field == "consent_form" and u.data]
     form.files.clear()
-    if not by or not files:
+    link = link_allowed and form.get("consent_how") == "link"
+    if not by or not (files or link):
         raise MonitorError(
             "an organisation's person needs consent: who gave it, and the signed consent form"
+            + (" (or a mailed confirmation link)" if link_allowed else "")
         )
-    digest = hashlib.sha256(files[0].data).hexdigest()
+    digest = None if link else hashlib.sha256(files[0].data).hexdigest()
     files.clear()
     person = by.casefold() == "person"
     until = form.get("consent_until").strip()
@@ -99,6 +101,7 @@ def consent_fields(form: Form, settings: Any) -> dict[str, Any]:
         "representative": None if person else clean_name(by, "consent given by"),
         "authority": form.get("authority").strip() or None,
         "form_sha": digest,
+        "link_token": consent.new_link_token() if link else None,
         "valid_until": valid_until,
         "backends": form.getlist("backend"),
     }
@@ -115,7 +118,12 @@ async def people_page(request: Request) -> Response:
         email = check_email(form.get("email")) if form.get("email").strip() else None
         every = form.get("every").strip()
         interval = parse_interval(every) if every else web.settings.schedule.default_interval
-        fields = consent_fields(form, web.settings) if scope.org_id is not None else None
+        fields = None
+        if scope.org_id is not None:
+            fields = consent_fields(form, web.settings, link_allowed=True)
+            alert_to = form.get("alert_to", "person")
+            if alert_to not in casework.ALERT_TO:
+                raise MonitorError(f"alerts go to one of {', '.join(casework.ALERT_TO)}")
         with web.db.session() as s:
             subject = store.add_subject(
                 s,
@@ -127,11 +135,28 @@ async def people_page(request: Request) -> Response:
             )
             subject.minor = form.get("minor") == "on"
             if fields is not None:
+                subject.alert_to = alert_to
                 consent.record_consent(
                     s, subject, names=[name, *aliases], operator_id=scope.operator_id, **fields
                 )
-                audit.log(s, scope, "subject add", subject_id=subject.id, detail="web: signed form")
+                if fields["link_token"]:
+                    consent.queue_link_mail(s, web.settings, subject, fields["link_token"])
+                how = "link mailed" if fields["link_token"] else "signed form"
+                audit.log(s, scope, "subject add", subject_id=subject.id, detail=f"web: {how}")
             subject_id = subject.id
+        if fields is not None and fields["link_token"]:
+            await run_in_threadpool(
+                alerts.deliver_pending,
+                web.db,
+                alerts.notifier_from_settings(web.settings),
+                web.settings,
+            )
+            return back(
+                request,
+                f"/people/{subject_id}",
+                "Added {name}; a consent link was mailed. Nothing is searched before they agree.",
+                name=name,
+            )
         return back(request, f"/people/{subject_id}", "Added {name}. Next: add photos.", name=name)
     with web.db.session() as s:
         infos = store.subject_infos(s)
@@ -176,6 +201,7 @@ async def person_page(request: Request) -> Response:
         hashes=hashes,
         person_cases=person_cases,
         consent=consent_info,
+        backends=backend_choices(web.settings),
         running=subject_id in web.runner.running,
         last_result=web.runner.last.get(subject_id),
         max_mb=web.settings.web.max_upload_bytes // 1_000_000,
@@ -343,6 +369,22 @@ async def person_audit_export(request: Request) -> Response:
         media_type="application/json",
         headers={"content-disposition": f'attachment; filename="audit-{subject_id}.json"'},
     )
+
+
+@page(audit="consent renew")
+async def person_consent_renew(request: Request) -> Response:
+    """A new consent (a signed form): lifts a pause for an expired one (``consent renew``)."""
+    web = web_of(request)
+    subject_id = int(request.path_params["subject_id"])
+    scope = current_scope() or HOUSEHOLD
+    fields = consent_fields(form_of(request), web.settings)
+    with web.db.session() as s:
+        subject = _subject(s, subject_id)
+        if subject.organisation_id is None:
+            raise MonitorError("consent is recorded for an organisation's people only")
+        names = [subject.name, *(a.alias for a in subject.aliases)]
+        consent.record_consent(s, subject, names=names, operator_id=scope.operator_id, **fields)
+    return back(request, f"/people/{subject_id}", "New consent recorded; monitoring goes on.")
 
 
 @page()
