@@ -240,11 +240,13 @@ def test_looks_and_changes_are_audited_without_personal_data(world: World) -> No
     c.get(f"/cases/{case}")
     assert c.get(f"/cases/{case}/bundle").status_code == 200
     assert _send(c, "POST", f"/people/{ann}/settings", {"every": "3h"}).status_code == 303
+    assert _send(c, "POST", f"/cases/{case}/dismiss", {}).status_code == 303
     log = world.audit()
     assert ("c@a.org", "subject show", ann) in log
     assert ("c@a.org", "case show", ann) in log
     assert ("c@a.org", "case evidence export", ann) in log
     assert ("c@a.org", "subject update", ann) in log
+    assert ("c@a.org", "case dismiss", ann) in log
     export = c.get(f"/people/{ann}/audit.json")
     assert export.status_code == 200
     assert {"subject show", "case show"} <= {e["action"] for e in export.json()}

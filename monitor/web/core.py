@@ -147,7 +147,7 @@ def page(
     organisation's operator sees only their organisation's people, the household's session
     only people without one. ``changes`` (default: POSTs change) needs an admin or caseworker:
     a viewer only looks. ``audit`` names the audit log entry written for an operator when the
-    handler succeeds, about the person of the page's ``subject_id`` or ``case_id`` (checked to
+    handler succeeds (``{last}``: the path's last part, e.g. ``confirm``), about the person of the page's ``subject_id`` or ``case_id`` (checked to
     be in scope before the handler runs, as the command line does)."""
 
     def wrap(fn: Handler) -> Handler:
@@ -261,6 +261,7 @@ def _audit(
     detail = ", ".join(
         f"{k.removesuffix('_id')} {v}" for k, v in request.path_params.items() if k != "subject_id"
     )
+    action = action.replace("{last}", request.url.path.rstrip("/").rsplit("/", 1)[-1])
     with web.db.session() as s:
         audit.log(s, scope, action, subject_id=subject_id, detail=f"web: {detail}".rstrip(": "))
 

@@ -75,7 +75,7 @@ async def case_page(request: Request) -> Response:
     )
 
 
-@page(audit="case decide")
+@page(audit="case {last}")
 async def case_decide(request: Request) -> Response:
     from monitor.cases.image_copies import delete_image_copies
 
