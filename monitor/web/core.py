@@ -147,8 +147,9 @@ def page(
     organisation's operator sees only their organisation's people, the household's session
     only people without one. ``changes`` (default: POSTs change) needs an admin or caseworker:
     a viewer only looks. ``audit`` names the audit log entry written for an operator when the
-    handler succeeds (``{last}``: the path's last part, e.g. ``confirm``), about the person of the page's ``subject_id`` or ``case_id`` (checked to
-    be in scope before the handler runs, as the command line does)."""
+    handler succeeds (``{last}``: the path's last part, e.g. ``confirm``), about the person of
+    the page's ``subject_id`` or ``case_id`` (checked to be in scope before the handler runs,
+    as the command line does)."""
 
     def wrap(fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
@@ -173,7 +174,8 @@ def page(
                 scope = ws.scope or HOUSEHOLD
                 try:
                     with using_scope(scope):
-                        if changes if changes is not None else request.method == "POST":
+                        changing = request.method == "POST" if changes is None else changes
+                        if changing:
                             scope.require("admin", "caseworker")
                         subject_id = _subject_of(web, request) if audit else None
                         response = await fn(request)
