@@ -448,7 +448,13 @@ def next_steps(settings: Settings, case_id: int, status: str, *, minor: bool) ->
 
 
 def count_open(session: Session) -> int:
-    return int(
-        session.scalar(select(func.count()).select_from(Match).where(Match.status.in_(OPEN_STATES)))
-        or 0
+    """Open cases of the people in the scope in force (monitor/orgs)."""
+    from monitor.orgs.scope import scoped
+
+    stmt = (
+        select(func.count())
+        .select_from(Match)
+        .join(Subject, Subject.id == Match.subject_id)
+        .where(Match.status.in_(OPEN_STATES))
     )
+    return int(session.scalar(scoped(stmt, None)) or 0)

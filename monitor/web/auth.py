@@ -25,6 +25,7 @@ from sqlalchemy import select
 from monitor.db import Database
 from monitor.db.models import WebAccess
 from monitor.errors import MonitorError
+from monitor.orgs.scope import Scope
 
 __all__ = [
     "MIN_PASSPHRASE",
@@ -116,6 +117,7 @@ class WebSession:
     lang: str = ""
     flash: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # shown once
     reveal_keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # one-time image keys
+    scope: Scope | None = None  # an organisation's operator (None: the household)
 
 
 class Sessions:
@@ -177,6 +179,33 @@ class Sessions:
             if self._failures >= _FAILURES_BEFORE_WAIT:
                 self._wait_until = now + _WAIT
             raise PassphraseError("that passphrase is not right")
+        return self._fresh(ws)
+
+    def log_in_operator(self, ws: WebSession, email: str, passphrase: str, code: str) -> WebSession:
+        """An organisation's operator logs in (passphrase and the authenticator's code): a
+        new session carrying their :class:`~monitor.orgs.scope.Scope`. A wrong email,
+        passphrase or code gives the same :class:`PassphraseError`, and counts towards the
+        same slow-down as wrong household passphrases."""
+        from monitor.orgs import accounts
+
+        now = self.clock()
+        if self._wait_until is not None and now < self._wait_until:
+            raise PassphraseError("too many wrong tries: wait half a minute and try again")
+        try:
+            with self.db.session() as s:
+                scope = accounts.authenticate(s, email, passphrase, code)
+        except accounts.LoginFailed:
+            self._failures += 1
+            if self._failures >= _FAILURES_BEFORE_WAIT:
+                self._wait_until = now + _WAIT
+            raise PassphraseError(
+                "that did not work: the email, the passphrase or the code is not right"
+            ) from None
+        fresh = self._fresh(ws)
+        fresh.scope = scope
+        return fresh
+
+    def _fresh(self, ws: WebSession) -> WebSession:
         self._failures, self._wait_until = 0, None
         self.drop(ws)
         fresh = self.new(ws.lang)

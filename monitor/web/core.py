@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from monitor.config import Settings, format_duration
 from monitor.db import Database
 from monitor.errors import MonitorError
-from monitor.orgs.scope import HOUSEHOLD, using_scope
+from monitor.orgs.scope import HOUSEHOLD, NotAllowed, using_scope
+from monitor.orgs.scope import Scope as OrgScope
 from monitor.web import auth, data
 from monitor.web.forms import Form, FormError, FormTooLarge, read_form
 from monitor.web.i18n import LANGUAGES, translator
@@ -113,6 +114,7 @@ class WebApp:
             title=TITLE,
             csrf=ws.csrf,
             signed_in=ws.authenticated,
+            operator=ws.scope,
             path=request.url.path,
             flash=[flash_text(lang, text, values) for text, values in ws.flash],
             exit_url=self.settings.web.exit_url,
@@ -135,32 +137,54 @@ def _every(seconds: int) -> str:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def page(*, auth_required: bool = True) -> Callable[[Handler], Handler]:
+def page(
+    *, auth_required: bool = True, changes: bool | None = None, audit: str | None = None
+) -> Callable[[Handler], Handler]:
     """Session, log-in and CSRF handling around a handler. A POST's form (read in memory) is
-    ``request.state.form``; its ``csrf`` field must match the session's token."""
+    ``request.state.form``; its ``csrf`` field must match the session's token.
+
+    The handler runs in the session's scope (:func:`monitor.orgs.scope.using_scope`): an
+    organisation's operator sees only their organisation's people, the household's session
+    only people without one. ``changes`` (default: POSTs change) needs an admin or caseworker:
+    a viewer only looks. ``audit`` names the audit log entry written for an operator when the
+    handler succeeds (``{last}``: the path's last part, e.g. ``confirm``), about the person of
+    the page's ``subject_id`` or ``case_id`` (checked to be in scope before the handler runs,
+    as the command line does)."""
 
     def wrap(fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             web: WebApp = request.app.state.web
             token = request.cookies.get(COOKIE)
             ws, expired = web.sessions.get(token)
+            if ws is not None and ws.scope is not None and not _operator_active(web, ws.scope):
+                web.sessions.drop(ws)  # disabled by their admin since logging in
+                ws = None
             if ws is None:
                 ws = web.sessions.new(web.settings.web.language)
             request.state.ws = ws
             response: Response
             if auth_required and not ws.authenticated:
-                if not auth.passphrase_is_set(web.db):
+                if not auth.passphrase_is_set(web.db) and not operators_log_in(web):
                     response = RedirectResponse("/setup", 303)
                 else:
                     response = RedirectResponse("/login" + ("?expired=1" if expired else ""), 303)
             elif request.method == "POST" and (refused := await _read_post(request, web)):
                 response = refused
             else:
+                scope = ws.scope or HOUSEHOLD
                 try:
-                    # Until operators log in here, the pages are the household's: people of
-                    # an organisation are invisible to them, as to the CLI without --operator.
-                    with using_scope(HOUSEHOLD):
+                    with using_scope(scope):
+                        changing = request.method == "POST" if changes is None else changes
+                        if changing:
+                            scope.require("admin", "caseworker")
+                        subject_id = _subject_of(web, request) if audit else None
                         response = await fn(request)
+                        if audit and response.status_code < 400:
+                            _audit(web, scope, audit, subject_id, request)
+                except NotAllowed as exc:
+                    response = web.render(
+                        request, "message.html", status=403, heading=None, message=str(exc)
+                    )
                 except MonitorError as exc:
                     response = web.render(
                         request, "message.html", status=400, heading=None, message=str(exc)
@@ -190,6 +214,58 @@ def page(*, auth_required: bool = True) -> Callable[[Handler], Handler]:
         return handler
 
     return wrap
+
+
+def operators_log_in(web: WebApp) -> bool:
+    """Whether the log-in page asks for an operator (email, passphrase, one-time code): as soon
+    as the database has an organisation. Without one, the household's passphrase."""
+    from monitor.orgs.accounts import any_organisation
+
+    with web.db.session() as s:
+        return any_organisation(s)
+
+
+def _operator_active(web: WebApp, scope: OrgScope) -> bool:
+    from monitor.db.models import Operator
+
+    with web.db.session() as s:
+        op = s.get(Operator, scope.operator_id)
+        return op is not None and op.disabled_at is None
+
+
+def _subject_of(web: WebApp, request: Request) -> int | None:
+    """The person the page is about (``subject_id`` or ``case_id`` in its path); "not found"
+    outside the scope in force."""
+    from monitor.cases.core import get_case
+    from monitor.orgs.scope import subject_in_scope
+
+    params = request.path_params
+    with web.db.session() as s:
+        if "case_id" in params:
+            return get_case(s, int(params["case_id"])).subject_id
+        if "subject_id" in params:
+            subject_id = int(params["subject_id"])
+            if not subject_in_scope(s, subject_id):
+                raise MonitorError("there is no such person (erased?)")
+            return subject_id
+    return None
+
+
+def _audit(
+    web: WebApp, scope: OrgScope, action: str, subject_id: int | None, request: Request
+) -> None:
+    """The audit log entry for an operator's look or change (none in household mode). The
+    detail holds numbers only, no personal data."""
+    from monitor.orgs import audit
+
+    if scope.org_id is None:
+        return
+    detail = ", ".join(
+        f"{k.removesuffix('_id')} {v}" for k, v in request.path_params.items() if k != "subject_id"
+    )
+    action = action.replace("{last}", request.url.path.rstrip("/").rsplit("/", 1)[-1])
+    with web.db.session() as s:
+        audit.log(s, scope, action, subject_id=subject_id, detail=f"web: {detail}".rstrip(": "))
 
 
 async def _read_post(request: Request, web: WebApp) -> Response | None:

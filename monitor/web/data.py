@@ -150,6 +150,19 @@ def recent_scans(session: Session, limit: int = 30) -> list[ScanRow]:
     return [_scan_row(session, scan, name) for scan, name in rows]
 
 
+def pending_alerts(session: Session) -> int:
+    """Alerts waiting to be delivered, of the people in the scope in force."""
+    from monitor.db.models import OutboxMessage
+
+    stmt = (
+        select(func.count())
+        .select_from(OutboxMessage)
+        .join(Subject, Subject.id == OutboxMessage.subject_id)
+        .where(OutboxMessage.status.in_(("pending", "sending")))
+    )
+    return int(session.scalar(scoped(stmt, None)) or 0)
+
+
 def references_count(session: Session, subject_id: int) -> tuple[int, int]:
     """(reference photos, stored hashes) of a person."""
     from monitor.db.models import Reference, ReferenceHash
@@ -193,17 +206,23 @@ class ScanRunner:
         self._own_pool: Executor | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="web-scan")
         self._lock = threading.Lock()
-        self.running: set[str] = set()
-        self.last: dict[str, str] = {}  # name -> what the last web-started scan came to
+        # by person (ids: the same name can be two people of two organisations)
+        self.running: dict[int, str] = {}  # subject id -> name
+        self.last: dict[int, str] = {}  # subject id -> what the last web-started scan came to
 
-    def start(self, name: str) -> bool:
+    def start(self, subject_id: int, name: str) -> bool:
         with self._lock:
-            if name in self.running:
+            if subject_id in self.running:
                 return False
-            self.running.add(name)
-        # in the caller's scope (the household's), like the page that started it
-        self._pool.submit(contextvars.copy_context().run, self._scan, name)
+            self.running[subject_id] = name
+        # in the caller's scope (the operator's, or the household's), like the page
+        self._pool.submit(contextvars.copy_context().run, self._scan, subject_id, name)
         return True
+
+    def running_in(self, subject_ids: set[int]) -> list[str]:
+        """Names of the people among ``subject_ids`` (those the page may show) being scanned."""
+        with self._lock:
+            return [name for sid, name in self.running.items() if sid in subject_ids]
 
     def hashing_pool(self) -> Executor:
         """The pool that decodes web bytes (with a deadline per task), started when first
@@ -217,19 +236,19 @@ class ScanRunner:
         assert pool is not None
         return pool
 
-    def _scan(self, name: str) -> None:
+    def _scan(self, subject_id: int, name: str) -> None:
         from monitor.pipeline import scan_subject
 
         try:
             pool = self.hashing_pool()
             summary = scan_subject(self.settings, self.db, name, pool=pool)
-            self.last[name] = f"{summary.status}: {summary.searched}"
+            self.last[subject_id] = f"{summary.status}: {summary.searched}"
         except Exception as exc:  # shown on the page; the scan records its own failure
             logger.warning("scan from the web failed: %s", exc)
-            self.last[name] = f"failed: {exc}"
+            self.last[subject_id] = f"failed: {exc}"
         finally:
             with self._lock:
-                self.running.discard(name)
+                self.running.pop(subject_id, None)
 
     def wait(self) -> None:
         """Wait for the scans started so far (tests)."""

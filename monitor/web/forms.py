@@ -34,6 +34,7 @@ class FormTooLarge(FormError):
 class Upload:
     filename: str
     data: bytes
+    field: str = ""  # the form field it came in
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _multipart(body: bytes, boundary: bytes, form: Form) -> Form:
                 return
             filename = opts[b"filename"].decode("utf-8", "replace")
             if data or filename:
-                form.files.append(Upload(filename, bytes(data)))
+                form.files.append(Upload(filename, bytes(data), name))
         else:
             if sum(len(v) for v in form.fields.values()) >= MAX_FIELDS:
                 state["error"] = "too many form fields"

@@ -10,6 +10,7 @@ from monitor.web import auth
 from monitor.web.core import (
     COOKIE,
     form_of,
+    operators_log_in,
     page,
     web_of,
 )
@@ -21,7 +22,7 @@ from monitor.web.i18n import LANGUAGES
 @page(auth_required=False)
 async def setup_page(request: Request) -> Response:
     web = web_of(request)
-    if auth.passphrase_is_set(web.db):
+    if auth.passphrase_is_set(web.db) or operators_log_in(web):
         return RedirectResponse("/login", 303)
     error = None
     if request.method == "POST":
@@ -41,16 +42,27 @@ async def setup_page(request: Request) -> Response:
 @page(auth_required=False)
 async def login_page(request: Request) -> Response:
     web = web_of(request)
-    if not auth.passphrase_is_set(web.db):
+    operators = operators_log_in(web)
+    if not operators and not auth.passphrase_is_set(web.db):
         return RedirectResponse("/setup", 303)
     if request.state.ws.authenticated:
         return RedirectResponse("/", 303)
     error = None
     if request.method == "POST":
+        form = form_of(request)
         try:
-            request.state.ws = await run_in_threadpool(
-                web.sessions.log_in, request.state.ws, form_of(request).get("passphrase")
-            )
+            if operators:  # an organisation's operator: email, passphrase, one-time code
+                request.state.ws = await run_in_threadpool(
+                    web.sessions.log_in_operator,
+                    request.state.ws,
+                    form.get("email"),
+                    form.get("passphrase"),
+                    form.get("code"),
+                )
+            else:
+                request.state.ws = await run_in_threadpool(
+                    web.sessions.log_in, request.state.ws, form.get("passphrase")
+                )
             return RedirectResponse("/", 303)
         except auth.PassphraseError as exc:
             error = str(exc)
@@ -59,11 +71,12 @@ async def login_page(request: Request) -> Response:
         "login.html",
         status=400 if error else 200,
         error=error,
+        operators=operators,
         expired=request.query_params.get("expired") == "1",
     )
 
 
-@page()
+@page(changes=False)
 async def lock(request: Request) -> Response:
     web = web_of(request)
     web.sessions.drop(request.state.ws)

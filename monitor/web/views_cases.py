@@ -14,8 +14,10 @@ from starlette.responses import RedirectResponse, Response
 
 from monitor import alerts, cases, store
 from monitor.cases import core as case_core
-from monitor.db.models import Notice, Subject
+from monitor.db.models import Notice, Operator, Subject
 from monitor.errors import MonitorError
+from monitor.orgs import accounts, casework
+from monitor.orgs.scope import HOUSEHOLD, current_scope
 from monitor.pool import PoolTaskError
 from monitor.web.core import (
     WebApp,
@@ -28,7 +30,7 @@ from monitor.web.core import (
 # ------------------------------------------------------------------ cases
 
 
-@page()
+@page(audit="cases")
 async def cases_page(request: Request) -> Response:
     web = web_of(request)
     with web.db.session() as s:
@@ -40,24 +42,40 @@ def _case_id(request: Request) -> int:
     return int(request.path_params["case_id"])
 
 
-@page()
+@page(audit="case show")
 async def case_page(request: Request) -> Response:
     web = web_of(request)
     case_id = _case_id(request)
+    scope = current_scope() or HOUSEHOLD
     with web.db.session() as s:
         detail = cases.case_detail(s, web.settings, case_id)
         found_by = store.found_by(s, case_id)
+        requests = casework.requests_of(s, case_id)
+        assigned, workers = None, []
+        if scope.org_id is not None:
+            case = case_core.get_case(s, case_id)
+            op = s.get(Operator, case.assigned_to) if case.assigned_to else None
+            assigned = op.email if op else None
+            workers = [
+                o.email
+                for o in accounts.operators_of(s, scope.org_id)
+                if o.role in ("admin", "caseworker") and o.disabled_at is None
+            ]
     return web.render(
         request,
         "case.html",
         d=detail,
         found_by=found_by,
+        requests=requests,
+        request_states=casework.REQUEST_STATES,
+        assigned=assigned,
+        workers=workers,
         reply_to=web.settings.cases.reply_to,
         removal_forms=web.settings.cases.removal_forms,
     )
 
 
-@page()
+@page(audit="case {last}")
 async def case_decide(request: Request) -> Response:
     from monitor.cases.image_copies import delete_image_copies
 
@@ -84,7 +102,7 @@ async def case_decide(request: Request) -> Response:
     )
 
 
-@page()
+@page(audit="case recheck")
 async def case_recheck(request: Request) -> Response:
     web = web_of(request)
     case_id = _case_id(request)
@@ -103,7 +121,7 @@ async def case_recheck(request: Request) -> Response:
     )
 
 
-@page()
+@page(audit="case evidence export")
 async def case_bundle(request: Request) -> Response:
     """The evidence zip, built in an owner-only folder of the data folder and sent."""
     from monitor.cases.capture import export_bundle
@@ -127,7 +145,7 @@ async def case_bundle(request: Request) -> Response:
     )
 
 
-@page()
+@page(audit="case notice draft")
 async def case_notice(request: Request) -> Response:
     from monitor.cases import contacts, notices
 
@@ -162,7 +180,7 @@ def _notice(session: Any, case_id: int, notice_id: int) -> Notice:
     return notice
 
 
-@page()
+@page(audit="case notice show")
 async def notice_page(request: Request) -> Response:
     web = web_of(request)
     case_id, notice_id = _case_id(request), int(request.path_params["notice_id"])
@@ -184,7 +202,7 @@ async def notice_page(request: Request) -> Response:
     return web.render(request, "notice.html", case_id=case_id, notice=notice, emails=emails)
 
 
-@page()
+@page(audit="case notice send")
 async def notice_send(request: Request) -> Response:
     from monitor.cases import notices
 
@@ -208,6 +226,49 @@ async def notice_send(request: Request) -> Response:
     )
 
 
+@page(audit="case assign")
+async def case_assign(request: Request) -> Response:
+    """Give the case to one of the organisation's caseworkers (or admins)."""
+    web = web_of(request)
+    case_id = _case_id(request)
+    email = form_of(request).get("email")
+    with web.db.session() as s:
+        casework.assign_case(s, case_id, email)
+    return back(
+        request, f"/cases/{case_id}", "Case {case} is assigned to {to}.", case=case_id, to=email
+    )
+
+
+@page(audit="case request")
+async def case_request(request: Request) -> Response:
+    """What the site did with the latest sent removal request: acknowledged, removed,
+    refused, on a date (default today)."""
+    from datetime import UTC, datetime
+
+    web = web_of(request)
+    case_id = _case_id(request)
+    form = form_of(request)
+    at_text = form.get("at").strip()
+    try:
+        at = datetime.strptime(at_text, "%Y-%m-%d").replace(tzinfo=UTC) if at_text else None
+    except ValueError:
+        raise MonitorError(f"expected a date YYYY-MM-DD, got {at_text!r}") from None
+    with web.db.session() as s:
+        casework.record_request_outcome(s, case_id, form.get("state"), at)
+    return back(request, f"/cases/{case_id}", "Recorded: {state}.", state=form.get("state"))
+
+
+@page()
+async def stats_page(request: Request) -> Response:
+    """Removal rate and median days to removal, overall and by site, of the organisation's
+    cases (the household's without one)."""
+    web = web_of(request)
+    scope = current_scope() or HOUSEHOLD
+    with web.db.session() as s:
+        stats = casework.removal_stats(s, scope.org_id)
+    return web.render(request, "stats.html", stats=stats)
+
+
 # ------------------------------------------------------------------ images, behind a click
 
 
@@ -220,7 +281,7 @@ def _place(session: Any, case_id: int, sighting_id: int) -> tuple[Any, bool]:
     raise MonitorError("there is no such place in this case")
 
 
-@page()
+@page(changes=False, audit="case image")
 async def reveal_page(request: Request) -> Response:
     """A warning, and only after a deliberate click a one-time link to the blurred image."""
     web = web_of(request)
@@ -236,7 +297,7 @@ async def reveal_page(request: Request) -> Response:
     )
 
 
-@page()
+@page(audit="case image view")
 async def blurred_image(request: Request) -> Response:
     from monitor.web.blur import fetch_blurred
 
@@ -277,7 +338,7 @@ def _screenshot_path(web: WebApp, case_id: int, sighting_id: int, index: int) ->
     return path
 
 
-@page()
+@page(changes=False, audit="case screenshot")
 async def screenshot_page(request: Request) -> Response:
     web = web_of(request)
     case_id, sighting_id = _case_id(request), int(request.path_params["sighting_id"])
@@ -294,7 +355,7 @@ async def screenshot_page(request: Request) -> Response:
     )
 
 
-@page()
+@page(audit="case screenshot view")
 async def screenshot_file(request: Request) -> Response:
     web = web_of(request)
     case_id, sighting_id = _case_id(request), int(request.path_params["sighting_id"])

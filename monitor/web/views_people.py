@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,8 @@ from monitor.config import format_duration
 from monitor.db.models import Subject
 from monitor.errors import MonitorError
 from monitor.inputs import check_email, clean_name, parse_interval
-from monitor.orgs.scope import subject_in_scope
+from monitor.orgs import audit, casework, consent
+from monitor.orgs.scope import HOUSEHOLD, current_scope, subject_in_scope
 from monitor.web import data
 from monitor.web.core import (
     back,
@@ -22,17 +24,18 @@ from monitor.web.core import (
     page,
     web_of,
 )
+from monitor.web.forms import Form
 
 # ------------------------------------------------------------------ overview, scans
 
 
-@page()
+@page(audit="overview")
 async def overview_page(request: Request) -> Response:
     web = web_of(request)
     with web.db.session() as s:
         people = data.overview(s)
         open_cases = case_core.count_open(s)
-        waiting = alerts.pending_count(s)
+        waiting = data.pending_alerts(s)
     return web.render(
         request,
         "overview.html",
@@ -40,16 +43,17 @@ async def overview_page(request: Request) -> Response:
         open_cases=open_cases,
         waiting=waiting,
         scheduler_running=web.scheduler_running,
-        running=web.runner.running,
+        running=web.runner.running_in({p.id for p in people}),
     )
 
 
-@page()
+@page(audit="scans")
 async def scans_page(request: Request) -> Response:
     web = web_of(request)
     with web.db.session() as s:
         rows = data.recent_scans(s)
-    return web.render(request, "scans.html", scans=rows, running=web.runner.running)
+        visible = {subject.id for subject in store.all_subjects(s)}
+    return web.render(request, "scans.html", scans=rows, running=web.runner.running_in(visible))
 
 
 # ------------------------------------------------------------------ people
@@ -62,9 +66,51 @@ def _subject(session: Any, subject_id: int) -> Subject:
     return subject
 
 
+def backend_choices(settings: Any) -> list[str]:
+    """What a consent may allow: the configured backends' kinds and names."""
+    kinds = sorted({b.kind for b in settings.search.backends})
+    names = sorted({b.name for b in settings.search.backends if b.name} - set(kinds))
+    return kinds + names or [consent.ANY_BACKEND]
+
+
+def consent_fields(form: Form, settings: Any, *, link_allowed: bool = False) -> dict[str, Any]:
+    """The consent of an organisation's person from the form (as ``subject add --consent-by
+    --consent-file|--consent-link --consent-until --allow-backend``): the signed form's SHA-256
+    is computed in memory and the file dropped; or a code for a mailed confirmation link."""
+    from datetime import UTC, datetime
+
+    by = form.get("consent_by").strip()
+    files = [u for u in form.files if u.field == "consent_form" and u.data]
+    form.files.clear()
+    link = link_allowed and form.get("consent_how") == "link"
+    if not by or not (files or link):
+        raise MonitorError(
+            "an organisation's person needs consent: who gave it, and the signed consent form"
+            + (" (or a mailed confirmation link)" if link_allowed else "")
+        )
+    digest = None if link else hashlib.sha256(files[0].data).hexdigest()
+    files.clear()
+    person = by.casefold() == "person"
+    until = form.get("consent_until").strip()
+    try:
+        valid_until = datetime.strptime(until, "%Y-%m-%d").replace(tzinfo=UTC) if until else None
+    except ValueError:
+        raise MonitorError(f"consent until: expected a date YYYY-MM-DD, got {until!r}") from None
+    return {
+        "given_by": "person" if person else "representative",
+        "representative": None if person else clean_name(by, "consent given by"),
+        "authority": form.get("authority").strip() or None,
+        "form_sha": digest,
+        "link_token": consent.new_link_token() if link else None,
+        "valid_until": valid_until,
+        "backends": form.getlist("backend"),
+    }
+
+
 @page()
 async def people_page(request: Request) -> Response:
     web = web_of(request)
+    scope = current_scope() or HOUSEHOLD
     if request.method == "POST":
         form = form_of(request)
         name = clean_name(form.get("name"), "the name")
@@ -72,23 +118,60 @@ async def people_page(request: Request) -> Response:
         email = check_email(form.get("email")) if form.get("email").strip() else None
         every = form.get("every").strip()
         interval = parse_interval(every) if every else web.settings.schedule.default_interval
+        fields = None
+        if scope.org_id is not None:
+            fields = consent_fields(form, web.settings, link_allowed=True)
+            alert_to = form.get("alert_to", "person")
+            if alert_to not in casework.ALERT_TO:
+                raise MonitorError(f"alerts go to one of {', '.join(casework.ALERT_TO)}")
         with web.db.session() as s:
-            subject = store.add_subject(s, name, aliases=aliases, email=email, interval=interval)
+            subject = store.add_subject(
+                s,
+                name,
+                aliases=aliases,
+                email=email,
+                interval=interval,
+                organisation_id=scope.org_id,
+            )
             subject.minor = form.get("minor") == "on"
+            if fields is not None:
+                subject.alert_to = alert_to
+                consent.record_consent(
+                    s, subject, names=[name, *aliases], operator_id=scope.operator_id, **fields
+                )
+                if fields["link_token"]:
+                    consent.queue_link_mail(s, web.settings, subject, fields["link_token"])
+                how = "link mailed" if fields["link_token"] else "signed form"
+                audit.log(s, scope, "subject add", subject_id=subject.id, detail=f"web: {how}")
             subject_id = subject.id
+        if fields is not None and fields["link_token"]:
+            await run_in_threadpool(
+                alerts.deliver_pending,
+                web.db,
+                alerts.notifier_from_settings(web.settings),
+                web.settings,
+            )
+            return back(
+                request,
+                f"/people/{subject_id}",
+                "Added {name}; a consent link was mailed. Nothing is searched before they agree.",
+                name=name,
+            )
         return back(request, f"/people/{subject_id}", "Added {name}. Next: add photos.", name=name)
     with web.db.session() as s:
         infos = store.subject_infos(s)
         ids = {subj.name: subj.id for subj in store.all_subjects(s)}
+        audit.log(s, scope, "subject list", detail="web")
     return web.render(
         request,
         "people.html",
         people=[(ids[i.name], i) for i in infos],
         default_every=format_duration(web.settings.schedule.default_interval),
+        backends=backend_choices(web.settings),
     )
 
 
-@page()
+@page(audit="subject show")
 async def person_page(request: Request) -> Response:
     web = web_of(request)
     subject_id = int(request.path_params["subject_id"])
@@ -104,8 +187,12 @@ async def person_page(request: Request) -> Response:
             "minor": subject.minor,
             "last_scan_at": subject.last_scan_at,
             "next_scan_at": subject.next_scan_at,
+            "organisation": subject.organisation_id,
+            "paused": subject.paused_reason,
         }
         person_cases = cases.list_cases(s, subject.name)
+        record = consent.latest(s, subject_id) if subject.organisation_id else None
+        consent_info = consent.describe(record) if record else None
     return web.render(
         request,
         "person.html",
@@ -113,8 +200,10 @@ async def person_page(request: Request) -> Response:
         references=refs,
         hashes=hashes,
         person_cases=person_cases,
-        running=subject.name in web.runner.running,
-        last_result=web.runner.last.get(subject.name),
+        consent=consent_info,
+        backends=backend_choices(web.settings),
+        running=subject_id in web.runner.running,
+        last_result=web.runner.last.get(subject_id),
         max_mb=web.settings.web.max_upload_bytes // 1_000_000,
     )
 
@@ -125,7 +214,7 @@ def format_duration_seconds(seconds: int) -> str:
     return format_duration(timedelta(seconds=seconds))
 
 
-@page()
+@page(audit="enroll")
 async def person_enrol(request: Request) -> Response:
     """Photos from the upload, hashed in memory (monitor.enrol) and dropped."""
     from monitor.enrol import enrol_images
@@ -174,7 +263,7 @@ async def person_enrol(request: Request) -> Response:
     return response
 
 
-@page()
+@page(audit="subject update")
 async def person_update(request: Request) -> Response:
     from monitor.cases import image_copies
 
@@ -197,13 +286,13 @@ async def person_update(request: Request) -> Response:
     return back(request, f"/people/{subject_id}", "Saved.")
 
 
-@page()
+@page(audit="scan")
 async def person_scan(request: Request) -> Response:
     web = web_of(request)
     subject_id = int(request.path_params["subject_id"])
     with web.db.session() as s:
         name = _subject(s, subject_id).name
-    started = web.runner.start(name)
+    started = web.runner.start(subject_id, name)
     return back(
         request,
         "/scans",
@@ -213,7 +302,116 @@ async def person_scan(request: Request) -> Response:
     )
 
 
+@page(auth_required=False, changes=False)
+async def consent_link_page(request: Request) -> Response:
+    """The page the consent link mailed to a person opens (``[orgs] confirm_url``, e.g.
+    ``https://help.example/confirm?code=``). Opening it confirms nothing (mail programs open
+    links to check them); the person presses the button. No log-in: the code is the key, and
+    the page names no one."""
+    from monitor.orgs.scope import Scope, using_scope
+
+    web = web_of(request)
+    code = request.query_params.get("code", "").strip()
+    done = False
+    if request.method == "POST":
+        code = form_of(request).get("code").strip()
+        # the person is no operator: the code is looked up among every organisation's
+        with using_scope(None), web.db.session() as s:
+            record = consent.confirm_link(s, code)
+            subject = s.get(Subject, record.subject_id)
+            org = subject.organisation_id if subject else None
+            person = Scope(org_id=org, operator="the person (confirmation link)")
+            audit.log(s, person, "consent confirmed", subject_id=record.subject_id)
+        done = True
+    return web.render(request, "confirm.html", code=code, done=done)
+
+
+@page(audit="consent confirm")
+async def consent_code_confirm(request: Request) -> Response:
+    """A caseworker types the code the person passed on (their mail had no link)."""
+    web = web_of(request)
+    with web.db.session() as s:
+        record = consent.confirm_link(s, form_of(request).get("code"))
+        subject_id = record.subject_id
+    return back(request, f"/people/{subject_id}", "Consent confirmed: monitoring can start.")
+
+
+def _audit_scope() -> Any:
+    scope = current_scope() or HOUSEHOLD
+    if scope.org_id is None:
+        raise MonitorError("the audit log is kept for organisations")
+    scope.require("admin", "caseworker")  # as `audit` on the command line
+    return scope
+
+
 @page()
+async def audit_page(request: Request) -> Response:
+    """The organisation's audit log (newest first): who looked at or changed what, when."""
+    web = web_of(request)
+    scope = _audit_scope()
+    with web.db.session() as s:
+        rows = list(reversed(audit.entries(s, scope)))[:500]
+    return web.render(request, "audit.html", entries=rows)
+
+
+@page(audit="audit export")
+async def person_audit_export(request: Request) -> Response:
+    """One person's audit entries as JSON (their right of access)."""
+    import json
+
+    web = web_of(request)
+    scope = _audit_scope()
+    subject_id = int(request.path_params["subject_id"])
+    with web.db.session() as s:
+        rows = [e.as_json() for e in audit.entries(s, scope, subject_id)]
+    return Response(
+        json.dumps(rows, indent=2),
+        media_type="application/json",
+        headers={"content-disposition": f'attachment; filename="audit-{subject_id}.json"'},
+    )
+
+
+@page(audit="consent renew")
+async def person_consent_renew(request: Request) -> Response:
+    """A new consent (a signed form): lifts a pause for an expired one (``consent renew``)."""
+    web = web_of(request)
+    subject_id = int(request.path_params["subject_id"])
+    scope = current_scope() or HOUSEHOLD
+    fields = consent_fields(form_of(request), web.settings)
+    with web.db.session() as s:
+        subject = _subject(s, subject_id)
+        if subject.organisation_id is None:
+            raise MonitorError("consent is recorded for an organisation's people only")
+        names = [subject.name, *(a.alias for a in subject.aliases)]
+        consent.record_consent(s, subject, names=names, operator_id=scope.operator_id, **fields)
+    return back(request, f"/people/{subject_id}", "New consent recorded; monitoring goes on.")
+
+
+@page()
+async def person_consent_withdraw(request: Request) -> Response:
+    """Consent withdrawn (an organisation's person): monitoring stops and everything is erased
+    at once, after the name was typed; the audit log keeps that it happened, without it."""
+    from monitor.orgs.erasure import withdraw_and_erase
+
+    web = web_of(request)
+    subject_id = int(request.path_params["subject_id"])
+    with web.db.session() as s:
+        subject = _subject(s, subject_id)
+        name, org = subject.name, subject.organisation_id
+    if org is None:
+        raise MonitorError("consent is recorded for an organisation's people only")
+    if form_of(request).get("confirm_name") != name:
+        return back(request, f"/people/{subject_id}", "Not withdrawn: the name did not match.")
+    scope = current_scope()
+    await run_in_threadpool(withdraw_and_erase, web.settings, web.db, name, scope)
+    return back(
+        request,
+        "/people",
+        "Consent withdrawn: monitoring stopped and everything stored about the person is erased.",
+    )
+
+
+@page(audit="subject remove")
 async def person_erase(request: Request) -> Response:
     web = web_of(request)
     subject_id = int(request.path_params["subject_id"])

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from monitor import alerts
 from monitor.cases import core as case_core
 from monitor.config import format_duration
+from monitor.errors import MonitorError
 from monitor.inputs import check_email
 from monitor.support import COUNTRIES, lines_for, support_lines
 from monitor.web import auth
@@ -89,6 +90,8 @@ async def settings_mail_test(request: Request) -> Response:
 @page()
 async def settings_passphrase(request: Request) -> Response:
     web = web_of(request)
+    if request.state.ws.scope is not None:
+        raise MonitorError("an operator's passphrase is not changed on this page")
     form = form_of(request)
     stored = auth.stored_hash(web.db)
     if stored is None or not auth.verify_passphrase(form.get("current"), stored):
