@@ -14,7 +14,7 @@ import pyotp
 import pytest
 from sqlalchemy import select, text
 
-from monitor import store
+from monitor import passphrases, store
 from monitor.cases.capture import evidence_key
 from monitor.config import OrgsConfig, load_settings
 from monitor.db import Database
@@ -76,7 +76,7 @@ class World:
         # enrolled from their hashes (quicker than hashing the photos' variants every test)
         self.hashes = tmp_path / "refs.txt"
         self.hashes.write_text(_hash_lines(tuple(refs)))
-        monkeypatch.setattr(accounts, "_N", 2**10)  # cheap passphrase hashing in tests
+        monkeypatch.setattr(passphrases, "COST", 2**10)  # cheap passphrase hashing in tests
         self.secrets: dict[str, str] = {}
         self.ok("org", "add", "A")
         self.ok("org", "add", "B")

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from monitor import store
+from monitor import passphrases, store
 from monitor.config import Settings
 from monitor.db.models import (
     AuditEntry,
@@ -115,7 +115,7 @@ def _case(s, subject: Subject, seed: int, host: str) -> tuple[int, int]:
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setattr(accounts, "_N", 2**10)  # cheap passphrase hashing in tests
+    monkeypatch.setattr(passphrases, "COST", 2**10)  # cheap passphrase hashing in tests
     settings = Settings(
         data_dir=tmp_path / "data",
         web={"exit_url": "https://example.org/"},

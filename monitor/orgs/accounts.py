@@ -1,16 +1,12 @@
 """Organisations and their operators: passphrases (scrypt), TOTP second factor (pyotp).
 
-A passphrase is kept as ``scrypt$n$r$p$salt$hash`` (hashlib.scrypt, no extra dependency); the
+A passphrase is kept as an scrypt hash (monitor/passphrases.py); the
 TOTP secret encrypted with the reference key (``Operator.totp_secret``, monitor/secrets.py).
 :func:`authenticate` checks both and gives the operator's :class:`~monitor.orgs.scope.Scope`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import secrets
 from dataclasses import dataclass
 
 import pyotp
@@ -20,10 +16,10 @@ from sqlalchemy.orm import Session
 from monitor.db.models import Operator, Organisation
 from monitor.errors import MonitorError
 from monitor.orgs.scope import ROLES, Scope
+from monitor.passphrases import hash_passphrase, verify_passphrase
 
 ISSUER = "Exposure Monitor"
 MIN_PASSPHRASE = 12
-_N, _R, _P = 2**15, 8, 1  # scrypt cost: ~32 MiB, a few tens of ms
 
 
 class OrganisationNotFound(MonitorError):
@@ -32,35 +28,6 @@ class OrganisationNotFound(MonitorError):
 
 class LoginFailed(MonitorError):
     """Unknown operator, wrong passphrase or wrong one-time code (never says which)."""
-
-
-def hash_passphrase(passphrase: str) -> str:
-    salt = secrets.token_bytes(16)
-    n = _N
-    digest = hashlib.scrypt(
-        passphrase.encode(), salt=salt, n=n, r=_R, p=_P, maxmem=64 * 2**20, dklen=32
-    )
-    b64 = base64.urlsafe_b64encode
-    return f"scrypt${n}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def verify_passphrase(stored: str, passphrase: str) -> bool:
-    try:
-        kind, n, r, p, salt, digest = stored.split("$")
-        if kind != "scrypt":
-            return False
-        got = hashlib.scrypt(
-            passphrase.encode(),
-            salt=base64.urlsafe_b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=64 * 2**20,
-            dklen=32,
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got, base64.urlsafe_b64decode(digest))
 
 
 def add_organisation(session: Session, name: str) -> Organisation:

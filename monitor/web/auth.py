@@ -1,6 +1,6 @@
 """Passphrase and sessions of the local web app.
 
-* The passphrase is stored as an scrypt hash (``scrypt$n$r$p$salt$hash``, hex) in
+* The passphrase is stored as an scrypt hash (monitor/passphrases.py) in
   ``web_access``; set on the first visit, checked in constant time.
 * Sessions live in this process only (a restart locks everyone out): a random token in an
   HttpOnly, SameSite=Strict cookie, a CSRF token per session, an idle timeout
@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import threading
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from monitor.db import Database
 from monitor.db.models import WebAccess
 from monitor.errors import MonitorError
 from monitor.orgs.scope import Scope
+from monitor.passphrases import hash_passphrase, verify_passphrase
 
 __all__ = [
     "MIN_PASSPHRASE",
@@ -40,38 +39,12 @@ __all__ = [
 ]
 
 MIN_PASSPHRASE = 8
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _FAILURES_BEFORE_WAIT = 5
 _WAIT = timedelta(seconds=30)
 
 
 class PassphraseError(MonitorError):
     """A passphrase that cannot be used, or a wrong one."""
-
-
-def hash_passphrase(passphrase: str, *, salt: bytes | None = None) -> str:
-    salt = salt or secrets.token_bytes(16)
-    n, r, p = _SCRYPT["n"], _SCRYPT["r"], _SCRYPT["p"]
-    digest = hashlib.scrypt(passphrase.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
-    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
-
-
-def verify_passphrase(passphrase: str, stored: str) -> bool:
-    try:
-        kind, n, r, p, salt, digest = stored.split("$")
-        if kind != "scrypt":
-            return False
-        got = hashlib.scrypt(
-            passphrase.encode(),
-            salt=bytes.fromhex(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(digest) // 2,
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got.hex(), digest)
 
 
 def check_passphrase(passphrase: str, repeated: str) -> str:
@@ -174,7 +147,7 @@ class Sessions:
         if self._wait_until is not None and now < self._wait_until:
             raise PassphraseError("too many wrong tries: wait half a minute and try again")
         stored = stored_hash(self.db)
-        if stored is None or not verify_passphrase(passphrase, stored):
+        if stored is None or not verify_passphrase(stored, passphrase):
             self._failures += 1
             if self._failures >= _FAILURES_BEFORE_WAIT:
                 self._wait_until = now + _WAIT

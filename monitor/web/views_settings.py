@@ -94,7 +94,7 @@ async def settings_passphrase(request: Request) -> Response:
         raise MonitorError("an operator's passphrase is not changed on this page")
     form = form_of(request)
     stored = auth.stored_hash(web.db)
-    if stored is None or not auth.verify_passphrase(form.get("current"), stored):
+    if stored is None or not auth.verify_passphrase(stored, form.get("current")):
         return back(request, "/settings", "Not changed: the current passphrase is not right.")
     phrase = auth.check_passphrase(form.get("passphrase"), form.get("repeat"))
     await run_in_threadpool(auth.set_passphrase, web.db, phrase, first=False)
