@@ -8,7 +8,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import __version__, alerts, cases, store
+from monitor import __version__, alerts, cases, cli_queue, store
 from monitor.cases import image_copies
 from monitor.config import Settings, load_settings
 from monitor.db import Database, check_sqlite_folder, describe_db_error
@@ -182,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
         help="print the search requests a scan would send, per backend, and their cost "
         "(requests; monthly budget left); send nothing",
     )
+    sc.add_argument(
+        "--queue",
+        action="store_true",
+        help="run the scan on the workers of [queue] (docs/scale.md) and wait for its summary",
+    )
 
     bk = sub.add_parser(
         "backends",
@@ -208,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run the scheduler in the foreground (Ctrl-C stops)")
     _case_parsers(sub)
+    cli_queue.register(sub)  # worker (monitor/cli_queue.py)
     return p
 
 
@@ -423,9 +429,14 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
         names = [args.name]
     summaries: list[ScanSummary] = []
     failures: list[str] = []
-    with hashing_pool() as pool:
+    with nullcontext() if args.queue else hashing_pool() as pool:
         for name in names:
             try:
+                if args.queue:  # on the workers (monitor/cli_queue.py)
+                    with db.session() as s:
+                        subject_id = store.get_subject(s, name).id
+                    summaries.append(cli_queue.scan_queued(settings, subject_id))
+                    continue
                 with _scan_progress(args.json, name) as progress:
                     summaries.append(scan_subject(settings, db, name, pool=pool, progress=progress))
             except MonitorError as exc:
@@ -682,10 +693,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
     import asyncio
 
-    with hashing_pool() as pool:
+    queued = settings.queue.enabled  # enqueue due scans for the workers instead
+    with nullcontext() if queued else hashing_pool() as pool:
 
         def scan(subject_id: int) -> object:
             return asyncio.run(run_scan(settings, db, subject_id, pool=pool))
+
+        if queued:
+            scan = cli_queue.queued_scan_fn(settings)  # noqa: F811
 
         def deliver() -> object:
             return alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
@@ -979,6 +994,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "matches": cmd_matches,
     "outbox": cmd_outbox,
     "run": cmd_run,
+    "worker": cli_queue.cmd_worker,
     "backends": cmd_backends,
     "cases": lambda args, settings: cmd_cases(args, settings),
     "case": lambda args, settings: cmd_case(args, settings),

@@ -66,13 +66,14 @@ class SharedLimiter:
     """Moving windows in a ``limits`` storage (Redis for workers; memory in tests)."""
 
     storage: Storage
+    prefix: str = ""  # before every key ([queue] key_prefix)
 
     @classmethod
-    def from_url(cls, url: str) -> SharedLimiter:
+    def from_url(cls, url: str, prefix: str = "") -> SharedLimiter:
         """``redis://host:6379/0`` (any URL the ``limits`` library knows)."""
         from limits.storage import storage_from_string
 
-        return cls(storage_from_string(url))
+        return cls(storage_from_string(url), prefix)
 
     def __post_init__(self) -> None:
         from limits.strategies import MovingWindowRateLimiter
@@ -85,6 +86,7 @@ class SharedLimiter:
 
     def try_take(self, key: str, item: RateLimitItemPerSecond) -> float:
         """Take a place now (0.0), or the seconds until one may be free."""
+        key = self.prefix + key
         if self.limiter.hit(item, key):
             return 0.0
         stats = self.limiter.get_window_stats(item, key)
@@ -106,14 +108,14 @@ class SharedLimiter:
         client = getattr(self.storage, "storage", None)
         if client is None or seconds <= 0:
             return
-        client.set(f"{NAMESPACE}:alone:{key}", reason, px=max(int(seconds * 1000), 1))
+        client.set(f"{self.prefix}{NAMESPACE}:alone:{key}", reason, px=max(int(seconds * 1000), 1))
 
     def left_alone(self, key: str) -> tuple[float, str] | None:
         """``(seconds left, reason)`` while ``key`` is left alone, else None."""
         client = getattr(self.storage, "storage", None)
         if client is None:
             return None
-        name = f"{NAMESPACE}:alone:{key}"
+        name = f"{self.prefix}{NAMESPACE}:alone:{key}"
         reason, ttl = client.get(name), client.pttl(name)
         if reason is None or ttl is None or ttl <= 0:
             return None

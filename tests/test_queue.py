@@ -1,0 +1,237 @@
+"""Scans as jobs on Celery workers ([queue], docs/scale.md), on the real Redis and PostgreSQL of
+this machine: two worker processes, one killed mid-scan (SIGKILL); the other finishes the scan
+with exactly one match and one alert. Politeness shared by all workers through Redis."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from monitor import store
+from monitor.config import Settings
+from monitor.db import Database
+from monitor.db.models import Match, OutboxMessage, Scan, Sighting
+from monitor.demo.photos import photo_bytes
+from monitor.demo.transforms import decode, encode, resize
+from monitor.enrol import enrol_images
+from monitor.leases import lease_holder
+from monitor.testing.searxng import FakeSearxng
+from monitor.testing.web import LoopbackWeb, Request, Response
+from tests.conftest import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_URL = "redis://127.0.0.1:6379/0"
+NAME = "Ottilie Brandvold"
+
+
+def _redis_answers() -> str | None:
+    try:
+        import redis
+    except ImportError:
+        return "the redis package is not installed (pip install '.[test]')"
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        return f"Redis at {REDIS_URL} does not answer: {exc}"
+    return None
+
+
+@pytest.fixture
+def redis_url() -> str:
+    reason = _redis_answers()
+    if reason:
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+# ---------------------------------------------------------------- shared politeness
+
+
+def test_workers_share_one_pace_per_host_and_per_search_backend(redis_url: str) -> None:
+    from monitor.shared_limits import SharedLimiter, window_for
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    # two workers: two connections to the same Redis
+    one, two = (SharedLimiter.from_url(redis_url, prefix) for _ in range(2))
+    host = window_for(1 / 5)  # one request per 5 s to a host (a Crawl-delay of 5)
+    assert one.try_take("host:example.org", host) == 0.0
+    wait = two.try_take("host:example.org", host)  # the other worker must wait its turn
+    assert 0 < wait <= 5
+    assert two.try_take("host:other.example", host) == 0.0  # another host is not held up
+    search = window_for(2.0, 4)  # 2 a second, burst 4: 4 per 2 s, for all workers together
+    taken = [w.try_take("search:brave", search) == 0.0 for w in (one, two, one, two, one)]
+    assert taken == [True, True, True, True, False]
+    one.leave_alone("search:brave", 60, "rate limited; left alone for 60 s")
+    assert two.left_alone("search:brave") is not None  # a 429 seen by one holds every worker
+
+
+def test_window_is_never_faster_than_the_configured_pace() -> None:
+    from monitor.shared_limits import window_for
+
+    for rate, burst in [(2.0, 4), (0.4, 1), (2.5, 1), (10.0, 3), (1 / 7, 1)]:
+        item = window_for(rate, burst)
+        assert item.amount <= burst
+        assert item.amount / item.get_expiry() <= rate + 1e-9
+
+
+# ---------------------------------------------------------------- the CLI without a queue
+
+
+def test_worker_and_queued_scan_need_a_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run_cli(capsys, "worker")
+    assert code == 2 and "[queue]" in err and "broker_url" in err
+    code, _out, err = run_cli(capsys, "worker", "--queues", "fetch,bogus")
+    assert code == 2 and "bogus" in err
+
+
+# ---------------------------------------------------------------- two workers, one killed
+
+
+def _copy(ref: bytes) -> bytes:
+    return encode(resize(decode(ref), 0.7), "JPEG", 80)
+
+
+def _start_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "run_monitor.py", "--config", str(config), "-v", "worker"],
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the kill takes its hashing pool
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        _stop(proc)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_killed_mid_scan_is_taken_over_without_loss_or_duplicates(
+    database_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    ref = photo_bytes(811)
+    gate, asked = threading.Event(), threading.Event()
+    fake = FakeSearxng()
+    with LoopbackWeb() as web:
+
+        def gated(_req: Request) -> Response:  # an unrelated image that hangs until the kill
+            asked.set()
+            gate.wait(60)
+            return Response(200, photo_bytes(912), "image/jpeg")
+
+        html = b'<html><body><img src="/i/copy.jpg"><img src="/i/slow.jpg"></body></html>'
+        web.add("/p/1.html", html, "text/html")
+        web.add("/i/copy.jpg", _copy(ref), "image/jpeg")
+        web.route("/i/slow.jpg", gated)
+        searxng = fake.install(web)
+        fake.add_result(NAME, "general", {"url": web.url("/p/1.html"), "title": "a page"})
+
+        prefix = f"test-{uuid.uuid4().hex[:8]}:"
+        config = tmp_path / "monitor.toml"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                data_dir = "{tmp_path / "data"}"
+                [database]
+                url = "{database_url}"
+                key_file = "{tmp_path / "ref.key"}"
+                [[search.backends]]
+                kind = "searxng"
+                url = "{searxng}"
+                [fetch]
+                allow_private_networks = true
+                timeout = 30
+                deadline = 90
+                [cases]
+                capture_evidence = false
+                [queue]
+                broker_url = "{redis_url}"
+                key_prefix = "{prefix}"
+                visibility_timeout = "2s"
+                lease = "3s"
+                hash_processes = 1
+                """
+            )
+        )
+        from monitor.config import load_settings
+
+        settings: Settings = load_settings(config)
+        db = Database(settings.database_url, key_file=settings.key_path)
+        with db.session() as s:
+            subject = store.add_subject(s, NAME, aliases=[], interval=timedelta(hours=24))
+            assert enrol_images(s, subject, [("ref", ref)]).enrolled == 1
+            subject_id = subject.id
+
+        from monitor.jobs.app import configure
+        from monitor.jobs.stages import enqueue_scan, summary_from, wait_for
+
+        app = configure(settings)
+        log = tmp_path / "workers.log"
+        first = _start_worker(config, log)
+        workers.append(first)
+        job = enqueue_scan(subject_id)
+
+        deadline = time.monotonic() + 60
+        while not (asked.is_set() and _count(db, Match) == 1):  # matched; hangs on the other
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert not app.AsyncResult(f"{job}.fetch").failed(), log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        _stop(first)  # SIGKILL, mid-scan: its hash task is neither finished nor acknowledged
+        with db.session() as s:
+            assert s.scalars(select(Scan.status)).all() == ["running"]
+            assert s.scalars(select(OutboxMessage.status)).all() == ["held"]
+        gate.set()
+
+        workers.append(_start_worker(config, log))
+        summary = summary_from(wait_for(job, timeout=110))
+
+    assert summary.status == "completed", log.read_text()[-3000:]
+    assert summary.matches == 1
+    with db.session() as s:
+        scans = s.execute(select(Scan.id, Scan.status)).all()
+        matches = s.scalars(select(Match.id)).all()
+        sightings = s.execute(select(Sighting.image_url, Sighting.alert_id)).all()
+        outbox = s.execute(select(OutboxMessage.status, OutboxMessage.new_items)).all()
+    assert scans == [(summary.scan_id, "completed")]  # the same scan, finished by the other
+    assert len(matches) == 1
+    alerted = [url for url, alert in sightings if alert is not None]
+    assert alerted == [web.url("/i/copy.jpg")]  # the unrelated image: seen, not alerted
+    assert outbox == [("sent", 1)]
+    delivered = mailbox.Maildir(settings.outbox_dir, create=False)
+    assert len(delivered) == 1  # one alert, delivered once
+    assert lease_holder(db, subject_id) == (None, None)
+    db.dispose()
+
+
+def _count(db: Database, model: type) -> int:
+    with db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
