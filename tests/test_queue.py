@@ -154,33 +154,7 @@ def test_a_worker_killed_mid_scan_is_taken_over_without_loss_or_duplicates(
         searxng = fake.install(web)
         fake.add_result(NAME, "general", {"url": web.url("/p/1.html"), "title": "a page"})
 
-        prefix = f"test-{uuid.uuid4().hex[:8]}:"
-        config = tmp_path / "monitor.toml"
-        config.write_text(
-            textwrap.dedent(
-                f"""\
-                data_dir = "{tmp_path / "data"}"
-                [database]
-                url = "{database_url}"
-                key_file = "{tmp_path / "ref.key"}"
-                [[search.backends]]
-                kind = "searxng"
-                url = "{searxng}"
-                [fetch]
-                allow_private_networks = true
-                timeout = 30
-                deadline = 90
-                [cases]
-                capture_evidence = false
-                [queue]
-                broker_url = "{redis_url}"
-                key_prefix = "{prefix}"
-                visibility_timeout = "2s"
-                lease = "3s"
-                hash_processes = 1
-                """
-            )
-        )
+        config = _config(tmp_path, database_url, searxng, redis_url)
         from monitor.config import load_settings
 
         settings: Settings = load_settings(config)
@@ -235,3 +209,101 @@ def test_a_worker_killed_mid_scan_is_taken_over_without_loss_or_duplicates(
 def _count(db: Database, model: type) -> int:
     with db.session() as s:
         return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_scan_queue_prints_the_local_summary_and_run_enqueues_due_scans(
+    database_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    import json
+
+    from monitor.cli_queue import queued_scan_fn
+    from monitor.db.models import Subject
+    from monitor.scheduler import Scheduler
+
+    ref = photo_bytes(812)
+    fake = FakeSearxng()
+    with LoopbackWeb() as web:
+        web.add("/p/1.html", b'<html><img src="/i/copy.jpg"></html>', "text/html")
+        web.add("/i/copy.jpg", _copy(ref), "image/jpeg")
+        searxng = fake.install(web)
+        fake.add_result(NAME, "general", {"url": web.url("/p/1.html"), "title": "a page"})
+        config = _config(tmp_path, database_url, searxng, redis_url)
+        from monitor.config import load_settings
+
+        settings = load_settings(config)
+        db = Database(settings.database_url, key_file=settings.key_path)
+        with db.session() as s:
+            subject = store.add_subject(s, NAME, aliases=[], interval=timedelta(hours=24))
+            assert enrol_images(s, subject, [("ref", ref)]).enrolled == 1
+            subject_id = subject.id
+            store.add_subject(s, "Nobody Enrolled", aliases=[], interval=timedelta(hours=24))
+        workers.append(_start_worker(config, tmp_path / "worker.log"))
+
+        code, out, err = run_cli(capsys, "--config", str(config), "scan", NAME, "--queue", "--json")
+        assert code == 0, err
+        summary = json.loads(out)
+        assert (summary["status"], summary["matches"], summary["new_sightings"]) == (
+            "completed",
+            1,
+            1,
+        )
+        assert summary["alerts_sent"] == 1
+
+        code, _out, err = run_cli(
+            capsys, "--config", str(config), "scan", "Nobody Enrolled", "--queue"
+        )
+        assert code == 2 and "no enrolled reference photos" in err
+
+        # `run` with [queue]: due scans are enqueued (the next scan time set at once)
+        with db.session() as s:
+            s.get(Subject, subject_id).next_scan_at = None  # due now
+            scanned_at = s.get(Subject, subject_id).last_scan_at
+        scheduler = Scheduler(db, settings, queued_scan_fn(settings))
+        assert subject_id in scheduler.run_due()
+        with db.session() as s:
+            assert s.get(Subject, subject_id).next_scan_at is not None
+        deadline = time.monotonic() + 60
+        while True:  # the worker scans again
+            with db.session() as s:
+                if s.get(Subject, subject_id).last_scan_at != scanned_at:
+                    break
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.2)
+    assert _count(db, Match) == 1  # seen again, not recorded twice
+    assert _count(db, OutboxMessage) == 1  # and not alerted twice
+    db.dispose()
+
+
+def _config(tmp_path: Path, database_url: str, searxng: str, redis_url: str) -> Path:
+    config = tmp_path / "monitor.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            data_dir = "{tmp_path / "data"}"
+            [database]
+            url = "{database_url}"
+            key_file = "{tmp_path / "ref.key"}"
+            [[search.backends]]
+            kind = "searxng"
+            url = "{searxng}"
+            [fetch]
+            allow_private_networks = true
+            timeout = 30
+            deadline = 90
+            [cases]
+            capture_evidence = false
+            [queue]
+            broker_url = "{redis_url}"
+            key_prefix = "test-{uuid.uuid4().hex[:8]}:"
+            visibility_timeout = "2s"
+            lease = "3s"
+            hash_processes = 1
+            """
+        )
+    )
+    return config

@@ -39,6 +39,13 @@ def result_backend_for(settings: Settings) -> str:
 def configure(settings: Settings) -> Celery:
     """Point :data:`app` at ``[queue] broker_url``; returns it."""
     q = settings.queue
+    # Configured again (another configuration in the same process: tests, `serve`): drop the
+    # broker connections and result backend made for the previous one.
+    app._pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+    if "amqp" in app.__dict__:
+        app.amqp._producer_pool = None
     visibility = max(int(q.visibility_timeout.total_seconds()), 1)
     transport: dict[str, Any] = {
         "visibility_timeout": visibility,

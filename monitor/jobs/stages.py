@@ -290,6 +290,7 @@ def hash_stage(
             asyncio.run(scan.run_images(candidates))
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
+            _publish(job, exc, failed=True)
             raise
         else:
             finished = True
@@ -306,7 +307,20 @@ def hash_stage(
                 started=t0,
             )
         asyncio.run(alert_and_capture(settings, db, subject_id, sm, started=t0))
+    _publish(job, _summary_json(sm))
     return _summary_json(sm)
+
+
+def _publish(job: str, result: Any, *, failed: bool = False) -> None:
+    """The job's outcome under ``<job>.summary``, written only by the delivery of the hash
+    stage that ran the scan (a task's own result can be overwritten by a duplicate delivery
+    that found the scan ended, or was retried)."""
+    from celery import states
+
+    with contextlib.suppress(Exception):  # the result backend is down: the scan is recorded
+        app.backend.store_result(
+            f"{job}.summary", result, states.FAILURE if failed else states.SUCCESS
+        )
 
 
 def _summary_json(summary: Any) -> dict[str, Any]:
@@ -347,14 +361,14 @@ def wait_for(
     """Wait for a queued scan to end; its summary (``ScanSummary.as_json()``), or
     ``{"already": when}`` when the person was scanned since the job was queued. Raises
     :class:`JobFailed` when a stage failed, :class:`TimeoutError` after ``timeout`` seconds."""
-    fetch, hashing = app.AsyncResult(f"{job}.fetch"), app.AsyncResult(f"{job}.hash")
+    fetch, outcome = app.AsyncResult(f"{job}.fetch"), app.AsyncResult(f"{job}.summary")
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        if hashing.ready():
-            return _result(hashing)
+        if outcome.ready():
+            return _result(outcome)
         if fetch.ready():
             first = _result(fetch)
-            if "already" in first:
+            if "already" in first and not outcome.ready():
                 return first
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"the queued scan did not end within {timeout:g} s")
