@@ -27,7 +27,7 @@ def test_example_file_documents_every_key_and_loads() -> None:
     s = load_settings(REPO / "config" / "monitor.example.toml")
     assert s.search.backends[0].kind == "searxng"
     text = (REPO / "config" / "monitor.example.toml").read_text()
-    for section in ("database", "search", "fetch", "match", "mail", "schedule", "cases"):
+    for section in ("database", "search", "fetch", "match", "mail", "schedule", "cases", "queue"):
         model = type(getattr(s, section))
         for key in model.model_fields:
             if key != "backends":
