@@ -435,7 +435,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
                 if args.queue:  # on the workers (monitor/cli_queue.py)
                     with db.session() as s:
                         subject_id = store.get_subject(s, name).id
-                    summaries.append(cli_queue.scan_queued(settings, subject_id))
+                    summaries.append(cli_queue.scan_queued(settings, subject_id, name))
                     continue
                 with _scan_progress(args.json, name) as progress:
                     summaries.append(scan_subject(settings, db, name, pool=pool, progress=progress))

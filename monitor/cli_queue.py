@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from monitor.config import Settings
 from monitor.errors import ConfigError, MonitorError
@@ -91,8 +92,19 @@ def _install_shared_limits(settings: Settings) -> None:
     try:
         limiter.check()
     except Exception as exc:
-        raise ConfigError(f"the Redis for shared limits at {url} does not answer: {exc}") from None
+        raise ConfigError(
+            f"the Redis for shared limits at {_masked(url)} does not answer: {type(exc).__name__}"
+        ) from None
     shared_limits.install(limiter)
+
+
+def _masked(url: str) -> str:
+    """``redis://:***@host:6379/0``: a URL for messages, without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,7 +139,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def scan_queued(settings: Settings, subject_id: int, *, timeout: float | None = None) -> Any:
+def scan_queued(
+    settings: Settings, subject_id: int, name: str, *, timeout: float | None = None
+) -> Any:
     """Queue a scan of the subject and wait for it: its :class:`ScanSummary`."""
     _app(settings)
     from monitor.jobs.stages import enqueue_scan, summary_from, wait_for
@@ -138,7 +152,9 @@ def scan_queued(settings: Settings, subject_id: int, *, timeout: float | None = 
             f"this person was scanned at {data['already']} while the job waited in the queue; "
             "see `matches`"
         )
-    return summary_from(data)
+    summary = summary_from(data)
+    summary.subject = name  # names do not go through the broker
+    return summary
 
 
 def queued_scan_fn(settings: Settings) -> Any:

@@ -74,7 +74,7 @@ def configure(settings: Settings) -> Celery:
             "monitor.scan.hash": {"queue": HASH_QUEUE},
         },
         task_track_started=True,
-        result_expires=7 * 86400,
+        result_expires=86400,  # summaries (counts, no name) for `scan --queue`
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )

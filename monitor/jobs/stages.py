@@ -324,7 +324,8 @@ def _publish(job: str, result: Any, *, failed: bool = False) -> None:
 
 
 def _summary_json(summary: Any) -> dict[str, Any]:
-    return summary.as_json()
+    """A summary for the broker and result backend: without the person's name."""
+    return {**summary.as_json(), "subject": ""}
 
 
 def _ended(summary: Any, row: Scan) -> Any:
