@@ -124,9 +124,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     name = args.name or f"monitor-{os.getpid()}@{socket.gethostname()}"
     db = _db(settings)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    from monitor.jobs.app import queue_name
+
     argv = [
         "worker",
-        f"--queues={','.join(queues)}",
+        f"--queues={','.join(queue_name(q) for q in queues)}",
         "--pool=threads",  # a scan is asyncio + a hashing process pool: threads suffice
         f"--concurrency={concurrency}",
         f"--hostname={name}",
@@ -147,6 +149,8 @@ def scan_queued(
     from monitor.jobs.stages import enqueue_scan, summary_from, wait_for
 
     data = wait_for(enqueue_scan(subject_id), timeout=timeout)
+    if "erased" in data:
+        raise MonitorError("this person was removed while the scan waited in the queue")
     if "already" in data:
         raise MonitorError(
             f"this person was scanned at {data['already']} while the job waited in the queue; "

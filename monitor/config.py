@@ -296,7 +296,8 @@ class QueueConfig(_Section):
     # A worker's hold on a person's scan, renewed every third of it while the scan runs: a
     # worker that died on another machine blocks the person at most this long.
     lease: Duration = timedelta(seconds=90)
-    # Prefix of every key the queue keeps in Redis, to share one Redis between installs.
+    # Prefix of the queues' names and of every key kept in Redis, to share one Redis or
+    # RabbitMQ between installs.
     key_prefix: str = ""
     fetch_concurrency: int = Field(default=4, ge=1)  # scans searched/fetched at once per worker
     hash_concurrency: int = Field(default=2, ge=1)  # scans hashed at once per worker

@@ -46,7 +46,7 @@ def world(tmp_path: Path):
             tmp_path, demo.searxng_url, smtp_host="127.0.0.1", smtp_port=smtp.port, starttls=False
         )
         settings.cases.screenshots = False  # ~5 s each; tests/test_cases.py covers them
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, key_file=settings.key_path)
         with db.session() as s:
             subject = store.add_subject(
                 s,

@@ -57,6 +57,24 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """A broker: the local Redis, and the local RabbitMQ (skipped when it does not answer)."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        pytest.skip(f"RabbitMQ at {AMQP_URL} does not answer: {exc}")
+    return AMQP_URL
+
+
 # ---------------------------------------------------------------- shared politeness
 
 
@@ -214,7 +232,7 @@ def _count(db: Database, model: type) -> int:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_scan_queue_prints_the_local_summary_and_run_enqueues_due_scans(
     database_url: str,
-    redis_url: str,
+    broker_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     workers: list[subprocess.Popen[bytes]],
@@ -232,7 +250,7 @@ def test_scan_queue_prints_the_local_summary_and_run_enqueues_due_scans(
         web.add("/i/copy.jpg", _copy(ref), "image/jpeg")
         searxng = fake.install(web)
         fake.add_result(NAME, "general", {"url": web.url("/p/1.html"), "title": "a page"})
-        config = _config(tmp_path, database_url, searxng, redis_url)
+        config = _config(tmp_path, database_url, searxng, broker_url)
         from monitor.config import load_settings
 
         settings = load_settings(config)
@@ -279,7 +297,7 @@ def test_scan_queue_prints_the_local_summary_and_run_enqueues_due_scans(
     db.dispose()
 
 
-def _config(tmp_path: Path, database_url: str, searxng: str, redis_url: str) -> Path:
+def _config(tmp_path: Path, database_url: str, searxng: str, broker: str) -> Path:
     config = tmp_path / "monitor.toml"
     config.write_text(
         textwrap.dedent(
@@ -298,7 +316,7 @@ def _config(tmp_path: Path, database_url: str, searxng: str, redis_url: str) -> 
             [cases]
             capture_evidence = false
             [queue]
-            broker_url = "{redis_url}"
+            broker_url = "{broker}"
             key_prefix = "test-{uuid.uuid4().hex[:8]}:"
             visibility_timeout = "2s"
             lease = "3s"

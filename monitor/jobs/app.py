@@ -15,13 +15,28 @@ from celery import Celery
 
 from monitor.config import Settings
 
-__all__ = ["FETCH_QUEUE", "HASH_QUEUE", "QUEUES", "app", "configure", "result_backend_for"]
+__all__ = [
+    "FETCH_QUEUE",
+    "HASH_QUEUE",
+    "QUEUES",
+    "app",
+    "configure",
+    "queue_name",
+    "result_backend_for",
+]
 
 FETCH_QUEUE = "fetch"  # search, pages, image links: waits on the network (many per worker)
 HASH_QUEUE = "hash"  # image downloads, decoding, hashing, matching: uses the CPU (per core)
 QUEUES = (FETCH_QUEUE, HASH_QUEUE)
 
 app = Celery("monitor", include=["monitor.jobs.stages"])
+_prefix = ""  # [queue] key_prefix, set by configure()
+
+
+def queue_name(stage: str) -> str:
+    """The broker's name of a stage's queue: ``[queue] key_prefix`` + ``fetch`` or ``hash``
+    (so that installs sharing a Redis or a RabbitMQ vhost do not take each other's jobs)."""
+    return _prefix + stage
 
 
 def result_backend_for(settings: Settings) -> str:
@@ -38,7 +53,9 @@ def result_backend_for(settings: Settings) -> str:
 
 def configure(settings: Settings) -> Celery:
     """Point :data:`app` at ``[queue] broker_url``; returns it."""
+    global _prefix
     q = settings.queue
+    _prefix = q.key_prefix
     # Configured again (another configuration in the same process: tests, `serve`): drop the
     # broker connections and result backend made for the previous one.
     app._pool = None
@@ -68,10 +85,10 @@ def configure(settings: Settings) -> Celery:
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        task_default_queue=FETCH_QUEUE,
+        task_default_queue=queue_name(FETCH_QUEUE),
         task_routes={
-            "monitor.scan.fetch": {"queue": FETCH_QUEUE},
-            "monitor.scan.hash": {"queue": HASH_QUEUE},
+            "monitor.scan.fetch": {"queue": queue_name(FETCH_QUEUE)},
+            "monitor.scan.hash": {"queue": queue_name(HASH_QUEUE)},
         },
         task_track_started=True,
         result_expires=86400,  # summaries (counts, no name) for `scan --queue`

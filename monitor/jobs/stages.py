@@ -47,7 +47,7 @@ from monitor.config import Settings
 from monitor.db import Database
 from monitor.db.models import Scan, Subject, utcnow
 from monitor.errors import MonitorError
-from monitor.jobs.app import FETCH_QUEUE, HASH_QUEUE, app
+from monitor.jobs.app import FETCH_QUEUE, HASH_QUEUE, app, queue_name
 from monitor.leases import DEFAULT_LEASE, claim_scan, default_owner, release_scan, renew_scan
 from monitor.types import ImageCandidate
 
@@ -187,6 +187,9 @@ def fetch_stage(self: Any, subject_id: int, job: str, requested_at: float) -> di
 
     w = _worker()
     settings, db = w.settings, w.db
+    with db.session() as s:
+        if s.get(Subject, subject_id) is None:  # erased since it was queued
+            return {"job": job, "erased": True}
     done = _scanned_since(db, subject_id, requested_at)
     if done is not None:
         return {"job": job, "already": done}
@@ -229,7 +232,7 @@ def fetch_stage(self: Any, subject_id: int, job: str, requested_at: float) -> di
         hash_stage.apply_async(
             args=(subject_id, job, opened.scan_id, _summary_json(summary), links, started),
             task_id=f"{job}.hash",
-            queue=HASH_QUEUE,
+            queue=queue_name(HASH_QUEUE),
         )
     log.info(
         "subject %d: scan %d searched; %d image links to hash",
@@ -351,7 +354,7 @@ def enqueue_scan(subject_id: int) -> str:
     """Queue a scan of the subject; returns its job id (see :func:`wait_for`)."""
     job = uuid.uuid4().hex
     fetch_stage.apply_async(
-        args=(subject_id, job, time.time()), task_id=f"{job}.fetch", queue=FETCH_QUEUE
+        args=(subject_id, job, time.time()), task_id=f"{job}.fetch", queue=queue_name(FETCH_QUEUE)
     )
     return job
 
@@ -369,7 +372,7 @@ def wait_for(
             return _result(outcome)
         if fetch.ready():
             first = _result(fetch)
-            if "already" in first and not outcome.ready():
+            if ("already" in first or "erased" in first) and not outcome.ready():
                 return first
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"the queued scan did not end within {timeout:g} s")
