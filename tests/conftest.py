@@ -49,8 +49,10 @@ TEST_DATABASE_ENV = "MONITOR_TEST_DATABASE_URL"
 """Set to a PostgreSQL URL (``postgresql+psycopg://postgres@127.0.0.1:5432/test``), the whole
 suite runs on PostgreSQL: each test gets a fresh schema there as its default database
 (``$MONITOR_DATABASE__URL``), instead of an SQLite file in its data folder. Tests that name an
-SQLite URL themselves keep it, and so do tests marked ``sqlite_default`` (they check the
-SQLite file a default installation uses). CI runs SQLite only."""
+SQLite URL themselves keep it (as init arguments; one written in a configuration file is
+overridden by the environment, so those tests are marked), and so do tests marked
+``sqlite_default`` (they check the SQLite file a default installation uses). CI runs SQLite
+only."""
 
 
 @pytest.fixture(autouse=True)
