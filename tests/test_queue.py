@@ -105,6 +105,77 @@ def test_window_is_never_faster_than_the_configured_pace() -> None:
         assert item.amount / item.get_expiry() <= rate + 1e-9
 
 
+class _Recording:
+    """A shared limiter (the ``limits`` memory storage) that notes every place taken."""
+
+    def __init__(self) -> None:
+        from limits.storage import MemoryStorage
+
+        from monitor.shared_limits import SharedLimiter
+
+        self.inner = SharedLimiter(MemoryStorage())
+        self.taken: list[tuple[str, int, int]] = []
+        self.alone: list[str] = []
+
+    def try_take(self, key: str, item) -> float:  # noqa: ANN001
+        self.taken.append((key, item.amount, item.get_expiry()))
+        return 0.0
+
+    async def take(self, key: str, item) -> float:  # noqa: ANN001
+        return self.try_take(key, item)
+
+    def leave_alone(self, key: str, seconds: float, reason: str) -> None:
+        self.alone.append(key)
+
+    def left_alone(self, key: str) -> None:
+        return None
+
+
+@pytest.fixture
+def recording() -> Iterator[_Recording]:
+    from monitor import shared_limits
+
+    limiter = _Recording()
+    shared_limits.install(limiter)  # type: ignore[arg-type]
+    try:
+        yield limiter
+    finally:
+        shared_limits.uninstall()
+
+
+async def test_fetches_and_searches_take_their_place_in_the_shared_windows(
+    recording: _Recording,
+) -> None:
+    from monitor.config import FetchConfig
+    from monitor.fetch import Fetcher
+    from monitor.search.base import SearchAnswer
+    from monitor.search.pacing import Limits, PacedBackend
+    from monitor.types import ResultKind, SearchQuery
+
+    with LoopbackWeb() as web:
+        web.add("/robots.txt", b"User-agent: *\nCrawl-delay: 2\n", "text/plain")
+        web.add("/a.html", b"<html>a</html>", "text/html")
+        cfg = FetchConfig(allow_private_networks=True, max_crawl_delay=0.01)
+        async with Fetcher(cfg) as fetcher:
+            await fetcher.fetch_page(web.url("/a.html"))
+    # the Crawl-delay (capped at max_crawl_delay here) is kept by all workers together
+    assert [k for k, _n, _s in recording.taken] == ["host:127.0.0.1"]
+
+    class Backend:
+        name = "engine"
+
+        async def search(self, query: SearchQuery, *, page: int = 1) -> SearchAnswer:
+            return SearchAnswer(hits=[])
+
+        async def aclose(self) -> None:
+            pass
+
+    recording.taken.clear()
+    paced = PacedBackend(Backend(), Limits(rate=2.0, burst=4))  # type: ignore[arg-type]
+    await paced.search(SearchQuery('"Ottilie Brandvold"', ResultKind.WEB))
+    assert recording.taken == [("search:engine", 4, 2)]  # 4 per 2 s: 2 a second, burst 4
+
+
 # ---------------------------------------------------------------- the CLI without a queue
 
 
