@@ -420,6 +420,8 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
     if args.dry_run:
         return _scan_dry_run(args, settings, db)
+    if args.queue:
+        cli_queue.require_queue(settings)
     if args.all:
         with db.session() as s:
             names = [subj.name for subj in store.all_subjects(s)]

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from monitor.config import Settings
 from monitor.errors import ConfigError, MonitorError
 
-__all__ = ["cmd_worker", "queued_scan_fn", "register", "scan_queued"]
+__all__ = ["cmd_worker", "queued_scan_fn", "register", "require_queue", "scan_queued"]
 
 log = logging.getLogger("monitor.jobs")
 
@@ -65,13 +65,14 @@ def _queues(text: str) -> list[str]:
     return queues
 
 
-def _require_queue(settings: Settings) -> None:
+def require_queue(settings: Settings) -> None:
+    """A :class:`ConfigError` saying how to configure a queue, unless there is one."""
     if not settings.queue.enabled:
         raise ConfigError(NO_QUEUE)
 
 
 def _app(settings: Settings) -> Any:
-    _require_queue(settings)
+    require_queue(settings)
     try:
         from monitor.jobs.app import configure
     except ImportError as exc:  # celery missing

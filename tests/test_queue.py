@@ -184,6 +184,8 @@ def test_worker_and_queued_scan_need_a_queue(capsys: pytest.CaptureFixture[str])
     assert code == 2 and "[queue]" in err and "broker_url" in err
     code, _out, err = run_cli(capsys, "worker", "--queues", "fetch,bogus")
     assert code == 2 and "bogus" in err
+    code, _out, err = run_cli(capsys, "scan", "--all", "--queue")
+    assert code == 2 and "[queue]" in err  # said once, not once per person
 
 
 # ---------------------------------------------------------------- two workers, one killed
