@@ -95,6 +95,7 @@ def test_scan_finds_every_edited_copy_and_no_distractor(world) -> None:
         assert len(store.list_matches(s, NAME)) == len(rows)
 
 
+@pytest.mark.sqlite_default  # looks for image bytes in the SQLite file too
 def test_found_images_are_never_written_to_disk(world, tmp_path: Path) -> None:
     settings, db, demo, _smtp = world
     scan_subject(settings, db, NAME)
