@@ -227,6 +227,7 @@ def _modes(root: Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.sqlite_default  # checks the SQLite file's mode too
 def test_files_the_tool_creates_are_owner_only(
     world: World,  # noqa: F811
     tmp_path: Path,
