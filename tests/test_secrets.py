@@ -304,6 +304,7 @@ def _needles(data: bytes, count: int = 5, size: int = 64) -> list[bytes]:
     return found
 
 
+@pytest.mark.sqlite_default  # reads the SQLite file byte by byte
 def test_enrolment_stores_no_photo_bytes_pixels_or_plain_hashes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
