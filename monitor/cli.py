@@ -8,7 +8,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import __version__, alerts, cases, cli_orgs, cli_web, store
+from monitor import __version__, alerts, cases, cli_orgs, cli_queue, cli_web, store
 from monitor.cases import image_copies
 from monitor.config import Settings, load_settings
 from monitor.db import Database, check_sqlite_folder, describe_db_error
@@ -184,6 +184,11 @@ def _parser() -> argparse.ArgumentParser:
         help="print the search requests a scan would send, per backend, and their cost "
         "(requests; monthly budget left); send nothing",
     )
+    sc.add_argument(
+        "--queue",
+        action="store_true",
+        help="run the scan on the workers of [queue] (docs/scale.md) and wait for its summary",
+    )
 
     bk = sub.add_parser(
         "backends",
@@ -213,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_orgs.register(sub)  # org, operator, consent, audit, stats
     cli_orgs.register_case_actions(sub)  # case assign, case request
     cli_web.register(sub)  # serve: the web app (monitor/cli_web.py)
+    cli_queue.register(sub)  # worker (monitor/cli_queue.py)
     return p
 
 
@@ -421,6 +427,8 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     db = _db(settings)
     if args.dry_run:
         return _scan_dry_run(args, settings, db)
+    if args.queue:
+        cli_queue.require_queue(settings)
     if args.all:
         with db.session() as s:
             names = [subj.name for subj in store.all_subjects(s)]
@@ -430,9 +438,14 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
         names = [args.name]
     summaries: list[ScanSummary] = []
     failures: list[str] = []
-    with hashing_pool() as pool:
+    with nullcontext() if args.queue else hashing_pool() as pool:
         for name in names:
             try:
+                if args.queue:  # on the workers (monitor/cli_queue.py)
+                    with db.session() as s:
+                        subject_id = store.get_subject(s, name).id
+                    summaries.append(cli_queue.scan_queued(settings, subject_id, name))
+                    continue
                 with _scan_progress(args.json, name) as progress:
                     summaries.append(scan_subject(settings, db, name, pool=pool, progress=progress))
             except MonitorError as exc:
@@ -682,31 +695,12 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.cases.capture import shared_screenshots
-    from monitor.pipeline import hashing_pool, run_scan
-    from monitor.scheduler import Scheduler
+    from monitor.scheduler import monitoring
 
     db = _db(settings)
-    import asyncio
-
-    with hashing_pool() as pool:
-
-        def scan(subject_id: int) -> object:
-            return asyncio.run(run_scan(settings, db, subject_id, pool=pool))
-
-        def deliver() -> object:
-            return alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
-
-        scheduler = Scheduler(
-            db,
-            settings,
-            scan,
-            deliver_fn=deliver,
-            recheck_fn=lambda: cases.run_due_rechecks(settings, db),
-            # the subjects due together share one screenshot browser (started once, at the
-            # first capture; closed when they are done)
-            pass_context=lambda: shared_screenshots(settings),
-        )
+    # with [queue], due scans are enqueued for the workers instead of run here
+    queued = cli_queue.queued_scan_fn(settings) if settings.queue.enabled else None
+    with monitoring(settings, db, queued) as (scheduler, _pool):
         out.print(
             f"Scheduler running (checks every {settings.schedule.check_every}); Ctrl-C stops."
         )
@@ -988,6 +982,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "matches": cmd_matches,
     "outbox": cmd_outbox,
     "run": cmd_run,
+    "worker": cli_queue.cmd_worker,
     "backends": cmd_backends,
     "cases": lambda args, settings: cmd_cases(args, settings),
     "case": lambda args, settings: cmd_case(args, settings),

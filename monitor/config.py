@@ -314,6 +314,49 @@ class WebConfig(_Section):
         return f"http://{host}:{self.port}"
 
 
+class QueueConfig(_Section):
+    """``[queue]``: scans as jobs on Celery workers (docs/scale.md). Empty ``broker_url``: every
+    scan runs in the process that starts it, as without this section."""
+
+    # redis://host:6379/0 or amqp://user:pass@host:5672// (RabbitMQ); empty: no queue.
+    broker_url: str = ""
+    # Where a job's summary waits for `scan --queue`; empty: the broker (Redis), or rpc://
+    # for RabbitMQ.
+    result_backend: str = ""
+    # Redis that keeps the politeness and search rate shared by all workers (per-host intervals,
+    # robots.txt Crawl-delay, per-backend rate); empty: the broker when it is Redis, else each
+    # worker keeps its own (as one process does).
+    limits_url: str = ""
+    # An unacknowledged job (its worker died) goes to another worker after this long (Redis
+    # broker; RabbitMQ gives it back as soon as the worker's connection drops).
+    visibility_timeout: Duration = timedelta(seconds=90)
+    # A worker's hold on a person's scan, renewed every third of it while the scan runs: a
+    # worker that died on another machine blocks the person at most this long.
+    lease: Duration = timedelta(seconds=90)
+    # Prefix of the queues' names and of every key kept in Redis, to share one Redis or
+    # RabbitMQ between installs.
+    key_prefix: str = ""
+    fetch_concurrency: int = Field(default=4, ge=1)  # scans searched/fetched at once per worker
+    hash_concurrency: int = Field(default=2, ge=1)  # scans hashed at once per worker
+    hash_processes: int = Field(default=0, ge=0)  # hashing processes per worker; 0: one per core
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.broker_url)
+
+    @property
+    def backend_url(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        return self.broker_url if self.broker_url.startswith(("redis", "rediss")) else "rpc://"
+
+    @property
+    def shared_limits_url(self) -> str:
+        if self.limits_url:
+            return self.limits_url
+        return self.broker_url if self.broker_url.startswith(("redis:", "rediss:")) else ""
+
+
 class _EnvWithoutDataDir(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name == "data_dir":
@@ -338,6 +381,7 @@ class Settings(BaseSettings):
     orgs: OrgsConfig = Field(default_factory=OrgsConfig)
     cases: CasesConfig = Field(default_factory=CasesConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
 
     config_file: ClassVar[Path | None] = None  # set by load_settings on a subclass
 

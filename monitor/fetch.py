@@ -66,6 +66,7 @@ try:  # brotli ("br") bodies; without the package they are not asked for
 except ImportError:  # pragma: no cover - brotli is a dependency
     brotli = None
 
+from monitor import shared_limits
 from monitor.config import FetchConfig
 from monitor.errors import BlockedAddressError, FetchError, RobotsDisallowed
 from monitor.types import FetchedResource
@@ -638,6 +639,7 @@ class Fetcher:
                 self._next_start[host] = start + interval
                 if start > now:
                     await asyncio.sleep(start - now)
+                await shared_limits.wait_host(host, interval)  # other workers' requests too
             async with self._all:
                 yield
 

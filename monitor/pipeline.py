@@ -250,6 +250,9 @@ class _Scan:
         self.scanned_pages: dict[str, Any] = {}  # page URL -> cases.capture.ScannedPage
         # Called at the first new sighting committed (see run_scan: starts the browser)
         self.on_new_sighting: Callable[[], None] | None = None
+        # Set to a list, image candidates are collected there instead of fetched and hashed:
+        # the fetch stage of a queued scan (monitor/queue), whose hash stage takes them over.
+        self.deferred: list[ImageCandidate] | None = None
 
     # -- recording
 
@@ -460,6 +463,9 @@ class _Scan:
         await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
 
     async def candidate(self, fetcher: Fetcher, cand: ImageCandidate) -> None:
+        if self.deferred is not None:
+            self.deferred.append(cand)
+            return
         key = (cand.page_url, cand.image_url)
         if key in self.seen_pairs:
             return
@@ -770,6 +776,19 @@ class _Scan:
                 self.summary.bytes_downloaded = fetcher.bytes_downloaded
         self.flush()
         self._write_pages()
+        if self.deferred is None:
+            self._forget_old_hashes()
+
+    async def run_images(self, candidates: list[ImageCandidate]) -> None:
+        """Fetch, hash, match and record image candidates found by :meth:`run` with
+        ``deferred`` set (in another process: the hash stage of a queued scan)."""
+        async with self.fetcher_factory(self.settings.fetch) as fetcher:
+            self._look_up_cache(candidates)
+            try:
+                await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
+            finally:
+                self.summary.bytes_downloaded += fetcher.bytes_downloaded
+        self.flush()
         self._forget_old_hashes()
 
     def _forget_old_hashes(self) -> None:
@@ -817,6 +836,146 @@ def _note_search_health(
     return state is not None
 
 
+@dataclass(frozen=True)
+class OpenedScan:
+    """A scan row just started for a subject, with what the scan needs of the subject."""
+
+    scan_id: int
+    name: str
+    aliases: list[str]  # those the consent covers (an organisation's person)
+    index: ReferenceIndex
+    permit: Permit = UNLIMITED  # which backends may receive the names (monitor/orgs/consent)
+    minor: bool = False
+
+
+def reference_index(settings: Settings, s: Session, subject_id: int, name: str) -> ReferenceIndex:
+    """The subject's references, ready to match; :class:`NoReferences` when there are none."""
+    refs = store.reference_records(s, subject_id)
+    if not refs:
+        raise NoReferences(
+            f"{name!r} has no enrolled reference photos: run `enroll {name!r} PHOTO...` first"
+        )
+    return ReferenceIndex(
+        refs, thresholds_from_config(settings.match), min_quality=settings.match.min_quality
+    )
+
+
+def open_scan(settings: Settings, db: Database, subject_id: int) -> OpenedScan:
+    """Close what a killed scan of the subject left running, and start a new scan row (the
+    caller holds the subject's scan lease)."""
+    _recover_interrupted(db, settings, subject_id)
+    with db.session() as s:
+        subject = s.get(Subject, subject_id)
+        if subject is None:
+            raise MonitorError(f"subject {subject_id} does not exist")
+        # An organisation's person: only with valid consent, only the names it covers.
+        scan_permit = consent.permit(s, subject)
+        if not scan_permit.allows_name(subject.name):
+            raise ConsentRequired("the consent does not cover the person's name")
+        name = subject.name
+        aliases = [a.alias for a in subject.aliases if scan_permit.allows_name(a.alias)]
+        index = reference_index(settings, s, subject_id, name)
+        scan_id = store.start_scan(s, subject_id).id
+        minor = bool(subject.minor)
+    return OpenedScan(scan_id, name, aliases, index, scan_permit, minor)
+
+
+def scan_outcome(summary: ScanSummary) -> tuple[str, str | None]:
+    """``(status, error)`` of a scan that ran to its end."""
+    status = summary.search_status  # completed, partial, or failed (nothing answered)
+    error = None
+    if status == "failed":
+        error = f"no search was answered: {summary.searched}"
+    if status != "completed":  # backend names and reasons only: no name, no query
+        level = logging.WARNING if status == "failed" else logging.INFO
+        log.log(level, "scan %s: %s: %s", summary.scan_id, status, summary.searched)
+    return status, error
+
+
+def close_scan(
+    settings: Settings,
+    db: Database,
+    subject_id: int,
+    summary: ScanSummary,
+    *,
+    status: str,
+    error: str | None,
+    finished: bool,
+    started: float,
+) -> None:
+    """Record the scan's end and release its alerts, in one transaction."""
+    summary.status = status
+    summary.seconds = round(time.monotonic() - started, 3)
+    with db.session() as s:
+        store.finish_scan(
+            s,
+            summary.scan_id,
+            status=status,
+            queries=summary.queries,
+            pages=summary.pages,
+            images=summary.images,
+            matches=summary.matches,
+            errors=summary.errors,
+            error=error,
+        )
+        summary.alerts_queued = alerts.release_alerts(s, settings, scan_id=summary.scan_id)
+        if finished and _note_search_health(s, settings, subject_id, summary):
+            summary.alerts_queued += 1
+        subj = s.get(Subject, subject_id)
+        if subj is not None:
+            subj.last_scan_at = utcnow()
+
+
+async def alert_and_capture(
+    settings: Settings,
+    db: Database,
+    subject_id: int,
+    summary: ScanSummary,
+    *,
+    started: float,
+    deliver: bool = True,
+    pages: dict[str, Any] | None = None,
+    browser: Any = None,
+) -> ScanSummary:
+    """After :func:`close_scan`: the alert first (it goes out as soon as the matches are
+    committed), then the cases: reappearances of removed places (their alert is sent with it),
+    and evidence for new sightings, which never delays the alert nor fails the scan.
+    ``browser``: an :class:`~monitor.cases.capture.EarlyBrowser` started during the scan,
+    used for the captures and closed here."""
+    from monitor.cases import after_scan
+
+    def send_alerts() -> None:
+        report = alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
+        summary.alerts_sent = report.sent
+        summary.alert_destinations = list(report.where)
+        if report.sent:
+            summary.alert_seconds = round(time.monotonic() - started, 3)
+
+    try:
+        captured = await after_scan(
+            settings,
+            db,
+            subject_id,
+            summary.scan_id,
+            before_capture=send_alerts if deliver else None,
+            pages=pages,
+            browser=browser,
+        )
+    finally:
+        if browser is not None:
+            await browser.aclose()  # (when the capture did not take it)
+    if captured is not None:
+        summary.evidence_captured, summary.evidence_failed = captured.captured, captured.failed
+        summary.evidence_archives, summary.evidence_screenshots = (
+            captured.archives,
+            captured.screenshots,
+        )
+        summary.evidence_pages_reused = captured.pages_reused
+        summary.evidence_note = captured.screenshot_note
+        summary.evidence_seconds = captured.seconds
+    return summary
+
+
 async def run_scan(
     settings: Settings,
     db: Database,
@@ -833,28 +992,8 @@ async def run_scan(
     ``deliver``) sent right after the commit; undelivered ones stay queued for the next try.
     """
     started = time.monotonic()
-    _recover_interrupted(db, settings, subject_id)
-    with db.session() as s:
-        subject = s.get(Subject, subject_id)
-        if subject is None:
-            raise MonitorError(f"subject {subject_id} does not exist")
-        # An organisation's person: only with valid consent, only the names it covers.
-        scan_permit = consent.permit(s, subject)
-        if not scan_permit.allows_name(subject.name):
-            raise ConsentRequired("the consent does not cover the person's name")
-        name = subject.name
-        aliases = [a.alias for a in subject.aliases if scan_permit.allows_name(a.alias)]
-        minor = bool(subject.minor)
-        refs = store.reference_records(s, subject_id)
-        if not refs:
-            raise NoReferences(
-                f"{name!r} has no enrolled reference photos: run `enroll {name!r} PHOTO...` first"
-            )
-        scan_id = store.start_scan(s, subject_id).id
-    summary = ScanSummary(scan_id=scan_id, subject=name)
-    index = ReferenceIndex(
-        refs, thresholds_from_config(settings.match), min_quality=settings.match.min_quality
-    )
+    opened = open_scan(settings, db, subject_id)
+    summary = ScanSummary(scan_id=opened.scan_id, subject=opened.name)
     status, error, finished = "failed", None, False
     scan: _Scan | None = None
     # The screenshot browser starts at the scan's first new sighting, so its start-up overlaps
@@ -868,86 +1007,48 @@ async def run_scan(
                 settings,
                 db,
                 subject_id,
-                scan_id,
+                opened.scan_id,
                 summary,
-                index,
+                opened.index,
                 executor,
                 progress,
                 fetcher_factory,
             )
-            scan.permit = scan_permit
-            if not minor:
+            scan.permit = opened.permit
+            if not opened.minor:
                 scan.on_new_sighting = browser.start
-            await scan.run(name, aliases)
+            await scan.run(opened.name, opened.aliases)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         await browser.aclose()
         raise
     else:
         finished = True  # even when no search was answered: a scan that finished
-        status = summary.search_status  # completed, partial, or failed (nothing answered)
-        if status == "failed":
-            error = f"no search was answered: {summary.searched}"
-        if status != "completed":  # backend names and reasons only: no name, no query
-            level = logging.WARNING if status == "failed" else logging.INFO
-            log.log(level, "scan %s: %s: %s", scan_id, status, summary.searched)
+        status, error = scan_outcome(summary)
     finally:
-        summary.status = status
-        summary.seconds = round(time.monotonic() - started, 3)
-        with db.session() as s:
-            store.finish_scan(
-                s,
-                scan_id,
-                status=status,
-                queries=summary.queries,
-                pages=summary.pages,
-                images=summary.images,
-                matches=summary.matches,
-                errors=summary.errors,
-                error=error,
-            )
-            summary.alerts_queued = alerts.release_alerts(s, settings, scan_id=scan_id)
-            if finished and _note_search_health(s, settings, subject_id, summary):
-                summary.alerts_queued += 1
-            subj = s.get(Subject, subject_id)
-            if subj is not None:
-                subj.last_scan_at = utcnow()
-    # The alert first: it goes out as soon as the matches are committed. Then the cases:
-    # reappearances of removed places (their alert is sent with it), and evidence for new
-    # sightings, which never delays the alert nor fails the scan.
-    from monitor.cases import after_scan
-
-    def send_alerts() -> None:
-        report = alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
-        summary.alerts_sent = report.sent
-        summary.alert_destinations = list(report.where)
-        if report.sent:
-            summary.alert_seconds = round(time.monotonic() - started, 3)
-
-    try:
-        captured = await after_scan(
+        close_scan(
             settings,
             db,
             subject_id,
-            scan_id,
-            before_capture=send_alerts if deliver else None,
-            pages=scan.scanned_pages if scan is not None else None,
-            browser=browser,
+            summary,
+            status=status,
+            error=error,
+            finished=finished,
+            started=started,
         )
-    finally:
-        await browser.aclose()  # (when the capture did not take it)
+    pages = scan.scanned_pages if scan is not None else None
     if scan is not None:
-        scan.scanned_pages = {}  # the pages' HTML is not needed any more
-    if captured is not None:
-        summary.evidence_captured, summary.evidence_failed = captured.captured, captured.failed
-        summary.evidence_archives, summary.evidence_screenshots = (
-            captured.archives,
-            captured.screenshots,
-        )
-        summary.evidence_pages_reused = captured.pages_reused
-        summary.evidence_note = captured.screenshot_note
-        summary.evidence_seconds = captured.seconds
-    return summary
+        scan.scanned_pages = {}  # the pages' HTML is not needed any more past the capture
+    return await alert_and_capture(
+        settings,
+        db,
+        subject_id,
+        summary,
+        started=started,
+        deliver=deliver,
+        pages=pages,
+        browser=browser,
+    )
 
 
 def scan_subject(

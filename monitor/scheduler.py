@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -418,3 +418,39 @@ class Scheduler:
         logger.warning("aborted: the running scan was interrupted")
         logging.shutdown()
         os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def monitoring(
+    settings: Settings, db: Database, scan_fn: Callable[[int], object] | None = None
+) -> Iterator[tuple[Scheduler, Any]]:
+    """The scheduler of ``run`` and ``serve``: due scans (``scan_fn``, e.g. one that enqueues
+    them for the workers with ``[queue]``; by default run here in a hashing pool, yielded with
+    the scheduler, None otherwise), the outbox delivered, re-checks, and one screenshot browser
+    shared by the subjects due together (started at the first capture, closed after them)."""
+    import asyncio
+
+    from monitor import alerts, cases
+    from monitor.cases.capture import shared_screenshots
+    from monitor.pipeline import hashing_pool, run_scan
+
+    with contextlib.nullcontext() if scan_fn is not None else hashing_pool() as pool:
+        if scan_fn is None:
+
+            def scan_fn(subject_id: int) -> object:
+                return asyncio.run(run_scan(settings, db, subject_id, pool=pool))
+
+        def deliver() -> object:
+            return alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
+
+        yield (
+            Scheduler(
+                db,
+                settings,
+                scan_fn,
+                deliver_fn=deliver,
+                recheck_fn=lambda: cases.run_due_rechecks(settings, db),
+                pass_context=lambda: shared_screenshots(settings),
+            ),
+            pool,
+        )

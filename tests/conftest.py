@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -47,12 +49,57 @@ def loopback_settings(tmp_path: Path, searxng_url: str, **mail: object) -> Setti
     )
 
 
+TEST_DATABASE_ENV = "MONITOR_TEST_DATABASE_URL"
+"""Set to a PostgreSQL URL (``postgresql+psycopg://postgres@127.0.0.1:5432/test``), the whole
+suite runs on PostgreSQL: each test gets a fresh schema there as its default database
+(``$MONITOR_DATABASE__URL``), instead of an SQLite file in its data folder. Tests that name an
+SQLite URL themselves keep it (as init arguments; one written in a configuration file is
+overridden by the environment, so those tests are marked), and so do tests marked
+``sqlite_default`` (they check the SQLite file a default installation uses). CI runs SQLite
+only."""
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[None]:
     """No test reads the developer's configuration or data folder."""
     for var in ("MONITOR_CONFIG", "MONITOR_DATABASE__URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MONITOR_DATA_DIR", str(tmp_path / "default-data"))
+    shared = os.environ.get(TEST_DATABASE_ENV, "")
+    if not shared or request.node.get_closest_marker("sqlite_default"):
+        yield
+        return
+    with _fresh_schema(shared) as url:
+        monkeypatch.setenv("MONITOR_DATABASE__URL", url)
+        yield
+
+
+@contextmanager
+def _fresh_schema(url: str) -> Iterator[str]:
+    """``url`` with a new, empty schema of its own as the search path; dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    if base.get_backend_name() != "postgresql":
+        raise pytest.UsageError(f"${TEST_DATABASE_ENV} must be a PostgreSQL URL, got {url}")
+    dsn = base.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            with suppress(psycopg.Error):  # still in use by a leaked connection: leave it
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

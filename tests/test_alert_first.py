@@ -67,7 +67,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         mail={"smtp_host": "127.0.0.1", "smtp_port": smtp.port, "starttls": False},
         cases={"capture_evidence": True, "rdap_domain_url": "", "rdap_ip_url": ""},
     )
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, key_file=settings.key_path)
     with db.session() as s:
         subject = store.add_subject(
             s, NAME, email="jane@example.invalid", interval=timedelta(days=1)

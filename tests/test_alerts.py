@@ -614,6 +614,7 @@ def test_a_mail_server_that_accepts_but_never_answers_times_out_and_is_retried(
     assert len(server.messages) == 1 and outbox_row(db, row_id).status == "sent"
 
 
+@pytest.mark.sqlite_default  # its config names an SQLite file
 def test_outbox_command_shows_a_refusal_and_retry_failed_delivers_it_once(
     db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -84,7 +84,7 @@ def make_world(tmp_path: Path, *, minor: bool = False, **cases_cfg: object) -> W
             **cases_cfg,
         },
     )
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, key_file=settings.key_path)
     ref = tmp_path / "me.jpg"
     ref.write_bytes(photo)
     with db.session() as s:

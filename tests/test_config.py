@@ -13,6 +13,7 @@ from monitor.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.sqlite_default
 def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no config/monitor.toml here
     s = load_settings()
@@ -26,7 +27,7 @@ def test_example_file_documents_every_key_and_loads() -> None:
     s = load_settings(REPO / "config" / "monitor.example.toml")
     assert s.search.backends[0].kind == "searxng"
     text = (REPO / "config" / "monitor.example.toml").read_text()
-    for section in ("database", "search", "fetch", "match", "mail", "schedule", "cases"):
+    for section in ("database", "search", "fetch", "match", "mail", "schedule", "cases", "queue"):
         model = type(getattr(s, section))
         for key in model.model_fields:
             if key != "backends":
@@ -35,6 +36,7 @@ def test_example_file_documents_every_key_and_loads() -> None:
         assert f"{key} =" in text, f"[[search.backends]] {key} is not documented"
 
 
+@pytest.mark.sqlite_default
 def test_lookup_order_flag_then_env_then_default_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config").mkdir()
@@ -55,6 +57,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
     assert (s.mail.smtp_host, s.mail.smtp_port) == ("env.example", 25)
 
 
+@pytest.mark.sqlite_default
 def test_data_dir_in_the_file_wins_over_the_default_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

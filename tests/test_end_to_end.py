@@ -48,7 +48,7 @@ def world(tmp_path: Path):
             tmp_path, demo.searxng_url, smtp_host="127.0.0.1", smtp_port=smtp.port, starttls=False
         )
         settings.cases.screenshots = False  # ~5 s each; tests/test_cases.py covers them
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, key_file=settings.key_path)
         with db.session() as s:
             subject = store.add_subject(
                 s,
@@ -97,6 +97,7 @@ def test_scan_finds_every_edited_copy_and_no_distractor(world) -> None:
         assert len(store.list_matches(s, NAME)) == len(rows)
 
 
+@pytest.mark.sqlite_default  # looks for image bytes in the SQLite file too
 def test_found_images_are_never_written_to_disk(world, tmp_path: Path) -> None:
     settings, db, demo, _smtp = world
     scan_subject(settings, db, NAME)

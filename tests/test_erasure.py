@@ -106,6 +106,7 @@ def scanned(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
         yield cfg, data
 
 
+@pytest.mark.sqlite_default  # reads the SQLite files byte by byte
 def test_subject_remove_leaves_no_trace_of_the_person_in_any_file(
     scanned: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

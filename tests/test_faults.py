@@ -290,6 +290,7 @@ def test_a_dead_local_owner_is_recognised_but_live_and_foreign_owners_are_not(
 # ---------------------------------------------------------------- the database is busy
 
 
+@pytest.mark.sqlite_default  # locks the SQLite file
 def test_writers_wait_for_a_locked_sqlite_database_instead_of_failing(
     world: World, tmp_path: Path
 ) -> None:

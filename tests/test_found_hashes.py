@@ -334,6 +334,7 @@ def test_the_index_matches_stored_region_hashes() -> None:
     assert detail is not None and detail.found == "pdq.region"
 
 
+@pytest.mark.sqlite_default  # its config names an SQLite file
 def test_enroll_on_the_command_line_says_how_many_earlier_images_it_checked(
     world: Callable[[str], tuple[Settings, Database, LoopbackWeb]],
     tmp_path: Path,

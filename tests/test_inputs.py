@@ -72,6 +72,7 @@ def test_a_wrong_key_is_one_line_without_hashes_or_traceback(
             assert "does not hold a valid key" in line
 
 
+@pytest.mark.sqlite_default
 def test_a_database_error_is_one_line(capsys, config: str, tmp_path: Path) -> None:
     assert run(capsys, "--config", config, "subject", "add", "Jane Doe")[0] == 0
     db_file = tmp_path / "data" / "monitor.db"

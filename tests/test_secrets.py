@@ -227,6 +227,7 @@ def _modes(root: Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.sqlite_default  # checks the SQLite file's mode too
 def test_files_the_tool_creates_are_owner_only(
     world: World,  # noqa: F811
     tmp_path: Path,
@@ -303,6 +304,7 @@ def _needles(data: bytes, count: int = 5, size: int = 64) -> list[bytes]:
     return found
 
 
+@pytest.mark.sqlite_default  # reads the SQLite file byte by byte
 def test_enrolment_stores_no_photo_bytes_pixels_or_plain_hashes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

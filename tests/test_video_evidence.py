@@ -79,7 +79,7 @@ def test_a_video_case_evidence_holds_its_frame_hashes_and_no_media_bytes(
         web.add("/robots.txt", "", "text/plain")
         page = web.add("/post.html", '<html><body><video src="/media/clip.webm"></video></body>')
         search.add_result(NAME, "general", {"url": page, "title": "a post"})
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, key_file=settings.key_path)
         try:
             with db.session() as s:
                 subject = store.add_subject(s, NAME, interval=timedelta(days=1))

@@ -48,7 +48,7 @@ def _world(tmp_path: Path, web: LoopbackWeb, files: dict[str, tuple[bytes, str]]
     settings = loopback_settings(tmp_path, fake.install(web))
     settings.cases.screenshots = False
     settings.cases.capture_evidence = False  # tests/test_cases.py covers evidence
-    return settings, Database(settings.database_url), page_url
+    return settings, Database(settings.database_url, key_file=settings.key_path), page_url
 
 
 def _subject(db: Database, settings: Settings):
@@ -155,7 +155,7 @@ def test_a_garbage_video_is_a_readable_error_not_a_failed_enrolment(tmp_path: Pa
     photo = tmp_path / "me.png"
     photo.write_bytes(_png(_photo(5)))
     settings = Settings(data_dir=tmp_path / "data")
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, key_file=settings.key_path)
     with db.session() as s:
         subject = store.add_subject(s, NAME, interval=timedelta(days=1))
         report = enrol_paths(s, subject, [bad, photo])

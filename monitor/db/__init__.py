@@ -149,6 +149,8 @@ def migrate(engine: Engine, keystore: KeyStore | None = None) -> None:
     cfg.attributes["keystore"] = keystore
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # workers starting together: one at a time
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7316204415)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         return

@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from monitor import shared_limits
 from monitor.config import SearchConfig
 from monitor.errors import SearchBackendError
 from monitor.search.base import RateInfo, RateLimitedError, SearchAnswer, SearchBackend
@@ -222,6 +223,8 @@ class PacedBackend:
         async with self.in_flight:
             self._check_skip()
             await self.bucket.acquire()
+            # ...and the pace kept by every worker together (monitor.shared_limits; no-op alone)
+            await shared_limits.wait_search(self.name, self.limits.rate, self.limits.burst)
             self._check_skip()  # it may have been left alone while this one waited
             self.sent_at.append(self.clock())
             try:
@@ -249,6 +252,9 @@ class PacedBackend:
     def _check_skip(self) -> None:
         if self.clock() < self.state.skip_until:
             raise SearchSkipped(f"{self.name}: not sent: {self.state.skip_reason}")
+        alone = shared_limits.search_left_alone(self.name)  # by another worker
+        if alone is not None:
+            raise SearchSkipped(f"{self.name}: not sent: {alone[1]}")
 
     def _leave_alone(self, wait: float | None, why: str) -> None:
         """Skip this backend's searches for ``wait`` seconds (None: :data:`NO_RETRY_AFTER`)."""
@@ -257,6 +263,7 @@ class PacedBackend:
         if until > self.state.skip_until:
             self.state.skip_until = until
             self.state.skip_reason = f"rate limited; left alone for {seconds:g} s ({why})"
+            shared_limits.leave_search_alone(self.name, seconds, self.state.skip_reason)
         log.info("%s: rate limited; its searches are skipped for %g s", self.name, seconds)
 
     def _note_rate(self, rate: RateInfo | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -70,29 +69,17 @@ def check_bind(
 
 @contextlib.contextmanager
 def running_scheduler(settings: Settings, db: Database) -> Iterator[object]:
-    """The same scheduler as ``run`` (scans, outbox delivery, re-checks), in background
-    threads while the web app serves; yields its hashing pool."""
-    from monitor import alerts, cases
-    from monitor.cases.capture import shared_screenshots
-    from monitor.pipeline import hashing_pool, run_scan
-    from monitor.scheduler import Scheduler
+    """The same scheduler as ``run`` (scans, or with ``[queue]`` scans enqueued for the
+    workers; outbox delivery, re-checks), in background threads while the web app serves;
+    yields its hashing pool (None with ``[queue]``: the pages' scans then start their own)."""
+    from monitor.scheduler import monitoring
 
-    with hashing_pool() as pool:
+    queued = None
+    if settings.queue.enabled:
+        from monitor.cli_queue import queued_scan_fn
 
-        def scan(subject_id: int) -> object:
-            return asyncio.run(run_scan(settings, db, subject_id, pool=pool))
-
-        def deliver() -> object:
-            return alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
-
-        scheduler = Scheduler(
-            db,
-            settings,
-            scan,
-            deliver_fn=deliver,
-            recheck_fn=lambda: cases.run_due_rechecks(settings, db),
-            pass_context=lambda: shared_screenshots(settings),
-        )
+        queued = queued_scan_fn(settings)
+    with monitoring(settings, db, queued) as (scheduler, pool):
         scheduler.start(block=False)
         try:
             yield pool
