@@ -10,7 +10,7 @@ import re
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyotp
@@ -430,3 +430,16 @@ def test_add_with_a_mailed_link_and_renew_with_a_new_form(world: World) -> None:
         assert record.form_sha256 == hashlib.sha256(form).hexdigest()
         assert record.representative == "Rita Rep" and record.confirmed_at is not None
     assert ("c@a.org", "consent renew", eve_id) in world.audit()
+
+
+def test_a_one_time_code_opens_one_session_only(world: World) -> None:
+    """A code seen over a shoulder (or replayed) within its ~90 s window opens no second
+    session; the next code does."""
+    totp = pyotp.TOTP(world.secrets["a@a.org"])
+    code = totp.now()
+    assert world.log_in(world.app.new_client(), "a@a.org", code).status_code == 303
+    replay = world.app.new_client()
+    assert world.log_in(replay, "a@a.org", code).status_code == 400
+    assert replay.get("/people").status_code == 303  # logged out
+    later = totp.at(datetime.now(UTC) + timedelta(seconds=30))
+    assert world.log_in(world.app.new_client(), "a@a.org", later).status_code == 303

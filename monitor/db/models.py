@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -608,6 +609,8 @@ class Operator(Base):
     totp_secret: Mapped[str] = mapped_column(EncryptedText(OPERATOR_TOTP))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the last TOTP time step accepted: a code works once, not again within its window (0014)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Consent(Base):

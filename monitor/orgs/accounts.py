@@ -7,10 +7,12 @@ TOTP secret encrypted with the reference key (``Operator.totp_secret``, monitor/
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pyotp
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor.db.models import Operator, Organisation
@@ -113,9 +115,14 @@ def scope_of(op: Operator) -> Scope:
     return Scope(org_id=op.organisation_id, operator_id=op.id, operator=op.email, role=op.role)
 
 
-def authenticate(session: Session, email: str, passphrase: str, code: str) -> Scope:
+def authenticate(
+    session: Session, email: str, passphrase: str, code: str, *, single_use: bool = False
+) -> Scope:
     """The operator's scope when the passphrase and the current TOTP code are right, else
-    :class:`LoginFailed` (which does not say what was wrong)."""
+    :class:`LoginFailed` (which does not say what was wrong). ``single_use`` (the web app's
+    log-in, which then holds a session): a code accepted once is refused after, so one seen
+    over a shoulder or replayed within its ~90 s window does not open a second session. The
+    command line asks for a code on every command, so there a code serves its window."""
     op = session.scalar(select(Operator).where(Operator.email == email.strip().lower()))
     failed = LoginFailed("login failed: unknown operator, wrong passphrase or wrong code")
     if op is None or op.disabled_at is not None:
@@ -123,6 +130,32 @@ def authenticate(session: Session, email: str, passphrase: str, code: str) -> Sc
         raise failed
     if not verify_passphrase(op.passphrase_hash, passphrase):
         raise failed
-    if not pyotp.TOTP(op.totp_secret).verify(code.strip(), valid_window=1):
+    step = _accepted_step(pyotp.TOTP(op.totp_secret), code.strip())
+    if step is None:
+        raise failed
+    if not single_use:
+        return scope_of(op)
+    # A code works once: an observed or replayed one (within its ~90 s window) is refused.
+    # One UPDATE, so two log-ins racing with the same code cannot both pass.
+    used = session.execute(
+        update(Operator)
+        .where(
+            Operator.id == op.id,
+            or_(Operator.totp_last_step.is_(None), Operator.totp_last_step < step),
+        )
+        .values(totp_last_step=step)
+    )
+    if used.rowcount != 1:  # type: ignore[attr-defined]
         raise failed
     return scope_of(op)
+
+
+def _accepted_step(totp: pyotp.TOTP, code: str) -> int | None:
+    """The time step (30 s) whose code ``code`` is, within one step of now; None if none."""
+    if not (code.isascii() and code.isdigit()):
+        return None
+    now = totp.timecode(datetime.now(UTC))
+    for step in (now - 1, now, now + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None

@@ -166,7 +166,7 @@ class Sessions:
             raise PassphraseError("too many wrong tries: wait half a minute and try again")
         try:
             with self.db.session() as s:
-                scope = accounts.authenticate(s, email, passphrase, code)
+                scope = accounts.authenticate(s, email, passphrase, code, single_use=True)
         except accounts.LoginFailed:
             self._failures += 1
             if self._failures >= _FAILURES_BEFORE_WAIT:
