@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from monitor.demo.photos import photo_bytes
+from monitor.evidence import screenshot
 from monitor.evidence.screenshot import (
     BLURRED_PASS_SCALE,
     BOX_MARGIN_PX,
@@ -93,17 +94,25 @@ def sharpness(im: Image.Image) -> float:
 
 
 @pytest.mark.skipif(chromium_path() is None, reason="no Chromium (apt-get install chromium)")
+@pytest.mark.parametrize("draw_images", [True, False], ids=["grey-boxes", "browser-blur"])
 async def test_images_stay_blurred_when_the_page_insists_on_showing_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, draw_images: bool
 ):
+    """By default the browser gets grey boxes of each image's size and the tool draws blurred
+    copies over the <img> boxes; with ``draw_images=False`` the browser blurs the images
+    itself in a quarter-scale pass and the sharp pass paints none of them."""
     with LoopbackWeb() as site:
         site.add("/photo.jpg", PHOTO, "image/jpeg")
         site.add("/bg.jpg", photo_bytes(8, (400, 300)), "image/jpeg")
         url = site.add("/p.html", HOSTILE_PAGE)
-        async with Screenshotter(allow_private_networks=True, timeout=60) as shooter:
+        async with Screenshotter(
+            allow_private_networks=True, timeout=60, draw_images=draw_images
+        ) as shooter:
             info = await shooter.capture(url, tmp_path / "p.png", may_show_minor=False)
-            # the sharp pass alone: not one pixel of any image in it, blurred or not
+            # what the browser painted alone (the sharp pass, or the one pass): not one pixel
+            # of any photo in it, blurred or not (nor the copies the tool draws afterwards)
             monkeypatch.setattr(Shot, "page", lambda shot: Image.open(io.BytesIO(shot.png)))
+            monkeypatch.setattr(screenshot, "_draw_copy", lambda *a: None)
             sharp = await shooter.capture(url, tmp_path / "sharp.png", may_show_minor=False)
     itself = sharpness(Image.open(io.BytesIO(PHOTO)).crop((40, 40, 360, 260)))
     shot = Image.open(info.path).convert("RGB")
@@ -113,8 +122,17 @@ async def test_images_stay_blurred_when_the_page_insists_on_showing_them(
         box = (left + 40, top + 40 + h, right - 40, bottom - 40 + h)
         region = np.asarray(shot.crop(box), dtype=np.float64)
         assert sharpness(shot.crop(box)) < 0.15 * itself, (left, sharpness(shot.crop(box)))
-        assert region.mean() < 235 and region.std() > 3  # the blurred image is there
-        assert np.asarray(sharp_pass.crop(box)).min() >= 250  # ... and nowhere else
+        browser_painted = np.asarray(sharp_pass.crop(box))
+        if not draw_images:
+            assert region.mean() < 235 and region.std() > 3  # the blurred image is there
+            assert browser_painted.min() >= 250  # ... and not in the sharp pass
+        elif (left, top, right, bottom) == NESTED_BOX:  # an <img>: its blurred copy is drawn
+            assert region.mean() < 235 and region.std() > 3
+            assert np.ptp(browser_painted, axis=2).max() <= 2  # the browser had a grey box
+        else:  # an image in CSS: the browser's grey box (no colour of the photo)
+            assert abs(region.mean() - 0x8C) < 30 and np.ptp(region, axis=2).max() <= 2
+            assert np.ptp(browser_painted, axis=2).max() <= 2
+    assert info.drawn_images == (1 if draw_images else 0)
     heading = shot.crop((20, 10 + h, 700, 70 + h))
     assert sharpness(heading) > 0.3 * itself  # the text is sharp
     assert info.blurred_elements >= 3
