@@ -12,7 +12,10 @@ import io
 
 from PIL import Image, ImageFilter, ImageOps
 
-__all__ = ["THUMB_SIDE", "blurred_thumbnail"]
+__all__ = ["FORMATS", "THUMB_SIDE", "blurred_thumbnail"]
+
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+"""The formats read (the web's raster ones): no other Pillow plugin ever sees the bytes."""
 
 THUMB_SIDE = 24
 """The thumbnail's longer side, in pixels: an image is never shown sharper than this many
@@ -25,7 +28,7 @@ MAX_PIXELS = 200_000_000  # a header claiming more is refused (a decompression b
 def blurred_thumbnail(data: bytes) -> tuple[tuple[int, int], bytes]:
     """``((width, height), RGB bytes)`` of the image, at most :data:`THUMB_SIDE` pixels on
     its longer side, turned as its EXIF orientation says, and blurred."""
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data), formats=FORMATS) as im:
         if im.width * im.height > MAX_PIXELS:
             raise ValueError(f"{im.width} x {im.height} pixels: too large")
         im.draft("RGB", (THUMB_SIDE * 4, THUMB_SIDE * 4))

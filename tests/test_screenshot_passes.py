@@ -23,10 +23,14 @@ from monitor.evidence.screenshot import (
     Screenshotter,
     Shot,
     _blurred_boxes,
+    _draw_copy,
+    _intrinsic_size,
+    _placeholder_svg,
     _spans,
     chromium_path,
 )
 from monitor.testing.web import LoopbackWeb
+from monitor.thumbnail import THUMB_SIDE, blurred_thumbnail
 
 
 def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
@@ -224,3 +228,45 @@ async def test_a_tall_page_shows_its_address_its_top_and_the_image_blurred(tmp_p
     assert sharpness(region) < 0.15 * itself
     assert np.asarray(region, dtype=np.float64).std() > 3  # the blurred image is there
     assert shot.getpixel((1270, h + 905)) == GAP_BACKGROUND  # what is left out, marked
+
+
+# --- the browser gets grey boxes; the tool draws blurred thumbnails ---------------------------
+
+
+def jpeg(size: tuple[int, int], orientation: int = 1) -> bytes:
+    im = Image.open(io.BytesIO(photo_bytes(3, size)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_the_browser_gets_a_grey_box_of_the_image_s_own_size():
+    assert _intrinsic_size(jpeg((640, 480))) == (640, 480)
+    assert _intrinsic_size(jpeg((640, 480), orientation=6)) == (480, 640)  # turned by EXIF
+    assert _intrinsic_size(b"<svg xmlns='http://www.w3.org/2000/svg'/>") is None  # not read
+    svg = _placeholder_svg(640, 480).decode()
+    assert 'width="640"' in svg and 'height="480"' in svg and "<image" not in svg
+
+
+def detail(im: Image.Image, factor: int = 16) -> float:
+    """Mean absolute difference between the image and itself shrunk ``factor`` times and
+    enlarged back: what it shows finer than ``factor`` pixels."""
+    small = im.resize((im.width // factor, im.height // factor), Image.Resampling.BOX)
+    back = small.resize(im.size, Image.Resampling.BICUBIC)
+    return float(np.abs(np.asarray(im, np.float64) - np.asarray(back, np.float64)).mean())
+
+
+def test_the_drawn_copy_is_a_tiny_thumbnail_stretched_over_the_box():
+    data = jpeg((2000, 1500), orientation=6)
+    size, rgb = blurred_thumbnail(data)
+    assert max(size) == THUMB_SIDE and size[0] < size[1]  # turned as the browser shows it
+    piece = Image.new("RGB", (1280, 900), (255, 255, 255))
+    _draw_copy(piece, 100, -200, 600, 800, (size, rgb))  # partly above the piece
+    region = piece.crop((100, 0, 700, 600))
+    assert np.asarray(region, dtype=np.float64).std() > 3  # the image's colours are there
+    itself = Image.open(io.BytesIO(data)).convert("RGB").resize((800, 600)).crop((0, 0, 600, 600))
+    assert detail(region) < 0.2 * detail(itself)  # about one thumbnail pixel per blur radius
+    assert piece.getpixel((99, 10)) == piece.getpixel((700, 10)) == (255, 255, 255)
+    assert piece.getpixel((300, 600)) == (255, 255, 255)  # nothing drawn below the box

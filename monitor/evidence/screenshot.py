@@ -100,7 +100,7 @@ from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
 from monitor.evidence.proxy import GuardProxy
 from monitor.evidence.store import write_new_file
 from monitor.fetch import AddressPredicate, Resolver, is_blocked_address, system_resolver
-from monitor.thumbnail import blurred_thumbnail
+from monitor.thumbnail import FORMATS, blurred_thumbnail
 
 __all__ = [
     "BANNER_BACKGROUND",
@@ -729,6 +729,8 @@ class Screenshotter:
         )
         meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
         meta.add_text("Comment", "Every image on the page is blurred.")
+        if drawn or self._decoder is not None:
+            meta.add_text("Images", IMAGES_LINE)
         buffer = io.BytesIO()
         stamped.save(buffer, format="PNG", pnginfo=meta, compress_level=PNG_COMPRESS_LEVEL)
         data = buffer.getvalue()
@@ -819,6 +821,14 @@ class Screenshotter:
         return picture, final_url, int(blurred), captured_at
 
     async def _image(self, route: Any, thumbs: Thumbs, context: Any) -> None:
+        try:
+            await self._answer_image(route, thumbs, context)
+        except Exception as exc:  # the capture is over (its context closed), or a bug
+            log.debug("image request %s: %s", route.request.url[:200], exc)
+            with contextlib.suppress(Exception):
+                await route.abort("failed")
+
+    async def _answer_image(self, route: Any, thumbs: Thumbs, context: Any) -> None:
         """Answer one of the page's image requests: the image is fetched here, through the
         same guard proxy, with the tool's User-Agent; the browser gets a grey SVG of its
         intrinsic size (read from the header) and a blurred thumbnail is made of it in the
@@ -1284,7 +1294,7 @@ def _intrinsic_size(body: bytes) -> tuple[int, int] | None:
     header on open and decodes nothing until asked); EXIF orientations that turn it by a
     quarter swap width and height. None when Pillow cannot read the header."""
     try:
-        with Image.open(io.BytesIO(body)) as im:
+        with Image.open(io.BytesIO(body), formats=FORMATS) as im:
             width, height = im.size
             turned = (im.getexif() or {}).get(0x0112) in (5, 6, 7, 8)
     except Exception:
