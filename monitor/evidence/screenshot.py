@@ -38,6 +38,20 @@ How it is taken:
   because Chromium follows a fulfilled redirect without asking the route again (the next hop
   would go out unchecked, or, with name resolution off, fail), and ``--host-resolver-rules``
   alone is fixed at launch while the hosts a page uses are not known in advance.
+* **The browser never gets a photo's pixels** (``draw_images``, on by default): the request
+  filter answers each of the page's image requests itself. The image is fetched by us,
+  through the same guard proxy and with the tool's User-Agent (with the browser's Referer
+  and Accept and the capture's own cookies), kept in memory only; its size is read from its
+  header (Pillow, web raster formats only, nothing decoded) and the browser gets a grey SVG
+  of that intrinsic size (:data:`PLACEHOLDER_FILL`), so the layout is the page's. A tiny
+  blurred thumbnail of the image (:func:`monitor.thumbnail.blurred_thumbnail`, JPEG decoded
+  at 1/8 scale) is made in a one-worker process pool with a deadline (hostile bytes are not
+  decoded in this process), and drawn stretched over each ``<img>`` box showing it, about one
+  thumbnail pixel per blur radius (:func:`_draw_copy`). An element that shows only grey boxes
+  is not blurred by the browser (nothing to blur; a camera-size blur cost seconds), so a
+  page with only such images is shot in one pass. Images in CSS (backgrounds, ``content``)
+  stay grey boxes; bytes Pillow does not read (SVG, AVIF) go to the browser as served and
+  are blurred by it as below. The banner says so (:data:`IMAGES_LINE`).
 * Once the page's ``load`` event has fired (and, with JavaScript on, its network has been
   quiet for :data:`QUIET_SECONDS`, at most :data:`MAX_SETTLE_SECONDS`), every image is
   blurred with a CSS ``filter: blur()`` stronger for larger images, transitions and animations
@@ -455,6 +469,7 @@ class Screenshotter:
         self.draw_images = draw_images
         self._http: Any = None  # httpx.AsyncClient through the guard proxy (draw_images)
         self._decoder: Executor | None = None  # the thumbnails' process pool (draw_images)
+        self._decoder_start: asyncio.Future[Executor] | None = None
         self.browser_version = ""
 
     @property
@@ -491,6 +506,8 @@ class Screenshotter:
             raise ScreenshotError("Playwright is not installed: pip install playwright") from None
         launcher = Launcher(executable)  # raises ScreenshotError when it cannot drop root
         self._launcher = launcher
+        if self.draw_images:  # its worker starts while the browser does, off the event loop
+            self._decoder_start = asyncio.ensure_future(asyncio.to_thread(_decoder_pool))
         try:
             async with asyncio.timeout(self.timeout):
                 self._proxy = GuardProxy(
@@ -531,8 +548,6 @@ class Screenshotter:
         if self.draw_images:
             import httpx
 
-            from monitor.pipeline import hashing_pool
-
             self._http = httpx.AsyncClient(
                 proxy=f"http://127.0.0.1:{self._proxy.port}",
                 follow_redirects=True,
@@ -541,7 +556,6 @@ class Screenshotter:
                 headers={"User-Agent": self.user_agent},
                 trust_env=False,
             )
-            self._decoder = hashing_pool(workers=1, task_timeout=THUMBNAIL_TIMEOUT)
         self._make_spare()
 
     async def aclose(self) -> None:
@@ -553,6 +567,10 @@ class Screenshotter:
         launcher, self._launcher = self._launcher, None
         http, self._http = self._http, None
         decoder, self._decoder = self._decoder, None
+        starting, self._decoder_start = self._decoder_start, None
+        if starting is not None:  # (the same pool, or one no capture has used yet)
+            with contextlib.suppress(Exception):
+                decoder = await starting
         if browser is not None:
             with contextlib.suppress(Exception):  # already gone
                 await browser.close()
@@ -715,7 +733,7 @@ class Screenshotter:
             final_url,
             captured_at,
             parts_line=shot.parts_line(),
-            images_line=IMAGES_LINE if self._decoder is not None else "",
+            images_line=IMAGES_LINE if self.draw_images else "",
         )
         del shot
         meta = PngImagePlugin.PngInfo()
@@ -729,7 +747,7 @@ class Screenshotter:
         )
         meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
         meta.add_text("Comment", "Every image on the page is blurred.")
-        if drawn or self._decoder is not None:
+        if self.draw_images:
             meta.add_text("Images", IMAGES_LINE)
         buffer = io.BytesIO()
         stamped.save(buffer, format="PNG", pnginfo=meta, compress_level=PNG_COMPRESS_LEVEL)
@@ -848,6 +866,8 @@ class Screenshotter:
             await route.fulfill(status=200, body=body, content_type=content_type)
             return
         address = request.url.split("#", 1)[0]
+        if self._decoder is None and self._decoder_start is not None:  # started with the browser
+            self._decoder = await asyncio.shield(self._decoder_start)
         if address not in thumbs and self._decoder is not None:
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(self._decoder, blurred_thumbnail, body)
@@ -1383,6 +1403,14 @@ async def _images_settled(page: Any, at_most: float) -> None:
 def _close_popup(page: Any) -> None:
     task = asyncio.ensure_future(page.close())
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def _decoder_pool() -> Executor:
+    """The thumbnails' pool: one worker, forked from the hashing workers' forkserver, whose
+    tasks have a deadline (see :func:`monitor.pipeline.hashing_pool`)."""
+    from monitor.pipeline import hashing_pool
+
+    return hashing_pool(1, THUMBNAIL_TIMEOUT)
 
 
 def _allow_any(_ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
