@@ -147,7 +147,8 @@ def hashing_pool(
     ``__main__`` with the database, HTTP and CLI libraries), so each costs tens of MB, not 100+.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["monitor.hashing", "monitor.video"])
+    # monitor.thumbnail: the screenshot's decoder pool (monitor.evidence.screenshot) is one too
+    ctx.set_forkserver_preload(["monitor.hashing", "monitor.video", "monitor.thumbnail"])
     return DeadlinePool(
         partial(ProcessPoolExecutor, mp_context=ctx),
         workers or os.cpu_count() or 2,

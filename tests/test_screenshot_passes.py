@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from monitor.demo.photos import photo_bytes
+from monitor.evidence import screenshot
 from monitor.evidence.screenshot import (
     BLURRED_PASS_SCALE,
     BOX_MARGIN_PX,
@@ -22,10 +23,14 @@ from monitor.evidence.screenshot import (
     Screenshotter,
     Shot,
     _blurred_boxes,
+    _draw_copy,
+    _intrinsic_size,
+    _placeholder_svg,
     _spans,
     chromium_path,
 )
 from monitor.testing.web import LoopbackWeb
+from monitor.thumbnail import THUMB_SIDE, blurred_thumbnail
 
 
 def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
@@ -93,17 +98,25 @@ def sharpness(im: Image.Image) -> float:
 
 
 @pytest.mark.skipif(chromium_path() is None, reason="no Chromium (apt-get install chromium)")
+@pytest.mark.parametrize("draw_images", [True, False], ids=["grey-boxes", "browser-blur"])
 async def test_images_stay_blurred_when_the_page_insists_on_showing_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, draw_images: bool
 ):
+    """By default the browser gets grey boxes of each image's size and the tool draws blurred
+    copies over the <img> boxes; with ``draw_images=False`` the browser blurs the images
+    itself in a quarter-scale pass and the sharp pass paints none of them."""
     with LoopbackWeb() as site:
         site.add("/photo.jpg", PHOTO, "image/jpeg")
         site.add("/bg.jpg", photo_bytes(8, (400, 300)), "image/jpeg")
         url = site.add("/p.html", HOSTILE_PAGE)
-        async with Screenshotter(allow_private_networks=True, timeout=60) as shooter:
+        async with Screenshotter(
+            allow_private_networks=True, timeout=60, draw_images=draw_images
+        ) as shooter:
             info = await shooter.capture(url, tmp_path / "p.png", may_show_minor=False)
-            # the sharp pass alone: not one pixel of any image in it, blurred or not
+            # what the browser painted alone (the sharp pass, or the one pass): not one pixel
+            # of any photo in it, blurred or not (nor the copies the tool draws afterwards)
             monkeypatch.setattr(Shot, "page", lambda shot: Image.open(io.BytesIO(shot.png)))
+            monkeypatch.setattr(screenshot, "_draw_copy", lambda *a: None)
             sharp = await shooter.capture(url, tmp_path / "sharp.png", may_show_minor=False)
     itself = sharpness(Image.open(io.BytesIO(PHOTO)).crop((40, 40, 360, 260)))
     shot = Image.open(info.path).convert("RGB")
@@ -113,8 +126,17 @@ async def test_images_stay_blurred_when_the_page_insists_on_showing_them(
         box = (left + 40, top + 40 + h, right - 40, bottom - 40 + h)
         region = np.asarray(shot.crop(box), dtype=np.float64)
         assert sharpness(shot.crop(box)) < 0.15 * itself, (left, sharpness(shot.crop(box)))
-        assert region.mean() < 235 and region.std() > 3  # the blurred image is there
-        assert np.asarray(sharp_pass.crop(box)).min() >= 250  # ... and nowhere else
+        browser_painted = np.asarray(sharp_pass.crop(box))
+        if not draw_images:
+            assert region.mean() < 235 and region.std() > 3  # the blurred image is there
+            assert browser_painted.min() >= 250  # ... and not in the sharp pass
+        elif (left, top, right, bottom) == NESTED_BOX:  # an <img>: its blurred copy is drawn
+            assert region.mean() < 235 and region.std() > 3
+            assert np.ptp(browser_painted, axis=2).max() <= 2  # the browser had a grey box
+        else:  # an image in CSS: the browser's grey box (no colour of the photo)
+            assert abs(region.mean() - 0x8C) < 30 and np.ptp(region, axis=2).max() <= 2
+            assert np.ptp(browser_painted, axis=2).max() <= 2
+    assert info.drawn_images == (1 if draw_images else 0)
     heading = shot.crop((20, 10 + h, 700, 70 + h))
     assert sharpness(heading) > 0.3 * itself  # the text is sharp
     assert info.blurred_elements >= 3
@@ -206,3 +228,45 @@ async def test_a_tall_page_shows_its_address_its_top_and_the_image_blurred(tmp_p
     assert sharpness(region) < 0.15 * itself
     assert np.asarray(region, dtype=np.float64).std() > 3  # the blurred image is there
     assert shot.getpixel((1270, h + 905)) == GAP_BACKGROUND  # what is left out, marked
+
+
+# --- the browser gets grey boxes; the tool draws blurred thumbnails ---------------------------
+
+
+def jpeg(size: tuple[int, int], orientation: int = 1) -> bytes:
+    im = Image.open(io.BytesIO(photo_bytes(3, size)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_the_browser_gets_a_grey_box_of_the_image_s_own_size():
+    assert _intrinsic_size(jpeg((640, 480))) == (640, 480)
+    assert _intrinsic_size(jpeg((640, 480), orientation=6)) == (480, 640)  # turned by EXIF
+    assert _intrinsic_size(b"<svg xmlns='http://www.w3.org/2000/svg'/>") is None  # not read
+    svg = _placeholder_svg(640, 480).decode()
+    assert 'width="640"' in svg and 'height="480"' in svg and "<image" not in svg
+
+
+def detail(im: Image.Image, factor: int = 16) -> float:
+    """Mean absolute difference between the image and itself shrunk ``factor`` times and
+    enlarged back: what it shows finer than ``factor`` pixels."""
+    small = im.resize((im.width // factor, im.height // factor), Image.Resampling.BOX)
+    back = small.resize(im.size, Image.Resampling.BICUBIC)
+    return float(np.abs(np.asarray(im, np.float64) - np.asarray(back, np.float64)).mean())
+
+
+def test_the_drawn_copy_is_a_tiny_thumbnail_stretched_over_the_box():
+    data = jpeg((2000, 1500), orientation=6)
+    size, rgb = blurred_thumbnail(data)
+    assert max(size) == THUMB_SIDE and size[0] < size[1]  # turned as the browser shows it
+    piece = Image.new("RGB", (1280, 900), (255, 255, 255))
+    _draw_copy(piece, 100, -200, 600, 800, (size, rgb))  # partly above the piece
+    region = piece.crop((100, 0, 700, 600))
+    assert np.asarray(region, dtype=np.float64).std() > 3  # the image's colours are there
+    itself = Image.open(io.BytesIO(data)).convert("RGB").resize((800, 600)).crop((0, 0, 600, 600))
+    assert detail(region) < 0.2 * detail(itself)  # about one thumbnail pixel per blur radius
+    assert piece.getpixel((99, 10)) == piece.getpixel((700, 10)) == (255, 255, 255)
+    assert piece.getpixel((300, 600)) == (255, 255, 255)  # nothing drawn below the box

@@ -38,6 +38,20 @@ How it is taken:
   because Chromium follows a fulfilled redirect without asking the route again (the next hop
   would go out unchecked, or, with name resolution off, fail), and ``--host-resolver-rules``
   alone is fixed at launch while the hosts a page uses are not known in advance.
+* **The browser never gets a photo's pixels** (``draw_images``, on by default): the request
+  filter answers each of the page's image requests itself. The image is fetched by us,
+  through the same guard proxy and with the tool's User-Agent (with the browser's Referer
+  and Accept and the capture's own cookies), kept in memory only; its size is read from its
+  header (Pillow, web raster formats only, nothing decoded) and the browser gets a grey SVG
+  of that intrinsic size (:data:`PLACEHOLDER_FILL`), so the layout is the page's. A tiny
+  blurred thumbnail of the image (:func:`monitor.thumbnail.blurred_thumbnail`, JPEG decoded
+  at 1/8 scale) is made in a one-worker process pool with a deadline (hostile bytes are not
+  decoded in this process), and drawn stretched over each ``<img>`` box showing it, about one
+  thumbnail pixel per blur radius (:func:`_draw_copy`). An element that shows only grey boxes
+  is not blurred by the browser (nothing to blur; a camera-size blur cost seconds), so a
+  page with only such images is shot in one pass. Images in CSS (backgrounds, ``content``)
+  stay grey boxes; bytes Pillow does not read (SVG, AVIF) go to the browser as served and
+  are blurred by it as below. The banner says so (:data:`IMAGES_LINE`).
 * Once the page's ``load`` event has fired (and, with JavaScript on, its network has been
   quiet for :data:`QUIET_SECONDS`, at most :data:`MAX_SETTLE_SECONDS`), every image is
   blurred with a CSS ``filter: blur()`` stronger for larger images, transitions and animations
@@ -77,11 +91,13 @@ import contextlib
 import hashlib
 import io
 import ipaddress
+import logging
 import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +114,7 @@ from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
 from monitor.evidence.proxy import GuardProxy
 from monitor.evidence.store import write_new_file
 from monitor.fetch import AddressPredicate, Resolver, is_blocked_address, system_resolver
+from monitor.thumbnail import FORMATS, blurred_thumbnail
 
 __all__ = [
     "BANNER_BACKGROUND",
@@ -108,6 +125,8 @@ __all__ = [
     "capture_screenshot",
     "chromium_path",
 ]
+
+log = logging.getLogger(__name__)
 
 CHROMIUM_ARGS = (  # never --no-sandbox (see monitor.evidence.browser)
     "--headless",
@@ -167,7 +186,7 @@ _INIT_SCRIPT = (
 # MIN_BLUR_PX), background images and pseudo-elements included, in open shadow roots too.
 _BLUR_SCRIPT = """
 (args) => {
-  const [css, minBlur, focusUrls] = args;
+  const [css, minBlur, focusUrls, greyUrls] = args;
   const MEDIA = new Set(['IMG', 'PICTURE', 'VIDEO', 'CANVAS', 'IFRAME', 'EMBED', 'OBJECT']);
   const hasUrl = (v) => v && v !== 'none' && v.includes('url(');
   const absolute = (u) => {
@@ -175,6 +194,10 @@ _BLUR_SCRIPT = """
     catch (e) { return ''; }
   };
   const focus = new Set((focusUrls || []).map(absolute).filter((u) => u));
+  // Images the browser got as grey boxes of the same size (see Screenshotter._image): an
+  // element showing nothing else needs no blur, only its box (see below).
+  const grey = new Set(greyUrls || []);
+  const MAY_BE_GREY = new Set(['IMG', 'PICTURE', 'INPUT']);
   // Every address an element shows an image from: its src-like attributes (srcset and
   // lazy-load ones too), those of its <source> children, and its CSS url(...) values.
   const shown = (el, styles) => {
@@ -195,7 +218,9 @@ _BLUR_SCRIPT = """
     return out;
   };
   let count = 0;
+  const drawn = [];  // each <img>'s box and the address it shows (a copy of it is drawn there)
   const rects = [];  // each blurred element's box on the page (CSS px) and its blur radius
+  const greyRects = [];  // the same for elements showing only grey boxes (not blurred)
   const focusRects = [];  // the boxes of those showing one of focusUrls
   const blur = (el, styles) => {
     const r = el.getBoundingClientRect();
@@ -203,14 +228,26 @@ _BLUR_SCRIPT = """
         && shown(el, styles).some((u) => u && focus.has(absolute(u)))) {
       focusRects.push([r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]);
     }
-    const px = Math.max(minBlur, Math.round(0.08 * Math.max(r.width, r.height)));
+    const tagName = el.tagName.toUpperCase();
+    const urls = shown(el, styles).filter((u) => u).map(absolute);
+    const onlyGrey = urls.length > 0 && urls.every((u) => grey.has(u))
+      && (MAY_BE_GREY.has(tagName) || !MEDIA.has(tagName)) && !(el instanceof SVGElement);
+    const px = onlyGrey ? 0 : Math.max(minBlur, Math.round(0.08 * Math.max(r.width, r.height)));
     // no transition or animation may delay the blur (or undo it) before the shot
     el.style.setProperty('transition', 'none', 'important');
     el.style.setProperty('animation', 'none', 'important');
-    el.style.setProperty('filter', `blur(${px}px)`, 'important');
+    el.style.setProperty('filter', onlyGrey ? 'none' : `blur(${px}px)`, 'important');
     el.dataset.exposureMonitorBlurred = '1';
     if (r.width > 0 && r.height > 0) {
-      rects.push([r.left + window.scrollX, r.top + window.scrollY, r.width, r.height, px]);
+      (onlyGrey ? greyRects : rects).push(
+        [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height, px]);
+      const tag = el.tagName.toUpperCase();
+      const src = tag === 'IMG' ? (el.currentSrc || el.src)
+        : (tag === 'INPUT' && el.type === 'image') ? el.src : '';
+      if (src) {
+        drawn.push([r.left + window.scrollX, r.top + window.scrollY, r.width, r.height,
+                    absolute(src)]);
+      }
     }
     count += 1;
   };
@@ -242,7 +279,10 @@ _BLUR_SCRIPT = """
   s.textContent = css;
   (document.head || document.documentElement).appendChild(s);
   visit(document);
-  return [count, rects, focusRects];
+  // With any element blurred, the shot takes two passes (see Screenshotter._shoot) and the
+  // second hides every image: the grey ones are then laid in from the first pass too.
+  if (rects.length) rects.push(...greyRects);
+  return [count, rects, focusRects, drawn];
 }
 """
 
@@ -287,6 +327,15 @@ _PAGE_HEIGHT = (
     " document.body ? document.body.scrollHeight : 0)"
 )
 
+
+Thumb = tuple[tuple[int, int], bytes]  # a blurred thumbnail: (width, height), RGB bytes
+Thumbs = dict[str, "asyncio.Future[Thumb]"]  # one capture's, by image address
+THUMBNAIL_TIMEOUT = 20.0  # seconds one image's thumbnail may take in its worker
+PLACEHOLDER_FILL = "#8c8c8c"
+IMAGES_LINE = (
+    "Images: blurred copies drawn by Exposure Monitor from the bytes served (the browser"
+    " got same-size grey boxes); a plain grey box is an image not drawn"
+)
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 WEB_SCHEMES = frozenset({"http", "https"})
@@ -336,6 +385,7 @@ class ScreenshotInfo:
     # The parts of the page shown, (top, bottom) in CSS px from its top, and its whole height
     parts: tuple[tuple[int, int], ...] = ()
     page_height: int = 0
+    drawn_images: int = 0  # images drawn by us, blurred, from the bytes served
 
 
 def _first_line(exc: BaseException) -> str:
@@ -392,6 +442,7 @@ class Screenshotter:
         user_agent: str | None = None,
         javascript: bool = False,
         max_concurrent: int = MAX_CONCURRENT_CAPTURES,
+        draw_images: bool = True,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -414,7 +465,11 @@ class Screenshotter:
         self._launcher: Launcher | None = None
         self._playwright: Any = None
         self._browser: Any = None
-        self._spare: asyncio.Task[tuple[Any, Any]] | None = None
+        self._spare: asyncio.Task[tuple[Any, Any, Thumbs]] | None = None
+        self.draw_images = draw_images
+        self._http: Any = None  # httpx.AsyncClient through the guard proxy (draw_images)
+        self._decoder: Executor | None = None  # the thumbnails' process pool (draw_images)
+        self._decoder_start: asyncio.Future[Executor] | None = None
         self.browser_version = ""
 
     @property
@@ -451,6 +506,8 @@ class Screenshotter:
             raise ScreenshotError("Playwright is not installed: pip install playwright") from None
         launcher = Launcher(executable)  # raises ScreenshotError when it cannot drop root
         self._launcher = launcher
+        if self.draw_images:  # its worker starts while the browser does, off the event loop
+            self._decoder_start = asyncio.ensure_future(asyncio.to_thread(_decoder_pool))
         try:
             async with asyncio.timeout(self.timeout):
                 self._proxy = GuardProxy(
@@ -488,6 +545,17 @@ class Screenshotter:
                 f"{_launch_problem(exc)}"
             ) from exc
         self.browser_version = f"Chromium {self._browser.version}"
+        if self.draw_images:
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                proxy=f"http://127.0.0.1:{self._proxy.port}",
+                follow_redirects=True,
+                max_redirects=10,
+                timeout=httpx.Timeout(self.timeout),
+                headers={"User-Agent": self.user_agent},
+                trust_env=False,
+            )
         self._make_spare()
 
     async def aclose(self) -> None:
@@ -497,12 +565,22 @@ class Screenshotter:
         pw, self._playwright = self._playwright, None
         proxy, self._proxy = self._proxy, None
         launcher, self._launcher = self._launcher, None
+        http, self._http = self._http, None
+        decoder, self._decoder = self._decoder, None
+        starting, self._decoder_start = self._decoder_start, None
+        if starting is not None:  # (the same pool, or one no capture has used yet)
+            with contextlib.suppress(Exception):
+                decoder = await starting
         if browser is not None:
             with contextlib.suppress(Exception):  # already gone
                 await browser.close()
         if pw is not None:
             with contextlib.suppress(Exception):
                 await pw.stop()
+        if http is not None:
+            await http.aclose()
+        if decoder is not None:
+            decoder.shutdown(wait=False, cancel_futures=True)
         if proxy is not None:
             await proxy.close()
         if launcher is not None:
@@ -555,7 +633,7 @@ class Screenshotter:
 
     # --- internals --------------------------------------------------------------------------
 
-    async def _new_tab(self) -> tuple[Any, Any]:
+    async def _new_tab(self) -> tuple[Any, Any, Thumbs]:
         """A new browser context (nothing shared with any other) and an empty page in it."""
         context = await self._browser.new_context(
             viewport={"width": self.viewport[0], "height": self.viewport[1]},
@@ -564,13 +642,20 @@ class Screenshotter:
             accept_downloads=False,
         )
         try:
-            await context.route("**/*", _RequestFilter())
+            thumbs: Thumbs = {}
+            images = None
+            if self._http is not None:
+
+                async def images(route: Any) -> None:
+                    await self._image(route, thumbs, context)
+
+            await context.route("**/*", _RequestFilter(images))
             await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
             if self.javascript:
                 await context.add_init_script(_NO_WEBRTC_SCRIPT)
             page = await context.new_page()
             context.on("page", _close_popup)  # any other page (a popup): closed at once
-            return context, page
+            return context, page, thumbs
         except BaseException:
             with contextlib.suppress(Exception):
                 await context.close()
@@ -582,7 +667,7 @@ class Screenshotter:
         if self._browser is not None and self._spare is None:
             self._spare = asyncio.create_task(self._new_tab())
 
-    async def _take_tab(self) -> tuple[Any, Any]:
+    async def _take_tab(self) -> tuple[Any, Any, Thumbs]:
         spare, self._spare = self._spare, None
         if spare is not None:
             with contextlib.suppress(Exception):
@@ -596,7 +681,7 @@ class Screenshotter:
         if not spare.done():
             spare.cancel()
         with contextlib.suppress(BaseException):
-            context, _page = await spare
+            context, *_ = await spare
             await context.close()
 
     async def _load_and_shoot(
@@ -607,8 +692,8 @@ class Screenshotter:
         context: Any = None
         try:
             async with asyncio.timeout(timeout):
-                context, page = await self._take_tab()
-                return await self._shoot(page, url, timeout, started, focus)
+                context, page, thumbs = await self._take_tab()
+                return await self._shoot(page, url, timeout, started, focus, thumbs)
         except TimeoutError:
             raise ScreenshotError(
                 f"{url}: gave up after {timeout:g} s (the page did not finish loading)"
@@ -641,9 +726,14 @@ class Screenshotter:
     ) -> ScreenshotInfo:
         """Lay the blurred boxes in, stamp the banner, write the PNG (in a worker thread:
         Pillow's work is CPU-bound)."""
-        spans, page_height = shot.spans, shot.page_height
+        spans, page_height, drawn = shot.spans, shot.page_height, len(shot.drawn)
         stamped, banner_height = stamp_banner(
-            shot.image(), url, final_url, captured_at, parts_line=shot.parts_line()
+            shot.image(),
+            url,
+            final_url,
+            captured_at,
+            parts_line=shot.parts_line(),
+            images_line=IMAGES_LINE if self.draw_images else "",
         )
         del shot
         meta = PngImagePlugin.PngInfo()
@@ -657,6 +747,8 @@ class Screenshotter:
         )
         meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
         meta.add_text("Comment", "Every image on the page is blurred.")
+        if self.draw_images:
+            meta.add_text("Images", IMAGES_LINE)
         buffer = io.BytesIO()
         stamped.save(buffer, format="PNG", pnginfo=meta, compress_level=PNG_COMPRESS_LEVEL)
         data = buffer.getvalue()
@@ -676,12 +768,19 @@ class Screenshotter:
             browser_version=self.browser_version,
             banner_height=banner_height,
             blurred_elements=blurred,
+            drawn_images=drawn,
             parts=spans,
             page_height=page_height,
         )
 
     async def _shoot(
-        self, page: Any, url: str, timeout: float, started: float, focus: tuple[str, ...] = ()
+        self,
+        page: Any,
+        url: str,
+        timeout: float,
+        started: float,
+        focus: tuple[str, ...] = (),
+        thumbs: Thumbs | None = None,
     ) -> tuple[Picture, str, int, datetime]:
         page.set_default_timeout(timeout * 1000)
         in_flight = _InFlight(page)
@@ -701,8 +800,8 @@ class Screenshotter:
         settle = min(MAX_SETTLE_SECONDS, timeout / 4)
         await in_flight.quiet(QUIET_SECONDS if self.javascript else 0.0, settle)
         await _images_settled(page, settle)
-        blurred, rects, focus_rects = await page.evaluate(
-            _BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX, list(focus)]
+        blurred, rects, focus_rects, drawn = await page.evaluate(
+            _BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX, list(focus), list(thumbs or ())]
         )
         page_height = max(1, int(await page.evaluate(_PAGE_HEIGHT)))
         width = self.viewport[0]
@@ -731,12 +830,78 @@ class Screenshotter:
             else:
                 sharp = await _screenshot(page, width, bottom - top, top=top)
                 parts.append(((top, bottom), Shot(sharp, png, part_boxes)))
-        picture = Picture(tuple(parts), page_height)
+        copies = await _copies(drawn, thumbs or {}, settle)
+        picture = Picture(tuple(parts), page_height, copies)
         captured_at = datetime.now(UTC)
         final_url = page.url
         if urlsplit(final_url).scheme not in WEB_SCHEMES:
             raise ScreenshotError(f"{url}: the page went to {final_url[:200]}; not captured")
         return picture, final_url, int(blurred), captured_at
+
+    async def _image(self, route: Any, thumbs: Thumbs, context: Any) -> None:
+        try:
+            await self._answer_image(route, thumbs, context)
+        except Exception as exc:  # the capture is over (its context closed), or a bug
+            log.debug("image request %s: %s", route.request.url[:200], exc)
+            with contextlib.suppress(Exception):
+                await route.abort("failed")
+
+    async def _answer_image(self, route: Any, thumbs: Thumbs, context: Any) -> None:
+        """Answer one of the page's image requests: the image is fetched here, through the
+        same guard proxy, with the tool's User-Agent; the browser gets a grey SVG of its
+        intrinsic size (read from the header) and a blurred thumbnail is made of it in the
+        decoder pool, to be drawn over its box (see :func:`_draw_copy`). Bytes that Pillow
+        cannot read (an SVG) go to the browser as served, to be blurred by it as before."""
+        request = route.request
+        if request.method.upper() != "GET":
+            await route.continue_()
+            return
+        got = await self._fetch_image(request, context)
+        if got is None:
+            await route.abort("failed")
+            return
+        body, content_type = got
+        size = _intrinsic_size(body)
+        if size is None:
+            await route.fulfill(status=200, body=body, content_type=content_type)
+            return
+        address = request.url.split("#", 1)[0]
+        if self._decoder is None and self._decoder_start is not None:  # started with the browser
+            self._decoder = await asyncio.shield(self._decoder_start)
+        if address not in thumbs and self._decoder is not None:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._decoder, blurred_thumbnail, body)
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            thumbs[address] = future
+        del body
+        await route.fulfill(status=200, body=_placeholder_svg(*size), content_type="image/svg+xml")
+
+    async def _fetch_image(self, request: Any, context: Any) -> tuple[bytes, str] | None:
+        """The image's bytes (in memory only) and content type, or None if not served. Sent
+        as the browser would: its Referer and Accept, and the capture's own cookies for that
+        address (the ones the page set; a capture's context starts with none)."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("referer", "accept")}
+        try:
+            cookies = await context.cookies([request.url])
+            if cookies:
+                headers["Cookie"] = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
+        except Exception:  # the context is closing: the capture is over anyway
+            return None
+        try:
+            async with self._http.stream("GET", request.url, headers=headers) as response:
+                if response.status_code != 200:
+                    return None
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in response.aiter_bytes():
+                    total += len(chunk)
+                    if total > self.max_connection_bytes:
+                        return None
+                    chunks.append(chunk)
+                return b"".join(chunks), response.headers.get("content-type", "image/jpeg")
+        except Exception as exc:
+            log.debug("image %s not fetched: %s", request.url[:200], exc)
+            return None
 
     def _refused(self, url: str, since: float, *, hop: str = "") -> ScreenshotError | None:
         """The error for a capture of ``url`` whose page (or redirect ``hop``) the guard proxy
@@ -843,7 +1008,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[s
 
 
 def banner_lines(
-    url: str, final_url: str, captured_at: datetime, parts_line: str = ""
+    url: str, final_url: str, captured_at: datetime, parts_line: str = "", images_line: str = ""
 ) -> list[str]:
     """The banner's text, before wrapping."""
     lines = [
@@ -855,6 +1020,8 @@ def banner_lines(
         lines.append(f"Shown after redirects: {final_url}")
     if parts_line:
         lines.append(parts_line)
+    if images_line:
+        lines.append(images_line)
     return lines
 
 
@@ -865,6 +1032,7 @@ def stamp_banner(
     captured_at: datetime,
     *,
     parts_line: str = "",
+    images_line: str = "",
 ) -> tuple[Image.Image, int]:
     """The screenshot with a banner strip added above it; and the strip's height in pixels."""
     if isinstance(png, Image.Image):
@@ -876,7 +1044,7 @@ def stamp_banner(
     measure = ImageDraw.Draw(page)
     margin = 12
     lines: list[str] = []
-    for text in banner_lines(url, final_url, captured_at, parts_line):
+    for text in banner_lines(url, final_url, captured_at, parts_line, images_line):
         lines += _wrap(measure, text, font, page.width - 2 * margin)
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (BANNER_FONT_SIZE, 4)
     line_height = ascent + descent + 4
@@ -902,8 +1070,9 @@ class _RequestFilter:
     later navigation (``<meta http-equiv=refresh>``, a script, a download) is aborted, so the
     shot shows the page at the address in the banner and nothing is downloaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, images: Callable[[Any], Awaitable[None]] | None = None) -> None:
         self._chain: list[Any] = []  # the top frame's first request and its redirect hops
+        self._images = images  # answers the page's image requests (see Screenshotter._image)
 
     async def __call__(self, route: Any) -> None:
         request = route.request
@@ -915,6 +1084,8 @@ class _RequestFilter:
             # "aborted": the navigation is dropped and the page stays (a blocked one would
             # replace it with Chromium's error page)
             await route.abort("aborted")
+        elif self._images is not None and request.resource_type == "image":
+            await self._images(route)
         else:
             await route.continue_()
 
@@ -1047,6 +1218,8 @@ class Picture:
 
     parts: tuple[tuple[tuple[int, int], Shot], ...]
     page_height: int
+    # blurred copies to draw: each image's box (CSS px from the page's top) and its thumbnail
+    drawn: tuple[tuple[float, float, float, float, Thumb], ...] = ()
 
     @property
     def spans(self) -> tuple[tuple[int, int], ...]:
@@ -1074,7 +1247,10 @@ class Picture:
         for (top, bottom), shot in self.parts:
             if top > end:
                 pieces.append(_gap_strip(pieces, f"{top - end:,} px of the page left out here"))
-            pieces.append(shot.page())
+            piece = shot.page()
+            for x, y, w, h, thumb in self.drawn:
+                _draw_copy(piece, x, y - top, w, h, thumb)
+            pieces.append(piece)
             end = bottom
         if end < self.page_height:
             left = self.page_height - end
@@ -1087,6 +1263,72 @@ class Picture:
             out.paste(piece, (0, y))
             y += piece.height
         return out
+
+
+def _draw_copy(piece: Image.Image, x: float, y: float, w: float, h: float, thumb: Thumb) -> None:
+    """Draw an image's blurred thumbnail stretched over its box ``(x, y, w, h)`` (CSS px in
+    ``piece``), no sharper than the browser's blur of it was: at most one thumbnail pixel per
+    blur radius (``max(MIN_BLUR_PX, 8%`` of the box's longer side``)``)."""
+    left, upper = math.floor(x), math.floor(y)
+    width, height = max(1, math.ceil(w)), max(1, math.ceil(h))
+    x0, y0 = max(0, -left), max(0, -upper)  # the part of the box inside the piece
+    x1, y1 = min(width, piece.width - left), min(height, piece.height - upper)
+    if x1 <= x0 or y1 <= y0:
+        return
+    radius = max(MIN_BLUR_PX, 0.08 * max(width, height))
+    size, rgb = thumb
+    tiny = Image.frombytes("RGB", size, rgb)
+    across = (
+        max(1, min(size[0], math.ceil(width / radius))),
+        max(1, min(size[1], math.ceil(height / radius))),
+    )
+    if across != tiny.size:
+        tiny = tiny.resize(across, Image.Resampling.BOX)
+    sx, sy = across[0] / width, across[1] / height
+    part = tiny.resize(
+        (x1 - x0, y1 - y0),
+        Image.Resampling.BICUBIC,
+        box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy),
+    )
+    piece.paste(part, (left + x0, upper + y0))
+
+
+async def _copies(
+    drawn: list[list[Any]], thumbs: Thumbs, at_most: float
+) -> tuple[tuple[float, float, float, float, Thumb], ...]:
+    """The blurred copies to draw: each ``<img>`` box whose image's thumbnail was made (within
+    ``at_most`` seconds; one that failed or is late stays the grey box the browser drew)."""
+    wanted = [(x, y, w, h, thumbs[src]) for x, y, w, h, src in drawn if src in thumbs]
+    if not wanted:
+        return ()
+    await asyncio.wait({f for *_, f in wanted}, timeout=at_most)
+    return tuple(
+        (x, y, w, h, f.result())
+        for x, y, w, h, f in wanted
+        if f.done() and not f.cancelled() and f.exception() is None
+    )
+
+
+def _intrinsic_size(body: bytes) -> tuple[int, int] | None:
+    """An image's size as the browser lays it out, from its header alone (Pillow reads the
+    header on open and decodes nothing until asked); EXIF orientations that turn it by a
+    quarter swap width and height. None when Pillow cannot read the header."""
+    try:
+        with Image.open(io.BytesIO(body), formats=FORMATS) as im:
+            width, height = im.size
+            turned = (im.getexif() or {}).get(0x0112) in (5, 6, 7, 8)
+    except Exception:
+        return None
+    return (height, width) if turned else (width, height)
+
+
+def _placeholder_svg(width: int, height: int) -> bytes:
+    """A grey image of this intrinsic size: the page's layout as with the real image, and no
+    photo for the browser to decode, scale and blur."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+        f'<rect width="100%" height="100%" fill="{PLACEHOLDER_FILL}"/></svg>'
+    ).encode()
 
 
 GAP_HEIGHT = 40  # the grey strip marking a part of the page left out
@@ -1161,6 +1403,14 @@ async def _images_settled(page: Any, at_most: float) -> None:
 def _close_popup(page: Any) -> None:
     task = asyncio.ensure_future(page.close())
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def _decoder_pool() -> Executor:
+    """The thumbnails' pool: one worker, forked from the hashing workers' forkserver, whose
+    tasks have a deadline (see :func:`monitor.pipeline.hashing_pool`)."""
+    from monitor.pipeline import hashing_pool
+
+    return hashing_pool(1, THUMBNAIL_TIMEOUT)
 
 
 def _allow_any(_ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
