@@ -329,10 +329,10 @@ class QueueConfig(_Section):
     limits_url: str = ""
     # An unacknowledged job (its worker died) goes to another worker after this long (Redis
     # broker; RabbitMQ gives it back as soon as the worker's connection drops).
-    visibility_timeout: Duration = timedelta(seconds=90)
+    visibility_timeout: Duration = timedelta(seconds=60)
     # A worker's hold on a person's scan, renewed every third of it while the scan runs: a
     # worker that died on another machine blocks the person at most this long.
-    lease: Duration = timedelta(seconds=90)
+    lease: Duration = timedelta(seconds=60)
     # Prefix of the queues' names and of every key kept in Redis, to share one Redis or
     # RabbitMQ between installs.
     key_prefix: str = ""
