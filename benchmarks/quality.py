@@ -639,10 +639,12 @@ def main() -> None:
             f"no match): {candidates:,} of {len(negatives):,} negatives and {copy_candidates} of "
             f"{len(copies)} copies were candidates; {by_second} copies matched through it "
             f"(thresholds: turned back or box cut inwards {cfg.second_stage_pdq_threshold}, windows "
-            f"{cfg.second_stage_window_threshold}, a vote of {WINDOW_VOTES} windows "
+            f"{cfg.second_stage_window_threshold}, cut to a photo's shape "
+            f"{cfg.second_stage_aspect_threshold}, a vote of {WINDOW_VOTES} windows "
             f"{cfg.second_stage_window_threshold + WINDOW_VOTE_SLACK}); nearest negative of its "
-            f"hashes: turned back, box cut inwards or cut to a photo's shape "
-            f"{nearest_second.get('every', '-')}, windows {nearest_second.get('window', '-')}, "
+            f"hashes: turned back or box cut inwards {nearest_second.get('every', '-')}, cut to "
+            f"a photo's shape {nearest_second.get('aspect', '-')}, windows "
+            f"{nearest_second.get('window', '-')}, "
             f"the {WINDOW_VOTES}rd window of a vote {nearest_second.get('vote', '-')}."
         )
     lines.append("")

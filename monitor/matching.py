@@ -32,6 +32,7 @@ import numpy as np
 from monitor.config import MatchConfig
 from monitor.hashing import VARIANT_SEPARATOR, algorithms, base_algorithm, get_algorithm
 from monitor.second_stage import (
+    ASPECT,
     SECOND,
     WINDOW,
     WINDOW_VOTE_SLACK,
@@ -80,6 +81,7 @@ def thresholds_from_config(cfg: MatchConfig) -> dict[str, int]:
     if cfg.second_stage:
         out[f"pdq.{SECOND}"] = cfg.second_stage_pdq_threshold
         out[f"pdq.{SECOND}.{WINDOW}"] = cfg.second_stage_window_threshold
+        out[f"pdq.{SECOND}.{ASPECT}"] = cfg.second_stage_aspect_threshold
     return out
 
 
@@ -432,7 +434,8 @@ class ReferenceIndex:
 
     def nearest_second(self, hashes: ImageHashes) -> dict[str, int]:
         """The nearest distance of a found image's second-stage hashes (for diagnostics):
-        ``every`` (turned back, content boxes cut inwards) over every stored hash, ``window``
+        ``every`` (turned back, content boxes cut inwards) and ``aspect`` (content boxes cut to
+        a photo's shape) over every stored hash, ``window``
         over the same windows only, ``vote`` the distance of the farthest of the nearest
         :data:`~monitor.second_stage.WINDOW_VOTES` windows of one photo (the nearest photo); a
         kind the image has no hashes of is left out."""
@@ -444,7 +447,8 @@ class ReferenceIndex:
             if paired is not None:
                 kind, distances = "window", table.paired(value, paired, table.bits)[1]
             else:
-                kind, distances = "every", table.distances(value)
+                aspect = name.split(VARIANT_SEPARATOR)[2] == ASPECT
+                kind, distances = "aspect" if aspect else "every", table.distances(value)
             if distances.size:
                 found[kind] = min(found.get(kind, table.bits + 1), int(distances.min()))
         votes = self._window_votes(hashes, 256)
@@ -677,7 +681,7 @@ def explain_match(how: Mapping[str, object] | str | None) -> str:
         words.append("part of the photo matched (something covers the rest)")
     elif is_second_stage(found) and found.rsplit(VARIANT_SEPARATOR, 1)[-1].startswith("b"):
         words.append("the photo inside a border, letterbox or screenshot (its box cut inwards)")
-    elif is_second_stage(found) and found.rsplit(VARIANT_SEPARATOR, 1)[-1].startswith("a"):
+    elif is_second_stage(found) and found.split(VARIANT_SEPARATOR)[2] == ASPECT:
         words.append("the photo inside a screenshot (its box cut to a photo's shape)")
     elif is_second_stage(found):  # second stage: the found image turned back
         degrees = found.rsplit(VARIANT_SEPARATOR, 1)[-1][1:].rstrip("fs")

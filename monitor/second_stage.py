@@ -19,12 +19,12 @@ Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
 - **content boxes cut inwards** (``pdq.s2.b1i4``: the first content box with 4% of each side
   cut away; :data:`INSETS`): the photo in a screenshot or a border whose box is a little off.
   Compared with every stored hash, at ``second_stage_pdq_threshold``.
-- **aspect boxes** (``pdq.s2.a1w160t``: the first content box, or the whole picture when none
+- **aspect boxes** (``pdq.s2.a.w160t``: the first content box, or the whole picture when none
   is found, kept as wide as it is and cut to the height of a common photo shape (:data:`ASPECTS`,
   here 16:10) at its top, middle or bottom; ``h`` for as high as it is, cut to the shape's width
   around its middle): a screenshot whose photo is as dark or as light as the page around it
   (a full-width story, a dark post) has a content box of the right width but the wrong height,
-  or none. Compared with every stored hash, at ``second_stage_pdq_threshold``.
+  or none. Compared with every stored hash, at ``second_stage_aspect_threshold``.
 - **windows** (``pdq.s2.w.crop30tl``): the picture cut to some of the enrolment crop windows
   (:data:`WINDOWS`, from :data:`monitor.hashing.CROP_WINDOWS`), each compared ONLY with the
   reference's hash of the same window (``pdq.crop30tl``): a sticker or emoji over part of the
@@ -57,6 +57,7 @@ from monitor.types import HashValue
 __all__ = [
     "SECOND",
     "ANCHORS",
+    "ASPECT",
     "ASPECTS",
     "INSETS",
     "TURNS",
@@ -74,6 +75,9 @@ __all__ = [
 
 SECOND = "s2"
 """The role prefix of second-stage hashes: ``pdq.s2.<what>``."""
+
+ASPECT = "a"
+"""Second-stage aspect boxes are ``pdq.s2.a.<shape and place>`` (``pdq.s2.a.w160t``)."""
 
 WINDOW = "w"
 """Second-stage window hashes are ``pdq.s2.w.<crop tag>``."""
@@ -203,8 +207,8 @@ def _insets(image: Image.Image, insets: Iterable[float]) -> Iterable[HashValue]:
 def aspect_boxes(image: Image.Image) -> list[tuple[str, Box]]:
     """``(tag, box)`` of the aspect boxes of a decoded image: for its first content box (or the
     whole picture when it has none), kept as wide as it is with the height of each shape of
-    :data:`ASPECTS` at the top, middle and bottom (``a1w160t``), and kept as high as it is
-    with the shape's width around its middle (``a1h133m``); a shape that does not fit in the
+    :data:`ASPECTS` at the top, middle and bottom (``w160t``), and kept as high as it is
+    with the shape's width around its middle (``h133m``); a shape that does not fit in the
     picture, or is within 3% of the box itself, is left out."""
     w, h = image.size
     boxes = content_boxes(image)
@@ -217,18 +221,18 @@ def aspect_boxes(image: Image.Image) -> list[tuple[str, Box]]:
         if 16 <= ph <= h and abs(ph - bh) > _ASPECT_SLACK * bh:
             for name, anchor in ANCHORS.items():
                 y = min(max(0, round(top + (bh - ph) * anchor)), h - ph)
-                out.append((f"a1w{tag}{name}", (left, y, right, y + ph)))
+                out.append((f"w{tag}{name}", (left, y, right, y + ph)))
         pw = round(bh * ratio)
         if 16 <= pw <= w and abs(pw - bw) > _ASPECT_SLACK * bw:
             x = min(max(0, round(left + (bw - pw) / 2)), w - pw)
-            out.append((f"a1h{tag}m", (x, top, x + pw, bottom)))
+            out.append((f"h{tag}m", (x, top, x + pw, bottom)))
     return out
 
 
 def _aspects(image: Image.Image) -> Iterable[HashValue]:
     for tag, box in aspect_boxes(image):
         value, quality = _pdq(image.crop(box))
-        yield HashValue(f"pdq.{SECOND}.{tag}", value, quality)
+        yield HashValue(f"pdq.{SECOND}.{ASPECT}.{tag}", value, quality)
 
 
 def second_stage_hashes(

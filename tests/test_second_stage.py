@@ -195,7 +195,7 @@ def test_aspect_boxes_keep_the_box_width_and_try_photo_shapes() -> None:
     assert all(0 <= b[0] < b[2] <= 400 and 0 <= b[1] < b[3] <= 700 for b in boxes.values())
     # the 16:10 box of the photo's width, at the top, middle or bottom of the box found
     # (or of the whole picture): one of them is where the photo is, within a few pixels
-    tall = [b for t, b in boxes.items() if t.startswith("a1w160")]
+    tall = [b for t, b in boxes.items() if t.startswith("w160")]
     assert len(tall) == 3 and all(b[2] - b[0] == 400 and b[3] - b[1] == 250 for b in tall)
     assert any(abs(b[1] - 100) <= 4 for b in tall) or content_boxes(page) == [(0, 100, 400, 350)]
 
@@ -231,5 +231,5 @@ def test_a_story_screenshot_without_a_content_box_is_found_by_its_aspect_boxes()
     assert index.match_detail(first) is None  # the first stage misses it...
     assert index.grey(first, CFG.second_stage_grey)  # ...but it is a candidate
     detail = index.match_detail(both)
-    assert detail is not None and detail.found.startswith("pdq.s2.a1")
+    assert detail is not None and detail.found.startswith("pdq.s2.a.")
     assert "cut to a photo's shape" in explain_match(match_how(detail))
