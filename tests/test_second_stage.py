@@ -233,3 +233,32 @@ def test_a_story_screenshot_without_a_content_box_is_found_by_its_aspect_boxes()
     detail = index.match_detail(both)
     assert detail is not None and detail.found.startswith("pdq.s2.a.")
     assert "cut to a photo's shape" in explain_match(match_how(detail))
+
+
+def test_three_windows_near_one_photo_match_by_a_vote() -> None:
+    """Stickers over several parts of a photo leave no window within the window threshold, but
+    several near it: three windows of one photo, each within threshold + slack, match."""
+    index = _index(1, 2)
+    windows = [h for h in _enrolled(2).hashes if h.algorithm.startswith("pdq.crop30")][:3]
+    assert len(windows) == 3
+
+    def off(value: str, bits: int) -> str:  # ``bits`` bits flipped
+        n = int(value, 16) ^ ((1 << bits) - 1)
+        return f"{n:064x}"
+
+    near = CFG.second_stage_window_threshold + 6  # beyond the window threshold, within the vote
+    found = tuple(
+        HashValue(f"pdq.s2.w.{h.algorithm.split('.')[1]}", off(h.value, near), 100) for h in windows
+    )
+    two = ImageHashes("0" * 64, 600, 400, found[:2])
+    assert index.match_detail(two) is None  # two windows are not enough
+    detail = index.match_detail(ImageHashes("0" * 64, 600, 400, found))
+    assert detail is not None and detail.result.reference_id == 2
+    assert detail.result.distance == near and "part of the photo" in explain_match(
+        match_how(detail)
+    )
+    far = tuple(
+        HashValue(h.algorithm, off(w.value, near + 8), 100)
+        for h, w in zip(found, windows, strict=True)
+    )  # beyond threshold + slack (76)
+    assert index.match_detail(ImageHashes("0" * 64, 600, 400, far)) is None
