@@ -73,7 +73,12 @@ from monitor.matching import (  # noqa: E402
     ReferenceIndex,
     thresholds_from_config,
 )
-from monitor.second_stage import is_second_stage, second_stage_from_bytes  # noqa: E402
+from monitor.second_stage import (  # noqa: E402
+    WINDOW_VOTE_SLACK,
+    WINDOW_VOTES,
+    is_second_stage,
+    second_stage_from_bytes,
+)
 from monitor.types import ImageHashes  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -634,9 +639,13 @@ def main() -> None:
             f"no match): {candidates:,} of {len(negatives):,} negatives and {copy_candidates} of "
             f"{len(copies)} copies were candidates; {by_second} copies matched through it "
             f"(thresholds: turned back or box cut inwards {cfg.second_stage_pdq_threshold}, windows "
-            f"{cfg.second_stage_window_threshold}); nearest negative of its hashes: turned back "
-            f"or box cut inwards {nearest_second.get('every', '-')}, windows "
-            f"{nearest_second.get('window', '-')}."
+            f"{cfg.second_stage_window_threshold}, cut to a photo's shape "
+            f"{cfg.second_stage_aspect_threshold}, a vote of {WINDOW_VOTES} windows "
+            f"{cfg.second_stage_window_threshold + WINDOW_VOTE_SLACK}); nearest negative of its "
+            f"hashes: turned back or box cut inwards {nearest_second.get('every', '-')}, cut to "
+            f"a photo's shape {nearest_second.get('aspect', '-')}, windows "
+            f"{nearest_second.get('window', '-')}, "
+            f"the {WINDOW_VOTES}rd window of a vote {nearest_second.get('vote', '-')}."
         )
     lines.append("")
     neg_rows = []

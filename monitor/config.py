@@ -204,6 +204,9 @@ class MatchConfig(_Section):
     second_stage_grey: int = Field(default=90, ge=0, le=256)
     second_stage_pdq_threshold: int = Field(default=52, ge=0, le=256)
     second_stage_window_threshold: int = Field(default=64, ge=0, le=256)
+    # Content boxes (or the whole picture) cut to common photo shapes: compared with every
+    # stored hash; stricter (an unrelated photo came to 66 bits of one on held-out photos).
+    second_stage_aspect_threshold: int = Field(default=46, ge=0, le=256)
     # Hashes of found images no person matched are kept this long after the image was last
     # seen (a photo enrolled later is matched against them: monitor/retro.py), then deleted.
     keep_seen_days: int = Field(default=90, ge=1)

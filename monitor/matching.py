@@ -31,7 +31,15 @@ import numpy as np
 
 from monitor.config import MatchConfig
 from monitor.hashing import VARIANT_SEPARATOR, algorithms, base_algorithm, get_algorithm
-from monitor.second_stage import SECOND, WINDOW, is_second_stage, window_tag
+from monitor.second_stage import (
+    ASPECT,
+    SECOND,
+    WINDOW,
+    WINDOW_VOTE_SLACK,
+    WINDOW_VOTES,
+    is_second_stage,
+    window_tag,
+)
 from monitor.types import ImageHashes, MatchResult
 
 __all__ = [
@@ -73,6 +81,7 @@ def thresholds_from_config(cfg: MatchConfig) -> dict[str, int]:
     if cfg.second_stage:
         out[f"pdq.{SECOND}"] = cfg.second_stage_pdq_threshold
         out[f"pdq.{SECOND}.{WINDOW}"] = cfg.second_stage_window_threshold
+        out[f"pdq.{SECOND}.{ASPECT}"] = cfg.second_stage_aspect_threshold
     return out
 
 
@@ -425,8 +434,11 @@ class ReferenceIndex:
 
     def nearest_second(self, hashes: ImageHashes) -> dict[str, int]:
         """The nearest distance of a found image's second-stage hashes (for diagnostics):
-        ``every`` (turned back, content boxes cut inwards) over every stored hash, ``window``
-        over the same windows only; a kind the image has no hashes of is left out."""
+        ``every`` (turned back, content boxes cut inwards) and ``aspect`` (content boxes cut to
+        a photo's shape) over every stored hash, ``window``
+        over the same windows only, ``vote`` the distance of the farthest of the nearest
+        :data:`~monitor.second_stage.WINDOW_VOTES` windows of one photo (the nearest photo); a
+        kind the image has no hashes of is left out."""
         found: dict[str, int] = {}
         for name, value, table, _ in self._queries(hashes):
             if not is_second_stage(name):
@@ -435,9 +447,14 @@ class ReferenceIndex:
             if paired is not None:
                 kind, distances = "window", table.paired(value, paired, table.bits)[1]
             else:
-                kind, distances = "every", table.distances(value)
+                aspect = name.split(VARIANT_SEPARATOR)[2] == ASPECT
+                kind, distances = "aspect" if aspect else "every", table.distances(value)
             if distances.size:
                 found[kind] = min(found.get(kind, table.bits + 1), int(distances.min()))
+        votes = self._window_votes(hashes, 256)
+        nth = [hits[WINDOW_VOTES - 1][0] for hits in votes.values() if len(hits) >= WINDOW_VOTES]
+        if nth:
+            found["vote"] = min(nth)
         return found
 
     def comparisons(self, hashes: ImageHashes) -> int:
@@ -510,7 +527,44 @@ class ReferenceIndex:
             )
             if best is None or key[:3] < best[:3]:
                 best = key
-        return best[3] if best is not None else None
+        if best is None:
+            return self._window_vote(hashes)
+        return best[3]
+
+    def _window_votes(self, hashes: ImageHashes, slack: int) -> dict[int, list[tuple]]:
+        """Per reference id, ``(distance, found name, reference tag, threshold)`` of the found
+        image's second-stage windows within their threshold plus ``slack`` of the same window
+        of that reference, nearest first."""
+        votes: dict[int, list[tuple]] = {}
+        for found_name, value, table, query_threshold in self._queries(hashes):
+            paired = window_tag(found_name)
+            if paired is None:
+                continue
+            rows, distances = table.paired(value, paired, query_threshold + slack)
+            for row, distance in zip(rows.tolist(), distances.tolist(), strict=True):
+                votes.setdefault(int(table.ids[row]), []).append(
+                    (distance, found_name, table.tags[row], query_threshold + slack)
+                )
+        for hits in votes.values():
+            hits.sort()
+        return votes
+
+    def _window_vote(self, hashes: ImageHashes) -> MatchDetail | None:
+        """A match by :data:`~monitor.second_stage.WINDOW_VOTES` windows of the found image
+        (stickers over several parts of a photo leave no window within the window threshold,
+        but several near it): each within the window threshold plus
+        :data:`~monitor.second_stage.WINDOW_VOTE_SLACK` of the same window of one photo. The
+        distance reported is the farthest of those windows'."""
+        best: tuple[int, int, MatchDetail] | None = None
+        for ref_id, hits in self._window_votes(hashes, WINDOW_VOTE_SLACK).items():
+            if len(hits) < WINDOW_VOTES:
+                continue
+            distance, found_name, tag, threshold = hits[WINDOW_VOTES - 1]
+            result = MatchResult(ref_id, base_algorithm(found_name), distance, threshold)
+            key = (distance, ref_id, MatchDetail(result, found_name, tag, None))
+            if best is None or key[:2] < best[:2]:
+                best = key
+        return best[2] if best is not None else None
 
     def match_frames(
         self, frames: Iterable[tuple[float | None, ImageHashes]]
@@ -627,6 +681,8 @@ def explain_match(how: Mapping[str, object] | str | None) -> str:
         words.append("part of the photo matched (something covers the rest)")
     elif is_second_stage(found) and found.rsplit(VARIANT_SEPARATOR, 1)[-1].startswith("b"):
         words.append("the photo inside a border, letterbox or screenshot (its box cut inwards)")
+    elif is_second_stage(found) and found.split(VARIANT_SEPARATOR)[2] == ASPECT:
+        words.append("the photo inside a screenshot (its box cut to a photo's shape)")
     elif is_second_stage(found):  # second stage: the found image turned back
         degrees = found.rsplit(VARIANT_SEPARATOR, 1)[-1][1:].rstrip("fs")
         try:

@@ -19,6 +19,12 @@ Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
 - **content boxes cut inwards** (``pdq.s2.b1i4``: the first content box with 4% of each side
   cut away; :data:`INSETS`): the photo in a screenshot or a border whose box is a little off.
   Compared with every stored hash, at ``second_stage_pdq_threshold``.
+- **aspect boxes** (``pdq.s2.a.w160t``: the first content box, or the whole picture when none
+  is found, kept as wide as it is and cut to the height of a common photo shape (:data:`ASPECTS`,
+  here 16:10) at its top, middle or bottom; ``h`` for as high as it is, cut to the shape's width
+  around its middle): a screenshot whose photo is as dark or as light as the page around it
+  (a full-width story, a dark post) has a content box of the right width but the wrong height,
+  or none. Compared with every stored hash, at ``second_stage_aspect_threshold``.
 - **windows** (``pdq.s2.w.crop30tl``): the picture cut to some of the enrolment crop windows
   (:data:`WINDOWS`, from :data:`monitor.hashing.CROP_WINDOWS`), each compared ONLY with the
   reference's hash of the same window (``pdq.crop30tl``): a sticker or emoji over part of the
@@ -40,6 +46,7 @@ from monitor.hashing import (
     CROP_WINDOWS,
     DEFAULT_MAX_PIXELS,
     VARIANT_SEPARATOR,
+    Box,
     _hash_input,
     _pdq,
     content_boxes,
@@ -49,11 +56,17 @@ from monitor.types import HashValue
 
 __all__ = [
     "SECOND",
+    "ANCHORS",
+    "ASPECT",
+    "ASPECTS",
     "INSETS",
     "TURNS",
     "TURN_STEP",
     "WINDOW",
     "WINDOWS",
+    "WINDOW_VOTES",
+    "WINDOW_VOTE_SLACK",
+    "aspect_boxes",
     "is_second_stage",
     "second_stage_hashes",
     "second_stage_from_bytes",
@@ -62,6 +75,9 @@ __all__ = [
 
 SECOND = "s2"
 """The role prefix of second-stage hashes: ``pdq.s2.<what>``."""
+
+ASPECT = "a"
+"""Second-stage aspect boxes are ``pdq.s2.a.<shape and place>`` (``pdq.s2.a.w160t``)."""
 
 WINDOW = "w"
 """Second-stage window hashes are ``pdq.s2.w.<crop tag>``."""
@@ -99,11 +115,28 @@ WINDOWS = (
 the same window: 70% at the corners and centre, 75% at the corners, 80% at the corners, the
 middles of the sides and the centre."""
 
+WINDOW_VOTES = 3
+WINDOW_VOTE_SLACK = 12
+"""A vote of windows: :data:`WINDOW_VOTES` windows of a found image, each within the window
+threshold plus :data:`WINDOW_VOTE_SLACK` bits of the same window of ONE photo, match it (64 + 12
+= 76 by default). Several stickers can leave no window clean enough on its own, but several
+near; unrelated photos (tune half) had their third-nearest window of a photo 100 bits or
+more away, their nearest 88."""
+
 INSETS = (0.02, 0.04, 0.07)
 """Shares of each side cut from a content box (:func:`monitor.hashing.content_boxes`) for the
 inset hashes: a box that took in a strip of the page around the photo, or cut into it, is a few
 pixels off, and PDQ loses about 30 bits per 1% of shift; the box cut inwards is a crop of the
 photo, near a stored crop."""
+
+ASPECTS = (4 / 3, 3 / 2, 16 / 10, 16 / 9, 1.0, 4 / 5, 3 / 4, 2 / 3, 9 / 16)
+"""Width / height of the photo shapes tried for aspect boxes: phone (4:3, 3:4), camera (3:2,
+2:3), screen (16:10, 16:9, 9:16), square and 4:5 (a portrait post)."""
+
+ANCHORS = {"t": 0.0, "m": 0.5, "b": 1.0}
+"""Where an aspect box of a box's width sits in its height: top, middle, bottom."""
+
+_ASPECT_SLACK = 0.03  # an aspect box within this share of the box's own height is the box
 
 _WINDOW_BOXES = {tag: (size, anchor) for tag, size, anchor in CROP_WINDOWS if tag in WINDOWS}
 
@@ -171,19 +204,56 @@ def _insets(image: Image.Image, insets: Iterable[float]) -> Iterable[HashValue]:
             yield HashValue(f"pdq.{SECOND}.b{i + 1}i{round(inset * 100)}", value, quality)
 
 
+def aspect_boxes(image: Image.Image) -> list[tuple[str, Box]]:
+    """``(tag, box)`` of the aspect boxes of a decoded image: for its first content box (or the
+    whole picture when it has none), kept as wide as it is with the height of each shape of
+    :data:`ASPECTS` at the top, middle and bottom (``w160t``), and kept as high as it is
+    with the shape's width around its middle (``h133m``); a shape that does not fit in the
+    picture, or is within 3% of the box itself, is left out."""
+    w, h = image.size
+    boxes = content_boxes(image)
+    left, top, right, bottom = boxes[0] if boxes else (0, 0, w, h)
+    bw, bh = right - left, bottom - top
+    out: list[tuple[str, Box]] = []
+    for ratio in ASPECTS:
+        tag = f"{round(ratio * 100)}"
+        ph = round(bw / ratio)
+        if 16 <= ph <= h and abs(ph - bh) > _ASPECT_SLACK * bh:
+            for name, anchor in ANCHORS.items():
+                y = min(max(0, round(top + (bh - ph) * anchor)), h - ph)
+                out.append((f"w{tag}{name}", (left, y, right, y + ph)))
+        pw = round(bh * ratio)
+        if 16 <= pw <= w and abs(pw - bw) > _ASPECT_SLACK * bw:
+            x = min(max(0, round(left + (bw - pw) / 2)), w - pw)
+            out.append((f"h{tag}m", (x, top, x + pw, bottom)))
+    return out
+
+
+def _aspects(image: Image.Image) -> Iterable[HashValue]:
+    for tag, box in aspect_boxes(image):
+        value, quality = _pdq(image.crop(box))
+        yield HashValue(f"pdq.{SECOND}.{ASPECT}.{tag}", value, quality)
+
+
 def second_stage_hashes(
     image: Image.Image,
     *,
     turns: Iterable[float] = TURNS,
     windows: Iterable[str] = WINDOWS,
     insets: Iterable[float] = INSETS,
+    aspects: bool = True,
 ) -> tuple[HashValue, ...]:
     """The second-stage hashes of a decoded found image (see the module's docstring)."""
     rgb = _hash_input(image)  # turned and cut at the size PDQ is given anyway (256 px)
     if min(rgb.size) < 32:
         return ()
     full = image if image.mode == "RGB" else image.convert("RGB")
-    return (*_counter_turns(rgb, turns), *_windows(rgb, windows), *_insets(full, insets))
+    return (
+        *_counter_turns(rgb, turns),
+        *_windows(rgb, windows),
+        *_insets(full, insets),
+        *(_aspects(full) if aspects else ()),
+    )
 
 
 def second_stage_from_bytes(

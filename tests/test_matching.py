@@ -112,6 +112,7 @@ def test_thresholds_from_config() -> None:
         "pdq.region": 52,
         "pdq.s2": 52,
         "pdq.s2.w": 64,
+        "pdq.s2.a": 46,
     }
     cfg = MatchConfig(
         pdq_threshold=20,

@@ -5,12 +5,16 @@ compound edits). Photos are generated in code."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import io
 import json
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, ImageFilter
 from sqlalchemy import select
 
@@ -20,7 +24,7 @@ from monitor.db import Database
 from monitor.db.models import ImageHash, Match
 from monitor.demo import transforms as tf
 from monitor.enrol import enrol_images
-from monitor.hashing import compute_hashes, compute_reference_hashes
+from monitor.hashing import compute_hashes, compute_reference_hashes, content_boxes
 from monitor.matching import (
     ReferenceHashRecord,
     ReferenceIndex,
@@ -30,6 +34,7 @@ from monitor.matching import (
 )
 from monitor.pipeline import hashing_pool, scan_subject
 from monitor.second_stage import (
+    aspect_boxes,
     is_second_stage,
     second_stage_from_bytes,
     second_stage_hashes,
@@ -38,7 +43,7 @@ from monitor.second_stage import (
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb
 from monitor.types import HashValue, ImageHashes
-from tests.conftest import loopback_settings
+from tests.conftest import corpus_files, loopback_settings
 
 CFG = MatchConfig()
 
@@ -181,3 +186,79 @@ def test_a_scan_finds_a_cropped_then_turned_copy_and_stores_its_second_stage_has
                 assert others and not any(r.startswith("s2.") for r in others)
         finally:
             db.dispose()
+
+
+def test_aspect_boxes_keep_the_box_width_and_try_photo_shapes() -> None:
+    page = Image.new("RGB", (400, 700), (250, 250, 250))
+    page.paste(_photo(1, (400, 250)), (0, 100))  # 16:10, full width: as a story shows it
+    boxes = dict(aspect_boxes(page))
+    assert all(0 <= b[0] < b[2] <= 400 and 0 <= b[1] < b[3] <= 700 for b in boxes.values())
+    # the 16:10 box of the photo's width, at the top, middle or bottom of the box found
+    # (or of the whole picture): one of them is where the photo is, within a few pixels
+    tall = [b for t, b in boxes.items() if t.startswith("w160")]
+    assert len(tall) == 3 and all(b[2] - b[0] == 400 and b[3] - b[1] == 250 for b in tall)
+    assert any(abs(b[1] - 100) <= 4 for b in tall) or content_boxes(page) == [(0, 100, 400, 350)]
+
+
+def test_a_story_screenshot_without_a_content_box_is_found_by_its_aspect_boxes() -> None:
+    """A full-width story of a photo whose edges are as light as the page: the first stage
+    finds no content box and misses it; a box of the screenshot's width and a photo's shape
+    finds it. The copy is one of benchmarks/quality.py's (tune half, seed 1, "screenshot (half
+    mirrored)", the 5th copy of Wine_by_Jakkub_Mede), made the same way."""
+    wine = next((p for p in corpus_files("reference") if "Wine_by" in p.name), None)
+    if wine is None:
+        pytest.skip("corpus photo Wine_by_Jakkub_Mede not found")
+    spec = importlib.util.spec_from_file_location(
+        "quality_edits", Path(__file__).parents[1] / "benchmarks" / "quality_edits.py"
+    )
+    assert spec is not None and spec.loader is not None
+    qe = sys.modules.setdefault("quality_edits", importlib.util.module_from_spec(spec))
+    if not hasattr(qe, "FAMILIES"):
+        spec.loader.exec_module(qe)
+    family = next(f for f in qe.FAMILIES if f.name == "screenshot (half mirrored)")
+    key = "\0".join((wine.name, family.name, "4")).encode()
+    rng = np.random.default_rng([1, int.from_bytes(hashlib.sha256(key).digest()[:8], "big")])
+    copy, quality, said = family.make(tf.decode(wine.read_bytes()), rng)
+    assert said.startswith("screenshot story light")
+    data = tf.encode(copy, "JPEG", quality)
+    records = [
+        ReferenceHashRecord(1, hv.algorithm, hv.value)
+        for hv in compute_reference_hashes(wine.read_bytes()).hashes
+    ]
+    index = ReferenceIndex(records, thresholds_from_config(CFG), min_quality=CFG.min_quality)
+    first, both = _with_second_stage(data)
+    assert content_boxes(tf.decode(data)) == []
+    assert index.match_detail(first) is None  # the first stage misses it...
+    assert index.grey(first, CFG.second_stage_grey)  # ...but it is a candidate
+    detail = index.match_detail(both)
+    assert detail is not None and detail.found.startswith("pdq.s2.a.")
+    assert "cut to a photo's shape" in explain_match(match_how(detail))
+
+
+def test_three_windows_near_one_photo_match_by_a_vote() -> None:
+    """Stickers over several parts of a photo leave no window within the window threshold, but
+    several near it: three windows of one photo, each within threshold + slack, match."""
+    index = _index(1, 2)
+    windows = [h for h in _enrolled(2).hashes if h.algorithm.startswith("pdq.crop30")][:3]
+    assert len(windows) == 3
+
+    def off(value: str, bits: int) -> str:  # ``bits`` bits flipped
+        n = int(value, 16) ^ ((1 << bits) - 1)
+        return f"{n:064x}"
+
+    near = CFG.second_stage_window_threshold + 6  # beyond the window threshold, within the vote
+    found = tuple(
+        HashValue(f"pdq.s2.w.{h.algorithm.split('.')[1]}", off(h.value, near), 100) for h in windows
+    )
+    two = ImageHashes("0" * 64, 600, 400, found[:2])
+    assert index.match_detail(two) is None  # two windows are not enough
+    detail = index.match_detail(ImageHashes("0" * 64, 600, 400, found))
+    assert detail is not None and detail.result.reference_id == 2
+    assert detail.result.distance == near and "part of the photo" in explain_match(
+        match_how(detail)
+    )
+    far = tuple(
+        HashValue(h.algorithm, off(w.value, near + 8), 100)
+        for h, w in zip(found, windows, strict=True)
+    )  # beyond threshold + slack (76)
+    assert index.match_detail(ImageHashes("0" * 64, 600, 400, far)) is None
