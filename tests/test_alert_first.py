@@ -5,6 +5,7 @@ captured, a capture that hangs or fails cannot hold it back, evidence is counted
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -301,6 +302,41 @@ def test_a_matched_page_is_archived_as_the_scan_received_it(
     ]
     assert image == b""
     assert ("metadata", world.web.url("/img/me.jpg")) in kinds
+
+
+def test_the_archive_records_the_scans_hashes_of_the_image_without_decoding_it_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.evidence import warc
+
+    decoded: list[int] = []
+    real = warc.hash_media
+
+    def counting(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(warc, "hash_media", counting)
+    world.settings.cases.screenshots = False
+    summary = scan_subject(world.settings, world.db, NAME)
+    assert summary.evidence_archives == 3
+    assert decoded == []  # the image was fetched for each archive, but not decoded again
+    with world.db.session() as s:
+        known = store.known_image(s, hashlib.sha256(photo_bytes(7, (640, 480))).hexdigest())
+    assert known is not None
+    warcs = list((world.settings.data_dir / "evidence").rglob("*.warc.gz"))
+    assert len(warcs) == 3
+    for path in warcs:
+        with path.open("rb") as fh:
+            (meta,) = [
+                json.loads(r.content_stream().read())
+                for r in ArchiveIterator(fh)
+                if r.rec_type == "metadata"
+                and r.rec_headers.get_header("WARC-Target-URI") == world.web.url("/img/me.jpg")
+            ]
+        assert meta["sha256"] == known.sha256
+        assert meta["hashes"]["pdq"]["value"] == known.get("pdq").value
+        assert meta["hashes"]["phash"]["value"] == known.get("phash").value
 
 
 def test_a_page_received_too_long_ago_is_fetched_again(

@@ -120,6 +120,49 @@ def mode(path: Path) -> int:
 # --- WARC ----------------------------------------------------------------------------------
 
 
+async def test_warc_records_the_scans_known_hashes_without_decoding_again(
+    web, tmp_path, monkeypatch
+):
+    import monitor.evidence.warc as warc_module
+
+    decoded: list[int] = []
+    real = warc_module.hash_media
+
+    def counting(data, *a, **k):
+        decoded.append(len(data))
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(warc_module, "hash_media", counting)
+    known = compute_hashes(PHOTO)  # what the scan stored for this image
+    out = tmp_path / "known.warc.gz"
+    cap = await fetch_and_capture_warc(
+        loopback_config(), web.url("/page.html"), web.url("/photo.jpg"), out, known_hashes=known
+    )
+    assert decoded == []
+    assert cap.image_error is None and cap.image_hashes == known
+    records = read_warc(out)
+    by = {(t, h.get_header("WARC-Target-URI")): (h, http, body) for t, h, http, body in records}
+    _, img_http, img_body = by[("response", web.url("/photo.jpg"))]
+    assert img_http.get_statuscode() == "200" and img_body == b""
+    meta = json.loads(by[("metadata", web.url("/photo.jpg"))][2])
+    assert meta["sha256"] == known.sha256 and meta["length"] == len(PHOTO)
+    assert meta["hashes"]["pdq"]["value"] == known.get("pdq").value
+    assert meta["hashes"]["phash"]["value"] == known.get("phash").value
+    assert (meta["width"], meta["height"]) == (400, 300)
+
+    # the site now serves other bytes: the stored hashes are not theirs, so it is hashed whole
+    stale = compute_hashes(photo_bytes(8, (400, 300)))
+    cap = await fetch_and_capture_warc(
+        loopback_config(),
+        web.url("/page.html"),
+        web.url("/photo.jpg"),
+        tmp_path / "stale.warc.gz",
+        known_hashes=stale,
+    )
+    assert decoded == [len(PHOTO)]
+    assert cap.image_hashes == known
+
+
 async def test_warc_holds_page_and_image_hashes_but_no_image_bytes(web, tmp_path):
     out = tmp_path / "capture.warc.gz"
     cap = await fetch_and_capture_warc(

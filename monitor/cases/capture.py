@@ -29,6 +29,7 @@ from monitor.cases.core import add_event, evidence_files, sighting_states
 from monitor.config import Settings
 from monitor.db import Database
 from monitor.db.models import Image, Match, Sighting, SightingState, Subject, utcnow
+from monitor.types import ImageHashes
 from monitor.types import iso_utc as _iso
 
 __all__ = [
@@ -105,6 +106,7 @@ class _Job:
     keep_copy: bool = False  # the person opted in to encrypted image copies (never a minor)
     image_sha256: str = ""  # the matched image: only these exact bytes are kept
     frame_offset: float | None = None  # a video or animation: the time of the frame matched
+    known_hashes: ImageHashes | None = None  # the scan's stored hashes of the matched image
 
 
 async def _capture_page(
@@ -172,6 +174,7 @@ async def _archive(
             on_image_bytes=hook,
             matched_offset=job.frame_offset,
             page_exchanges=page.exchanges if page is not None else None,
+            known_hashes=job.known_hashes,
         )
         files.append(
             {
@@ -254,6 +257,8 @@ def _reason(exc: BaseException) -> str:
 def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> list[_Job]:
     """Sightings whose evidence is pending or failed (with attempts left), of open cases of
     people not marked as minors; minors' pending sightings are marked ``skipped`` here."""
+    from monitor.store import known_image
+
     with db.session() as s:
         stmt = (
             select(
@@ -295,7 +300,10 @@ def _jobs(db: Database, case_ids: list[int] | None, subject_id: int | None) -> l
                 st.evidence_status == "failed" and st.evidence_attempts < MAX_ATTEMPTS
             ):
                 keep_copy = bool(keep) and not minor
-                jobs.append(_Job(case_id, sighting_id, page_url, image_url, keep_copy, sha, offset))
+                known = known_image(s, sha) if sha else None
+                jobs.append(
+                    _Job(case_id, sighting_id, page_url, image_url, keep_copy, sha, offset, known)
+                )
         return jobs
 
 

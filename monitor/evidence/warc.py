@@ -81,7 +81,7 @@ from monitor.fetch import (
     Resolver,
 )
 from monitor.types import FetchedResource, ImageHashes
-from monitor.video import VIDEO_EXTENSIONS, FrameHashes, hash_media, is_video
+from monitor.video import VIDEO_EXTENSIONS, FrameHashes, hash_media, is_video, may_have_frames
 
 __all__ = [
     "WITHHELD_MEDIA_REASON",
@@ -253,6 +253,23 @@ class WithheldImage:
             matched_offset,
             complete,
         )
+
+    @classmethod
+    def from_known(
+        cls,
+        data: bytes,
+        known: ImageHashes,
+        *,
+        content_type: str = "",
+        matched_offset: float | None = None,
+    ) -> Self | None:
+        """The scan's stored hashes ``known`` for these bytes, when they are the same bytes (same
+        SHA-256) and a still image (no frames possible): nothing is decoded. ``None`` otherwise
+        (then :meth:`from_bytes` hashes them)."""
+        if may_have_frames(data) or hashlib.sha256(data).hexdigest() != known.sha256:
+            return None
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        return cls(known.sha256, len(data), known, "", media_type, "image", (), matched_offset)
 
     @property
     def reason(self) -> str:
@@ -732,6 +749,7 @@ async def fetch_and_capture_warc(
     on_image_bytes: ImageBytesHook | None = None,
     matched_offset: float | None = None,
     page_exchanges: Sequence[HttpExchange] | None = None,
+    known_hashes: ImageHashes | None = None,
 ) -> WarcCapture:
     """Fetch ``page_url`` and ``image_url`` and write both exchanges (and redirects) as a WARC.
 
@@ -753,6 +771,10 @@ async def fetch_and_capture_warc(
 
     ``page_exchanges`` (see :class:`PageRecorder`): the page as a scan already received it
     (redirect hops, then the page with its body); it is archived as it is, not fetched again.
+
+    ``known_hashes``: the scan's stored hashes of the matched image. When the image fetched
+    has the same SHA-256 (and is a still image), they are recorded as they are and the bytes
+    are not decoded again (:meth:`WithheldImage.from_known`); otherwise it is hashed whole.
     """
     exchanges: list[HttpExchange] = list(page_exchanges or ())
     image: HttpExchange | None = None
@@ -782,7 +804,12 @@ async def fetch_and_capture_warc(
             image_on_page = bool(on_page)
             video = any(c.source in VIDEO_SOURCES for c in on_page) or _named_like_video(image_url)
             image, image_error, more = await _fetch_image(
-                fetcher, image_url, on_image_bytes, video=video, matched_offset=matched_offset
+                fetcher,
+                image_url,
+                on_image_bytes,
+                video=video,
+                matched_offset=matched_offset,
+                known=known_hashes,
             )
             exchanges += more
 
@@ -819,6 +846,7 @@ async def _fetch_image(
     *,
     video: bool = False,
     matched_offset: float | None = None,
+    known: ImageHashes | None = None,
 ) -> tuple[HttpExchange | None, str | None, list[HttpExchange]]:
     """Fetch and hash the image (or video); the bytes never leave this function (except to
     ``on_image_bytes``, a person's explicit opt-in, and never a video's)."""
@@ -841,13 +869,23 @@ async def _fetch_image(
     except FetchError as exc:
         hops = fetcher.take_hops()
         return None, exc.reason, refused + [hop.exchange(truncated=True) for hop in hops]
-    withheld = await asyncio.to_thread(
-        WithheldImage.from_bytes,
-        resource.body,
-        content_type=resource.content_type,
-        matched_offset=matched_offset,
-        complete=not isinstance(resource, PartialResource),
-    )
+    withheld: WithheldImage | None = None
+    if known is not None and not isinstance(resource, PartialResource):
+        withheld = await asyncio.to_thread(
+            WithheldImage.from_known,
+            resource.body,
+            known,
+            content_type=resource.content_type,
+            matched_offset=matched_offset,
+        )
+    if withheld is None:
+        withheld = await asyncio.to_thread(
+            WithheldImage.from_bytes,
+            resource.body,
+            content_type=resource.content_type,
+            matched_offset=matched_offset,
+            complete=not isinstance(resource, PartialResource),
+        )
     if on_image_bytes is not None and withheld.kind != "video":
         await asyncio.to_thread(on_image_bytes, resource.body, withheld)
     status = resource.status
