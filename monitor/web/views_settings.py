@@ -37,27 +37,9 @@ async def help_page(request: Request) -> Response:
     )
 
 
-@page()
-async def settings_page(request: Request) -> Response:
+def _settings(request: Request, reports: object = None) -> Response:
+    """The settings page, with the backend check's ``reports`` when one was just run."""
     web = web_of(request)
-    return web.render(
-        request,
-        "settings.html",
-        backends=[(b.name or b.kind, b.kind) for b in web.settings.search.backends],
-        reports=None,
-        mail=web.settings.mail,
-        support=support_lines(web.settings.mail),
-        country=COUNTRIES.get(web.settings.mail.country.upper(), web.settings.mail.country),
-        idle=format_duration(web.settings.web.idle_timeout),
-    )
-
-
-@page()
-async def settings_check_backends(request: Request) -> Response:
-    from monitor.searching import check_backends
-
-    web = web_of(request)
-    reports = await run_in_threadpool(check_backends, web.settings, web.db)
     return web.render(
         request,
         "settings.html",
@@ -68,6 +50,20 @@ async def settings_check_backends(request: Request) -> Response:
         country=COUNTRIES.get(web.settings.mail.country.upper(), web.settings.mail.country),
         idle=format_duration(web.settings.web.idle_timeout),
     )
+
+
+@page()
+async def settings_page(request: Request) -> Response:
+    return _settings(request)
+
+
+@page()
+async def settings_check_backends(request: Request) -> Response:
+    from monitor.searching import check_backends
+
+    web = web_of(request)
+    reports = await run_in_threadpool(check_backends, web.settings, web.db)
+    return _settings(request, reports)
 
 
 @page()
