@@ -222,11 +222,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_opened: list[Database] = []  # closed when the command ends (main)
+
+
 def _db(settings: Settings) -> Database:
     ensure_private_dir(settings.data_dir)
     if settings.database.url:  # the data folder is ours to create; a configured path is not
         check_sqlite_folder(settings.database.url)
-    return Database(settings.database_url, key_file=settings.key_path)
+    db = Database(settings.database_url, key_file=settings.key_path)
+    _opened.append(db)
+    return db
 
 
 def _print_json(data: object) -> None:
@@ -1043,3 +1048,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    finally:  # no connection outlives the command (in-process callers: tests, the web app)
+        while _opened:
+            _opened.pop().dispose()

@@ -27,13 +27,12 @@ from rich.table import Table
 
 from monitor import store
 from monitor.config import Settings
-from monitor.db import Database, check_sqlite_folder
+from monitor.db import Database
 from monitor.db.models import utcnow
 from monitor.errors import MonitorError
 from monitor.inputs import check_email, clean_name, parse_interval
 from monitor.orgs import accounts, audit, casework, consent
 from monitor.orgs.scope import HOUSEHOLD, ROLES, Scope, current_scope, using_scope
-from monitor.paths import ensure_private_dir
 from monitor.textsafe import markup as esc
 from monitor.textsafe import text as cell
 
@@ -70,10 +69,9 @@ _SELF_AUDITED = {
 
 
 def _db(settings: Settings) -> Database:
-    ensure_private_dir(settings.data_dir)
-    if settings.database.url:
-        check_sqlite_folder(settings.database.url)
-    return Database(settings.database_url, key_file=settings.key_path)
+    from monitor.cli import _db as open_db  # one opener: closed when the command ends
+
+    return open_db(settings)
 
 
 def _print_json(data: object) -> None:
