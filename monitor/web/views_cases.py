@@ -312,7 +312,9 @@ async def blurred_image(request: Request) -> Response:
     if minor:
         return Response("Not shown.", 403, media_type="text/plain")
     try:
-        body = await fetch_blurred(web.settings, image_url, pool=web.runner.hashing_pool())
+        # the pool's first start (a forkserver: seconds) must not hold up the event loop
+        pool = await run_in_threadpool(web.runner.hashing_pool)
+        body = await fetch_blurred(web.settings, image_url, pool=pool)
     except MonitorError as exc:
         return Response(f"Could not fetch it now: {exc}", 502, media_type="text/plain")
     except PoolTaskError as exc:  # the decoder hung or crashed on these bytes
