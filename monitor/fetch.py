@@ -300,6 +300,8 @@ class Fetcher:
     ``deadline`` is the most seconds one fetch (every redirect hop and the whole body) may
     spend talking to servers; by default ``config.deadline``. Waiting for a free slot or for a
     host's crawl delay does not count. ``config.timeout`` bounds every wait between bytes.
+    ``clock`` and ``sleep`` replace the event loop's clock and ``asyncio.sleep`` for the
+    spacing of requests to one host (tests pass a virtual clock).
     """
 
     def __init__(
@@ -309,8 +311,12 @@ class Fetcher:
         resolver: Resolver | None = None,
         is_blocked: AddressPredicate | None = None,
         deadline: float | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self._clock = clock
+        self._sleep = sleep or asyncio.sleep
         if is_blocked is None and not config.allow_private_networks:
             is_blocked = is_blocked_address
         self._is_blocked = is_blocked
@@ -633,12 +639,11 @@ class Fetcher:
             per_host = self._per_host[host] = asyncio.Semaphore(self.config.max_per_host)
         async with per_host:
             if interval > 0:
-                loop = asyncio.get_running_loop()
-                now = loop.time()
+                now = self._clock() if self._clock else asyncio.get_running_loop().time()
                 start = max(now, self._next_start.get(host, now))
                 self._next_start[host] = start + interval
                 if start > now:
-                    await asyncio.sleep(start - now)
+                    await self._sleep(start - now)
                 await shared_limits.wait_host(host, interval)  # other workers' requests too
             async with self._all:
                 yield
