@@ -1,7 +1,8 @@
 """The web app end to end in Debian's Chromium (Playwright): set the passphrase, add a person,
 enrol a photo by upload, scan a loopback web, open the case, reveal the blurred image, draft a
 removal request, download the bundle, quick exit. Screenshots of each step are kept under the
-test's temporary folder (printed at the end)."""
+test's temporary folder (printed at the end). Every page on the way is checked with axe-core
+(axe-playwright-python, which carries it) against the WCAG 2.1 A and AA rules."""
 
 from __future__ import annotations
 
@@ -94,6 +95,25 @@ def world(tmp_path: Path) -> Iterator[tuple[str, LoopbackWeb, bytes]]:
     web.stop()
 
 
+def accessibility_problems(page: object, name: str) -> list[str]:
+    """What axe-core (WCAG 2.x A and AA rules, run in the page) finds wrong with the page
+    as it is now, one line per rule broken; nothing when the package is not installed."""
+    try:
+        from axe_playwright_python.sync_playwright import Axe
+    except ImportError:  # pragma: no cover - in the test extra
+        return []
+    options = {
+        "resultTypes": ["violations"],
+        "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+    }
+    results = Axe().run(page, options=options).response
+    return [
+        f"{name}: {v['id']} ({v['impact']}): {v['help']} at "
+        + ", ".join(str(n["target"]) for n in v["nodes"][:3])
+        for v in results["violations"]
+    ]
+
+
 def test_the_whole_flow_in_chromium(world: tuple[str, LoopbackWeb, bytes], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -119,9 +139,13 @@ def test_the_whole_flow_in_chromium(world: tuple[str, LoopbackWeb, bytes], tmp_p
 
         started = time.monotonic()
 
-        def shot(name: str) -> None:
+        found: list[str] = []  # accessibility problems, per page
+
+        def shot(name: str, ours: bool = True) -> None:
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
             print(f"{name}: {time.monotonic() - started:.1f}s")
+            if ours:  # (not the neutral page the quick exit leaves for)
+                found.extend(accessibility_problems(page, name))
 
         # 1. first visit: choose the passphrase
         page.goto(base + "/")
@@ -202,16 +226,22 @@ def test_the_whole_flow_in_chromium(world: tuple[str, LoopbackWeb, bytes], tmp_p
         names = zipfile.ZipFile(io.BytesIO(bundle.read_bytes())).namelist()
         assert "SHA256SUMS" in names and any("warc" in n for n in names)
 
+        for path in ("/", "/people", "/cases", "/help", "/settings"):  # the other pages
+            page.goto(base + path)
+            found.extend(accessibility_problems(page, path))
+
         # 9. quick exit: Shift three times leaves for the neutral page and locks
         page.keyboard.press("Shift")
         page.keyboard.press("Shift")
         page.keyboard.press("Shift")
         page.wait_for_url(web.url("/weather.html"))
         assert page.title() == "Weather"
-        shot("7-exit")
+        shot("7-exit", ours=False)
         page.go_back()  # the case page was replaced; what is before it is locked now
         page.wait_for_load_state()
         assert page.url.startswith(base + "/login")
+        found.extend(accessibility_problems(page, "login"))
         assert not errors, errors  # no CSP violation or script error on the way
+        assert not found, "\n".join(found)
         browser.close()
     print(f"screenshots: {shots}")
