@@ -530,7 +530,7 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
             c = consent.latest(s, subject.id)
             data = {
                 "name": subject.name,
-                "paused": subject.paused_reason,
+                "paused": consent.paused_because(s, subject),
                 "consent": consent.describe(c) if c else None,
             }
         if args.json:
@@ -540,7 +540,12 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
         for key, value in (data["consent"] or {"consent": "none recorded"}).items():
             out.print(cell(f"  {key}: {value}"))
         if data["paused"]:
-            out.print(cell(f"  monitoring paused: {data['paused']}"))
+            out.print(
+                cell(
+                    f"  monitoring paused: {data['paused']} (no searches, and the places "
+                    "already found are not checked again, until consent is renewed)"
+                )
+            )
         return 0
     if args.consent_command == "confirm":
         with db.session() as s:

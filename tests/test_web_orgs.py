@@ -443,3 +443,15 @@ def test_a_one_time_code_opens_one_session_only(world: World) -> None:
     assert replay.get("/people").status_code == 303  # logged out
     later = totp.at(datetime.now(UTC) + timedelta(seconds=30))
     assert world.log_in(world.app.new_client(), "a@a.org", later).status_code == 303
+
+
+def test_a_paused_persons_case_is_not_checked_again_from_the_page(world: World) -> None:
+    ann, case = world.people["Ann Smith"], world.cases["Ann Smith"]
+    with world.app.db.session() as s:
+        consent.latest(s, ann).valid_until = utcnow() - timedelta(minutes=1)
+    c = world.client("c@a.org")
+    assert "no re-checks" in c.get(f"/people/{ann}").text
+    r = _send(c, "POST", f"/cases/{case}/recheck", {})
+    assert r.status_code == 400 and "not re-checked" in r.text
+    with world.app.db.session() as s:
+        assert s.get(Match, case).last_checked_at is None

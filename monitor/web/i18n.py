@@ -195,7 +195,7 @@ NL: dict[str, str] = {
     "Signed consent form": "Ondertekend toestemmingsformulier",
     "Consent valid until (YYYY-MM-DD, optional)": "Toestemming geldig tot (JJJJ-MM-DD, optioneel)",
     "Search services that may receive the names:": "Zoekdiensten die de namen mogen ontvangen:",
-    "Monitoring is paused:": "Het zoeken is gepauzeerd:",
+    "Monitoring is paused (no searches, no re-checks of the places found):": "Het volgen is gepauzeerd (niet zoeken, gevonden plekken niet opnieuw controleren):",
     "Given by": "Gegeven door",
     "Given on": "Gegeven op",
     "How": "Hoe",
