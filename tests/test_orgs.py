@@ -465,3 +465,84 @@ def test_consent_by_mailed_link_counts_only_once_confirmed(world: World) -> None
     with world.db.session() as s:
         liz = s.scalar(select(Subject).where(Subject.name == "Liz Link"))
         assert consent.permit(s, liz).allows_name("Liz Link")
+
+
+def test_an_admin_manages_operators_role_reset_disable_enable(world: World) -> None:
+    def secret_of(out: str) -> str:
+        uri = json.loads(out)["provisioning_uri"]
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)["secret"][0]
+
+    pw = str(world.photos.parent / "pass")
+    out = world.ok("--operator", "a@a.org", "operator", "add", "c@a.org", "--role", "caseworker",
+                   "--passphrase-file", pw, "--json")  # fmt: skip
+    world.secrets["c@a.org"] = secret_of(out)
+
+    def refused(*argv: str) -> str:
+        code, _, err = world.run(*argv)
+        assert code == 2, (argv, err)
+        return err
+
+    # only A's admins: not a viewer, a caseworker, another organisation's admin, or the owner
+    assert "viewer may not" in refused("--operator", "v@a.org", "operator", "role", "v@a.org",
+                                       "admin")  # fmt: skip
+    assert "admin" in refused("--operator", "c@a.org", "operator", "role", "c@a.org", "admin")
+    err = refused("--operator", "b@b.org", "operator", "role", "v@a.org", "admin", "--org", "A")
+    assert "no organisation named" in err
+    assert "no such operator" in refused("--operator", "b@b.org", "operator", "disable", "v@a.org")
+    assert "has an admin" in refused("operator", "role", "v@a.org", "admin", "--org", "A")
+    # roles
+    world.ok("--operator", "a@a.org", "operator", "role", "v@a.org", "caseworker")
+    listed = json.loads(world.ok("--operator", "a@a.org", "operator", "list", "--json"))
+    assert {o["email"]: o["role"] for o in listed}["v@a.org"] == "caseworker"
+    world.ok("--operator", "v@a.org", "subject", "set", "Ann Smith", "--minor")  # may change now
+    # the organisation keeps an active admin
+    assert "last admin" in refused("--operator", "a@a.org", "operator", "role", "a@a.org", "viewer")
+    assert "last admin" in refused("--operator", "a@a.org", "operator", "disable", "a@a.org")
+    # a new passphrase: the old one no longer logs in, the new one does
+    (world.photos.parent / "new").write_text("a brand new passphrase")
+    world.ok("--operator", "a@a.org", "operator", "reset", "c@a.org",
+             "--passphrase-file", str(world.photos.parent / "new"))  # fmt: skip
+    assert "login failed" in refused("--operator", "c@a.org", "subject", "list")
+    world.monkeypatch.setenv("MONITOR_OPERATOR_PASSPHRASE", "a brand new passphrase")
+    world.monkeypatch.setenv("MONITOR_TOTP", pyotp.TOTP(world.secrets["c@a.org"]).now())
+    code, _, err = run_cli(world.capsys, "--config", str(world.cfg), "--operator", "c@a.org",
+                           "subject", "list")  # fmt: skip
+    assert code == 0, err
+    # a new second factor: the old authenticator's codes fail, the new one's work
+    old = world.secrets["v@a.org"]
+    out = world.ok("--operator", "a@a.org", "operator", "reset", "v@a.org", "--totp", "--json")
+    assert json.loads(out)["reset"] == "totp"
+    world.secrets["v@a.org"] = secret_of(out)
+    assert world.secrets["v@a.org"] != old
+    world.ok("--operator", "v@a.org", "subject", "list")
+    world.secrets["v@a.org"] = old
+    assert "login failed" in refused("--operator", "v@a.org", "subject", "list")
+    world.secrets["v@a.org"] = secret_of(out)
+    # disable, enable
+    world.ok("--operator", "a@a.org", "operator", "disable", "v@a.org")
+    assert "login failed" in refused("--operator", "v@a.org", "subject", "list")
+    assert "disabled" in world.ok("--operator", "a@a.org", "operator", "list")
+    world.ok("--operator", "a@a.org", "operator", "enable", "v@a.org")
+    world.ok("--operator", "v@a.org", "subject", "list")
+    # the machine's owner may reset an admin's second factor (recovery: a lost phone)
+    out = world.ok("operator", "reset", "a@a.org", "--org", "A", "--totp", "--json")
+    world.secrets["a@a.org"] = secret_of(out)
+    entries = json.loads(world.ok("--operator", "a@a.org", "audit", "--json"))
+    seen = [(e["operator"], e["action"], e["detail"]) for e in entries]
+    with world.db.session() as s:
+        ids = {o.email: o.id for o in s.scalars(select(accounts.Operator))}
+    v, c, a = ids["v@a.org"], ids["c@a.org"], ids["a@a.org"]
+    for entry in (
+        ("a@a.org", "operator role", f"operator {v}: viewer -> caseworker"),
+        ("a@a.org", "operator reset", f"operator {c}: passphrase"),
+        ("a@a.org", "operator reset", f"operator {v}: second factor"),
+        ("a@a.org", "operator disable", f"operator {v}"),
+        ("a@a.org", "operator enable", f"operator {v}"),
+        ("local", "operator reset", f"operator {a}: second factor"),
+    ):
+        assert entry in seen, entry
+    assert all("@" not in e["detail"] for e in entries)
+    for action in ("role", "reset", "enable", "disable", "list"):
+        with pytest.raises(SystemExit) as exited:
+            world.run("operator", action, "--help")
+        assert exited.value.code == 0 and "usage" in world.capsys.readouterr().out

@@ -455,3 +455,117 @@ def test_a_paused_persons_case_is_not_checked_again_from_the_page(world: World) 
     assert r.status_code == 400 and "not re-checked" in r.text
     with world.app.db.session() as s:
         assert s.get(Match, case).last_checked_at is None
+
+
+def _forget_codes(w: World) -> None:
+    """Let the one-time codes of this 30 s window serve again (more log-ins than a test can
+    wait windows for)."""
+    with w.app.db.session() as s:
+        for op in s.scalars(select(Operator)):
+            op.totp_last_step = None
+
+
+def test_an_admin_manages_operators_on_the_web(world: World) -> None:
+    with world.app.db.session() as s:
+        ids = {o.email: o.id for o in s.scalars(select(Operator))}
+    v_id, c_id = ids["v@a.org"], ids["c@a.org"]
+    a, c, v, b = (world.client(e) for e in ("a@a.org", "c@a.org", "v@a.org", "b@b.org"))
+    # only A's admins see and use the page
+    assert c.get("/operators").status_code == 403 and v.get("/operators").status_code == 403
+    assert 'href="/operators"' in a.get("/people").text
+    assert 'href="/operators"' not in c.get("/people").text
+    page = a.get("/operators").text
+    assert "c@a.org" in page and "b@b.org" not in page
+    changes = [
+        ("role", {"role": "admin"}),
+        ("disable", {}),
+        ("enable", {}),
+        ("passphrase", {"passphrase": "x" * 20, "repeat": "x" * 20}),
+        ("totp", {}),
+    ]
+    for who in (b, c, v):
+        for action, data in changes:
+            r = _send(who, "POST", f"/operators/{v_id}/{action}", data)
+            assert r.status_code in (400, 403), (action, r.status_code)
+            assert who is v or "v@a.org" not in r.text
+    with world.app.db.session() as s:
+        op = s.get(Operator, v_id)
+        assert op.role == "viewer" and op.disabled_at is None
+    # a role change applies from the operator's next page
+    assert (
+        _send(
+            v, "POST", f"/people/{world.people['Ann Smith']}/settings", {"every": "3h"}
+        ).status_code
+        == 403
+    )
+    assert _send(a, "POST", f"/operators/{v_id}/role", {"role": "caseworker"}).status_code == 303
+    assert (
+        _send(
+            v, "POST", f"/people/{world.people['Ann Smith']}/settings", {"every": "3h"}
+        ).status_code
+        == 303
+    )
+    # disabled: their session ends, they cannot log in; enabled: they can
+    assert _send(a, "POST", f"/operators/{v_id}/disable", {}).status_code == 303
+    assert v.get("/people").headers["location"] == "/login"
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "v@a.org").status_code == 400
+    assert _send(a, "POST", f"/operators/{v_id}/enable", {}).status_code == 303
+    v = world.client("v@a.org")
+    # a new passphrase: their session ends, the old passphrase fails, the new one works
+    new = "a brand new passphrase"
+    r = _send(a, "POST", f"/operators/{c_id}/passphrase", {"passphrase": new, "repeat": new})
+    assert r.status_code == 303
+    assert c.get("/people").headers["location"] == "/login"
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "c@a.org").status_code == 400
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "c@a.org", passphrase=new).status_code == 303
+    # a new second factor, shown once: the session ends, the old codes fail, the new ones work
+    r = _send(a, "POST", f"/operators/{v_id}/totp", {})
+    assert r.status_code == 200 and "otpauth://" in r.text
+    assert "otpauth://" not in a.get("/operators").text
+    assert v.get("/people").headers["location"] == "/login"
+    old = world.secrets["v@a.org"]
+    secret = re.search(r"secret=([A-Z2-7]+)", r.text).group(1)
+    assert secret != old
+    assert world.log_in(world.app.new_client(), "v@a.org", pyotp.TOTP(old).now()).status_code == 400
+    world.secrets["v@a.org"] = secret
+    world.client("v@a.org")
+    # the organisation keeps an active admin
+    a_id = ids["a@a.org"]
+    assert _send(a, "POST", f"/operators/{a_id}/disable", {}).status_code == 400
+    assert _send(a, "POST", f"/operators/{a_id}/role", {"role": "viewer"}).status_code == 400
+    log = [(who, what) for who, what, _ in world.audit()]
+    for action in ("operator role", "operator disable", "operator enable", "operator reset"):
+        assert ("a@a.org", action) in log, action
+    with world.app.db.session() as s:
+        details = " ".join(s.scalars(select(AuditEntry.detail)))
+    assert "@" not in details
+
+
+def test_an_operator_changes_their_own_passphrase(world: World) -> None:
+    """A viewer too; their other sessions end, this one goes on."""
+    v = world.client("v@a.org")
+    other = world.client(
+        "v@a.org",
+        pyotp.TOTP(world.secrets["v@a.org"]).at(datetime.now(UTC) + timedelta(seconds=30)),
+    )
+    assert 'minlength="12"' in v.get("/settings").text
+    new = "my own new passphrase"
+    r = _send(
+        v,
+        "POST",
+        "/settings/passphrase",
+        {"current": "wrong one!", "passphrase": new, "repeat": new},
+    )
+    assert r.status_code == 303 and "not right" in v.get("/settings").text
+    r = _send(
+        v, "POST", "/settings/passphrase", {"current": PASS, "passphrase": new, "repeat": new}
+    )
+    assert r.status_code == 303
+    assert "The passphrase was changed." in v.get("/settings").text  # this session goes on
+    assert other.get("/people").headers["location"] == "/login"  # the other one ended
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "v@a.org", passphrase=new).status_code == 303
+    assert ("v@a.org", "operator passphrase") in [(w, a) for w, a, _ in world.audit()]

@@ -42,6 +42,7 @@ from monitor.web.views_cases import (
     screenshot_page,
     stats_page,
 )
+from monitor.web.views_operators import operator_change, operators_page
 from monitor.web.views_people import (
     audit_page,
     consent_code_confirm,
@@ -136,6 +137,11 @@ def create_app(
             f"/cases/{cid}/places/{sid}/screenshot/{{index:int}}.png",
             screenshot_file,
             methods=get,
+        ),
+        Route("/operators", operators_page, methods=get),
+        *(
+            Route(f"/operators/{{operator_id:int}}/{action}", operator_change, methods=post)
+            for action in ("role", "disable", "enable", "passphrase", "totp")
         ),
         Route("/help", help_page, methods=get),
         Route("/settings", settings_page, methods=get),

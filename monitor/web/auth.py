@@ -91,6 +91,7 @@ class WebSession:
     flash: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # shown once
     reveal_keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # one-time image keys
     scope: Scope | None = None  # an organisation's operator (None: the household)
+    credentials: str = ""  # the operator's credentials stamp at log-in (monitor/orgs/management)
 
 
 class Sessions:
@@ -159,7 +160,9 @@ class Sessions:
         new session carrying their :class:`~monitor.orgs.scope.Scope`. A wrong email,
         passphrase or code gives the same :class:`PassphraseError`, and counts towards the
         same slow-down as wrong household passphrases."""
+        from monitor.db.models import Operator
         from monitor.orgs import accounts
+        from monitor.orgs.management import credentials_stamp
 
         now = self.clock()
         if self._wait_until is not None and now < self._wait_until:
@@ -167,6 +170,7 @@ class Sessions:
         try:
             with self.db.session() as s:
                 scope = accounts.authenticate(s, email, passphrase, code, single_use=True)
+                stamp = credentials_stamp(s.get(Operator, scope.operator_id))
         except accounts.LoginFailed:
             self._failures += 1
             if self._failures >= _FAILURES_BEFORE_WAIT:
@@ -175,7 +179,14 @@ class Sessions:
                 "that did not work: the email, the passphrase or the code is not right"
             ) from None
         fresh = self._fresh(ws)
-        fresh.scope = scope
+        fresh.scope, fresh.credentials = scope, stamp
+        return fresh
+
+    def operator_changed_passphrase(self, ws: WebSession, stamp: str) -> WebSession:
+        """The operator of ``ws`` changed their own passphrase: their other sessions end at
+        their next page (the stamp changed); this one goes on, under a new token."""
+        fresh = self._fresh(ws)
+        fresh.scope, fresh.credentials = ws.scope, stamp
         return fresh
 
     def _fresh(self, ws: WebSession) -> WebSession:

@@ -260,6 +260,28 @@ NL: dict[str, str] = {
     "Record a new consent (renewal)": "Een nieuwe toestemming vastleggen (verlenging)",
     "New consent recorded; monitoring goes on.": "Nieuwe toestemming vastgelegd; het zoeken gaat door.",
     "Added {name}; a consent link was mailed. Nothing is searched before they agree.": "{name} toegevoegd; er is een toestemmingslink gemaild. Er wordt niets gezocht voordat de persoon akkoord gaat.",
+    # operators (an organisation's admins)
+    "Operators": "Medewerkers",
+    "New second factor for": "Nieuwe tweede factor voor",
+    "Add this to the operator's authenticator app now (remove the old entry); it is not shown again:": "Voeg dit nu toe aan de authenticator-app van de medewerker (verwijder de oude); het wordt niet nog eens getoond:",
+    "The organisation's admins, caseworkers and viewers. Every change is written to the audit log. A disabled operator, or one whose passphrase or second factor is reset, is logged out at their next page. The organisation always keeps one active admin.": "De beheerders, hulpverleners en meekijkers van de organisatie. Elke wijziging komt in het auditlog. Een uitgeschakelde medewerker, of een van wie de wachtwoordzin of tweede factor opnieuw is ingesteld, wordt bij de volgende pagina uitgelogd. De organisatie houdt altijd een actieve beheerder.",
+    "Role": "Rol",
+    "Changes": "Wijzigingen",
+    "disabled": "uitgeschakeld",
+    "active": "actief",
+    "Change role": "Rol wijzigen",
+    "Enable": "Inschakelen",
+    "Disable": "Uitschakelen",
+    "Reset second factor": "Tweede factor opnieuw instellen",
+    "Reset passphrase": "Wachtwoordzin opnieuw instellen",
+    "At least 12 characters. Tell it to the operator in person.": "Minstens 12 tekens. Vertel hem de medewerker persoonlijk.",
+    "New operators are added on the command line: operator add EMAIL --role ROLE.": "Nieuwe medewerkers worden op de opdrachtregel toegevoegd: operator add EMAIL --role ROLE.",
+    "{email} has a new role.": "{email} heeft een nieuwe rol.",
+    "{email} can no longer log in; their sessions have ended.": "{email} kan niet meer inloggen; de sessies zijn beëindigd.",
+    "{email} may log in again.": "{email} kan weer inloggen.",
+    "{email} has a new passphrase; their sessions have ended.": "{email} heeft een nieuwe wachtwoordzin; de sessies zijn beëindigd.",
+    "Not changed: the two passphrases differ.": "Niet gewijzigd: de twee wachtwoordzinnen verschillen.",
+    "Not changed: {why}": "Niet gewijzigd: {why}",
 }
 
 
