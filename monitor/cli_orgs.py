@@ -45,7 +45,9 @@ TOTP_ENV = "MONITOR_TOTP"
 CASE_ACTIONS = ("assign", "request")
 
 # Commands (and sub-actions) that only look; every other one changes something and needs an
-# admin or caseworker. `run` and `backends` act for no one (the scheduler; a backend check).
+# admin or caseworker. `run`, `worker`, `serve` and `backends` act for no one in particular
+# (the scheduler, queued scans, the web app; a backend check). `outbox --send` and
+# `--retry-failed` act on the scope's alerts only (alerts.deliver_pending, requeue_failed).
 _READS = {
     ("subject", "list"),
     ("matches", None),
@@ -57,7 +59,11 @@ _READS = {
     ("operator", "list"),
     ("outbox", None),
 }
-_SYSTEM = {"run", "backends"}
+_SYSTEM = {"run", "backends", "worker", "serve"}
+# Install-wide: they act for every organisation (the scheduler's scans, re-checks, maintenance
+# and alert delivery; queued scans; the web app, whose pages log operators in themselves), so
+# they are the machine's owner's, never an operator's.
+_INSTALL_WIDE = {"run", "worker", "serve"}
 # Commands that write their own audit entry (with the new person's number, or the erasure).
 _SELF_AUDITED = {
     ("subject", "add"),
@@ -126,6 +132,12 @@ def command_scope(args: argparse.Namespace, settings: Settings) -> Iterator[Scop
     """Run a command as its operator (or for the household): people outside the scope are
     "not found", a viewer may only look, and what was done to whom goes into the audit log."""
     if args.command in _SYSTEM:
+        if args.command in _INSTALL_WIDE and getattr(args, "operator", None):
+            raise MonitorError(
+                f"`{args.command}` works for the whole install (every organisation): the "
+                "machine's owner runs it, without --operator"
+                + ("; operators log in on the pages" if args.command == "serve" else "")
+            )
         yield None
         return
     email = getattr(args, "operator", None) or os.environ.get(OPERATOR_ENV) or ""

@@ -546,3 +546,51 @@ def test_an_admin_manages_operators_role_reset_disable_enable(world: World) -> N
         with pytest.raises(SystemExit) as exited:
             world.run("operator", action, "--help")
         assert exited.value.code == 0 and "usage" in world.capsys.readouterr().out
+
+
+def test_outbox_send_and_retry_act_on_the_operators_organisation_only(world: World) -> None:
+    from monitor import alerts
+
+    with world.db.session() as s:
+        people = {n: s.scalar(select(Subject.id).where(Subject.name == n))
+                  for n in ("Ann Smith", "Bob Jones", "Hal Home")}  # fmt: skip
+        for subject_id in people.values():
+            for status in ("pending", "failed"):
+                s.add(
+                    OutboxMessage(
+                        subject_id=subject_id,
+                        message_id=f"<{subject_id}-{status}@test>",
+                        recipient=None,  # the local outbox folder
+                        status=status,
+                        kind="consent",
+                        new_items=0,
+                        subject_line="Notes",
+                        body=f"about person #{subject_id}",
+                        attempts=0,
+                        next_attempt_at=utcnow(),
+                    )
+                )
+
+    def states() -> dict[tuple[int, str], str]:
+        with world.db.session() as s:
+            rows = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "consent"))
+            return {(r.subject_id, r.message_id.split("-")[1]): r.status for r in rows}
+
+    out = json.loads(world.ok("--operator", "b@b.org", "outbox", "--retry-failed", "--send",
+                              "--json"))  # fmt: skip
+    assert out["requeued"] == 1 and out["sent"] == 2  # Bob's two, nobody else's
+    bob, ann, hal = people["Bob Jones"], people["Ann Smith"], people["Hal Home"]
+    now = states()
+    assert now[(bob, "pending@test>")] == now[(bob, "failed@test>")] == "sent"
+    assert now[(ann, "pending@test>")] == "pending" and now[(ann, "failed@test>")] == "failed"
+    assert now[(hal, "pending@test>")] == "pending"
+    # the household (no operator) sends the household's; the scheduler everyone's
+    assert json.loads(world.ok("outbox", "--send", "--json"))["sent"] == 1
+    assert states()[(ann, "pending@test>")] == "pending"
+    report = alerts.deliver_pending(world.db, alerts.notifier_from_settings(world.settings),
+                                    world.settings)  # fmt: skip
+    assert report.sent >= 1 and states()[(ann, "pending@test>")] == "sent"
+    # install-wide commands are the machine's owner's
+    for command in ("run", "serve", "worker"):
+        code, _, err = world.run("--operator", "a@a.org", command)
+        assert code == 2 and "whole install" in err, command
