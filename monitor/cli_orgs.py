@@ -74,6 +74,7 @@ _SELF_AUDITED = {
     ("operator", "enable"),
     ("operator", "role"),
     ("operator", "reset"),
+    ("subject", "invite"),
 }
 
 
@@ -333,6 +334,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     st.add_argument("--org", metavar="ORG", help="default: the operator's (or the household)")
     st.add_argument("--json", action="store_true")
+
+
+def add_invite_parser(ssub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    si = ssub.add_parser(
+        "invite",
+        help="mail an organisation's person a link to see their own cases (read only)",
+        description="The person gets a discreet mail (no name, no organisation) with a "
+        "one-time link to the web app's /me/invite page ([web] public_url), valid 7 days, "
+        "where they choose a passphrase. Signed in at /me/login they see their own cases "
+        "(places, state, what was done; no image) and may withdraw their consent.",
+    )
+    si.add_argument("name")
+    si.add_argument("--json", action="store_true")
+
+
+def cmd_subject_invite(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor import alerts
+    from monitor.orgs import person
+
+    scope = _org_scope("subject invite")
+    db = _db(settings)
+    with db.session() as s:
+        subject = store.get_subject(s, args.name)
+        person.invite(s, settings, subject, scope)
+        address = subject.email
+    alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
+    if args.json:
+        _print_json({"invited": args.name, "mailed_to": address})
+    else:
+        out.print(
+            f"Mailed {esc(repr(args.name))} a link to see their own cases (valid "
+            f"{person.INVITE_VALID.days} days)."
+        )
+    return 0
 
 
 def register_case_actions(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

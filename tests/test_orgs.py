@@ -18,7 +18,16 @@ from monitor import passphrases, store
 from monitor.cases.capture import evidence_key
 from monitor.config import OrgsConfig, load_settings
 from monitor.db import Database
-from monitor.db.models import AuditEntry, Match, Notice, OutboxMessage, Sighting, Subject, utcnow
+from monitor.db.models import (
+    AuditEntry,
+    Match,
+    Notice,
+    OutboxMessage,
+    PersonLogin,
+    Sighting,
+    Subject,
+    utcnow,
+)
 from monitor.demo.photos import photo_bytes
 from monitor.demo.web import build_web
 from monitor.evidence import evidence_dir
@@ -405,6 +414,7 @@ def test_row_level_security_hides_other_organisations_rows(tmp_path: Path) -> No
                     s, name, interval=timedelta(days=1), organisation_id=org, aliases=[name + "2"]
                 )
                 ids[name] = subj.id
+                s.add(PersonLogin(subject_id=subj.id, login=f"{name.lower()}@x.test"))
             s.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {role}"))
             s.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"))
             s.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"))
@@ -415,6 +425,8 @@ def test_row_level_security_hides_other_organisations_rows(tmp_path: Path) -> No
                 names = set(conn.scalars(text("SELECT name FROM subjects")))
                 aliases = set(conn.scalars(text("SELECT alias FROM aliases")))
                 assert names == visible and aliases == {n + "2" for n in visible}
+                logins = set(conn.scalars(text("SELECT login FROM person_logins")))
+                assert logins == {f"{n.lower()}@x.test" for n in visible}
             conn.execute(text("SELECT set_config('app.org_id', :v, false)"), {"v": str(a.id)})
             # changing another organisation's person touches nothing; writing into it fails
             done = conn.execute(text("UPDATE subjects SET email = 'x@y.z' WHERE name = 'Bob'"))
@@ -594,3 +606,23 @@ def test_outbox_send_and_retry_act_on_the_operators_organisation_only(world: Wor
     for command in ("run", "serve", "worker"):
         code, _, err = world.run("--operator", "a@a.org", command)
         assert code == 2 and "whole install" in err, command
+
+
+def test_subject_invite_mails_the_person_a_one_time_link(world: World) -> None:
+    world.ok("--operator", "a@a.org", "subject", "add", "Ivy Invite", "--email", "ivy@x.test",
+             "--consent-by", "person")  # fmt: skip
+    code, _, err = world.run("--operator", "v@a.org", "subject", "invite", "Ivy Invite")
+    assert code == 2 and "viewer may not" in err
+    code, _, err = world.run("--operator", "b@b.org", "subject", "invite", "Ivy Invite")
+    assert code == 2 and "no subject named" in err
+    code, _, err = world.run("--operator", "a@a.org", "subject", "invite", "Ann Smith")
+    assert code == 2 and "email address" in err  # Ann has none
+    out = json.loads(world.ok("--operator", "a@a.org", "subject", "invite", "Ivy Invite", "--json"))
+    assert out["mailed_to"] == "ivy@x.test"
+    with world.db.session() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.kind == "person_invite"))
+        ivy = s.scalar(select(Subject.id).where(Subject.name == "Ivy Invite"))
+    assert mail.status == "sent" and "/me/invite?code=" in mail.body and "Ivy" not in mail.body
+    entries = json.loads(world.ok("--operator", "a@a.org", "audit", "Ivy Invite", "--json"))
+    assert [e["action"] for e in entries].count("person invited") == 1
+    assert all(e["subject_id"] == ivy for e in entries)

@@ -569,3 +569,111 @@ def test_an_operator_changes_their_own_passphrase(world: World) -> None:
     _forget_codes(world)
     assert world.log_in(world.app.new_client(), "v@a.org", passphrase=new).status_code == 303
     assert ("v@a.org", "operator passphrase") in [(w, a) for w, a, _ in world.audit()]
+
+
+def test_an_invited_person_sees_only_their_own_cases_and_can_withdraw(world: World) -> None:
+    from monitor.db.models import PersonLogin
+
+    ann, case = world.people["Ann Smith"], world.cases["Ann Smith"]
+    with world.app.db.session() as s:
+        s.get(Subject, ann).email = "ann@x.test"
+    c, v, b = world.client("c@a.org"), world.client("v@a.org"), world.client("b@b.org")
+    assert _send(v, "POST", f"/people/{ann}/invite", {}).status_code == 403
+    assert _send(b, "POST", f"/people/{ann}/invite", {}).status_code in (400, 404)
+    assert "Invite the person" in c.get(f"/people/{ann}").text
+    assert _send(c, "POST", f"/people/{ann}/invite", {}).status_code == 303
+    with world.app.db.session() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.kind == "person_invite"))
+        assert mail.recipient == "ann@x.test" and "Ann" not in mail.body
+        assert s.scalar(select(PersonLogin.invite_sha256)) is not None
+    code = re.search(r"/me/invite\?code=(\S+)", mail.body).group(1)
+    p = world.app.new_client()  # the person's browser
+    page = p.get(f"/me/invite?code={code}")
+    assert page.status_code == 200 and "Ann" not in page.text
+    token = csrf_of(page.text)
+    r = p.post(
+        "/me/invite", data={"csrf": token, "code": code, "passphrase": "short", "repeat": "short"}
+    )
+    assert r.status_code == 400
+    mine = "my own passphrase here"
+    r = p.post("/me/invite", data={"csrf": token, "code": code, "passphrase": mine, "repeat": mine})
+    assert r.status_code == 303 and r.headers["location"] == "/me"
+    again = world.app.new_client()  # the link works once
+    r = again.post(
+        "/me/invite",
+        data={
+            "csrf": csrf_of(again.get("/me/invite").text),
+            "code": code,
+            "passphrase": "x" * 12,
+            "repeat": "x" * 12,
+        },
+    )
+    assert r.status_code == 400
+    me = p.get("/me")
+    assert me.status_code == 200 and 'id="quick-exit"' in me.text
+    assert "https://a.test/page" in me.text and f'id="case-{case}"' in me.text
+    assert "img" + str(ann) + ".jpg" not in me.text  # no found image, not even its address
+    assert "b.test" not in me.text and "Bob" not in me.text
+    assert ("the person", "person view", ann) in world.audit()
+    # a person's session opens no operator page, and changes nothing there
+    for path in (
+        "/",
+        "/people",
+        f"/people/{ann}",
+        f"/cases/{case}",
+        "/audit",
+        "/operators",
+        "/stats",
+    ):
+        assert p.get(path).headers["location"] == "/login", path
+    r = p.post(f"/cases/{case}/dismiss", data={"csrf": csrf_of(me.text)})
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    # log out; log in again (a wrong passphrase is refused)
+    assert p.post("/me/logout", data={"csrf": csrf_of(me.text)}).headers["location"] == "/me/login"
+    assert p.get("/me").headers["location"] == "/me/login"
+    login = p.get("/me/login")
+    form = {"csrf": csrf_of(login.text), "email": "ann@x.test", "passphrase": "wrong passphrase"}
+    assert p.post("/me/login", data=form).status_code == 400
+    form["csrf"] = csrf_of(p.get("/me/login").text)
+    assert p.post("/me/login", data={**form, "passphrase": mine}).headers["location"] == "/me"
+    # withdrawal by the person erases everything, their log-in too
+    me = p.get("/me")
+    assert p.post("/me/withdraw", data={"csrf": csrf_of(me.text)}).status_code == 400
+    r = p.post("/me/withdraw", data={"csrf": csrf_of(me.text), "confirm": "yes"})
+    assert r.status_code == 200 and "erased" in r.text
+    with world.app.db.session() as s:
+        assert s.get(Subject, ann) is None and s.scalar(select(PersonLogin)) is None
+    assert p.get("/me").headers["location"] == "/me/login"
+    assert ("the person", "consent withdrawn", ann) in world.audit()
+
+
+def test_one_address_two_organisations_two_separate_person_logins(world: World) -> None:
+    """The same address may be a person of A and of B: inviting one tells nothing of the
+    other, and each passphrase opens its own cases only."""
+    from monitor.orgs import person
+
+    ann, bob = world.people["Ann Smith"], world.people["Bob Jones"]
+    phrases = {ann: "ann's own passphrase", bob: "bob's own passphrase"}
+    for subject_id, operator in ((ann, "c@a.org"), (bob, "b@b.org")):
+        with world.app.db.session() as s:
+            s.get(Subject, subject_id).email = "same@x.test"
+        assert (
+            _send(world.client(operator), "POST", f"/people/{subject_id}/invite", {}).status_code
+            == 303
+        )
+    with world.app.db.session() as s:
+        bodies = s.scalars(select(OutboxMessage.body).where(OutboxMessage.kind == "person_invite"))
+        codes = [re.search(r"code=(\S+)", b).group(1) for b in bodies]
+    for code, subject_id in zip(codes, (ann, bob), strict=True):
+        with world.app.db.session() as s:
+            phrase = phrases[subject_id]
+            assert person.accept_invite(s, code, phrase, phrase).subject_id == subject_id
+    for subject_id, other in ((ann, "b.test"), (bob, "a.test")):
+        p = world.app.new_client()
+        form = {"csrf": csrf_of(p.get("/me/login").text), "email": "same@x.test"}
+        assert (
+            p.post("/me/login", data={**form, "passphrase": phrases[subject_id]}).status_code == 303
+        )
+        page = p.get("/me").text
+        assert f'id="case-{world.cases["Ann Smith" if subject_id == ann else "Bob Jones"]}"' in page
+        assert other not in page

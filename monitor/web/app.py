@@ -42,6 +42,14 @@ from monitor.web.views_cases import (
     screenshot_page,
     stats_page,
 )
+from monitor.web.views_me import (
+    me_invite,
+    me_login,
+    me_logout,
+    me_page,
+    me_withdraw,
+    person_invite,
+)
 from monitor.web.views_operators import operator_change, operators_page
 from monitor.web.views_people import (
     audit_page,
@@ -138,6 +146,12 @@ def create_app(
             screenshot_file,
             methods=get,
         ),
+        Route("/people/{subject_id:int}/invite", person_invite, methods=post),
+        Route("/me", me_page, methods=get),
+        Route("/me/invite", me_invite, methods=both),
+        Route("/me/login", me_login, methods=both),
+        Route("/me/logout", me_logout, methods=post),
+        Route("/me/withdraw", me_withdraw, methods=post),
         Route("/operators", operators_page, methods=get),
         *(
             Route(f"/operators/{{operator_id:int}}/{action}", operator_change, methods=post)

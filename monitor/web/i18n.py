@@ -282,6 +282,24 @@ NL: dict[str, str] = {
     "{email} has a new passphrase; their sessions have ended.": "{email} heeft een nieuwe wachtwoordzin; de sessies zijn beëindigd.",
     "Not changed: the two passphrases differ.": "Niet gewijzigd: de twee wachtwoordzinnen verschillen.",
     "Not changed: {why}": "Niet gewijzigd: {why}",
+    # the person's own pages (/me)
+    "The person can see their own cases (read only, no images) after choosing a passphrase from a link mailed to their email address.": "De persoon kan de eigen zaken bekijken (alleen lezen, geen beelden) na het kiezen van een wachtwoordzin via een link die naar het e-mailadres wordt gemaild.",
+    "Invite the person to see their own cases": "Nodig de persoon uit om de eigen zaken te bekijken",
+    "The person was invited: a link to choose a passphrase was mailed to them.": "De persoon is uitgenodigd: er is een link gemaild om een wachtwoordzin te kiezen.",
+    "With it you can see how the search for images of you is going: where they were found, what was done and what the sites answered. No image is shown.": "Daarmee kun je zien hoe het zoeken naar beelden van jou gaat: waar ze zijn gevonden, wat er is gedaan en wat de sites antwoordden. Er wordt geen beeld getoond.",
+    "At least 12 characters. A few words you remember work well.": "Minstens 12 tekens. Een paar woorden die je onthoudt werken goed.",
+    "See your own cases": "Bekijk je eigen zaken",
+    "Consent withdrawn": "Toestemming ingetrokken",
+    "Nothing is searched for you any more, and everything stored about you is erased, this log-in too.": "Er wordt niets meer voor je gezocht, en alles wat over jou bewaard was is gewist, ook deze inlog.",
+    "Your cases": "Je zaken",
+    "Log out": "Uitloggen",
+    "Where images of you were found, what was done and what the sites answered. No image is shown here; the people helping you keep the evidence.": "Waar beelden van jou zijn gevonden, wat er is gedaan en wat de sites antwoordden. Hier wordt geen beeld getoond; de mensen die je helpen bewaren het bewijs.",
+    "Nothing has been found.": "Er is niets gevonden.",
+    "First found": "Voor het eerst gevonden",
+    "checked": "gecontroleerd",
+    "What was done": "Wat er is gedaan",
+    "Withdraw your consent": "Je toestemming intrekken",
+    "Stop the search and erase everything stored about me, at once.": "Stop het zoeken en wis meteen alles wat over mij bewaard is.",
 }
 
 
