@@ -45,10 +45,8 @@ async def operator_change(request: Request) -> Response:
     operator_id = int(request.path_params["operator_id"])
     action = request.url.path.rstrip("/").rsplit("/", 1)[-1]
     form = form_of(request)
-    if action == "passphrase":
-        new = form.get("passphrase")
-        if new != form.get("repeat"):
-            raise MonitorError("the two passphrases differ")
+    if action == "passphrase" and form.get("passphrase") != form.get("repeat"):
+        raise MonitorError("the two passphrases differ")
 
     def change() -> tuple[str, str | None]:
         with web.db.session() as s:
