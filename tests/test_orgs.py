@@ -626,3 +626,9 @@ def test_subject_invite_mails_the_person_a_one_time_link(world: World) -> None:
     entries = json.loads(world.ok("--operator", "a@a.org", "audit", "Ivy Invite", "--json"))
     assert [e["action"] for e in entries].count("person invited") == 1
     assert all(e["subject_id"] == ivy for e in entries)
+
+
+def test_a_consent_code_never_looks_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = iter(["-starts-with-a-dash", "fine-code"])
+    monkeypatch.setattr(consent.secrets, "token_urlsafe", lambda n: next(tokens))
+    assert consent.new_link_token() == "fine-code"

@@ -98,7 +98,11 @@ def record_consent(
 
 
 def new_link_token() -> str:
-    return secrets.token_urlsafe(18)
+    """A code the person may also pass on to be typed (`consent confirm CODE`): never starting
+    with "-", which the command line would take for an option."""
+    while (token := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return token
 
 
 def queue_link_mail(session: Session, settings: Any, subject: Subject, token: str) -> None:
