@@ -367,6 +367,11 @@ def cmd_subject_invite(args: argparse.Namespace, settings: Settings) -> int:
             f"Mailed {esc(repr(args.name))} a link to see their own cases (valid "
             f"{person.INVITE_VALID.days} days)."
         )
+    if not settings.web.public_url:
+        err.print(
+            "[yellow]note[/yellow]: [web] public_url is not set: the link points to this "
+            "computer's loopback address, which the person can open only here"
+        )
     return 0
 
 

@@ -677,3 +677,54 @@ def test_one_address_two_organisations_two_separate_person_logins(world: World) 
         page = p.get("/me").text
         assert f'id="case-{world.cases["Ann Smith" if subject_id == ann else "Bob Jones"]}"' in page
         assert other not in page
+
+
+def test_the_person_sees_their_evidence_screenshot_only_behind_the_warning(world: World) -> None:
+    import json
+
+    from monitor.db.models import SightingState
+    from monitor.orgs import person
+
+    png = b"\x89PNG\r\n\x1a\n not really a picture"
+    shots = {}
+    for name in ("Ann Smith", "Bob Jones"):
+        sid, cid = world.people[name], world.cases[name]
+        folder = world.app.settings.data_dir / "evidence" / f"case-{cid}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "shot.png").write_bytes(png + name.encode())
+        with world.app.db.session() as s:
+            sighting = s.scalar(select(Sighting.id).where(Sighting.subject_id == sid))
+            files = [{"kind": "screenshot", "path": str(folder / "shot.png"), "sha256": "x"}]
+            s.add(SightingState(sighting_id=sighting, evidence_files=json.dumps(files)))
+        shots[name] = (cid, sighting)
+    ann = world.people["Ann Smith"]
+    with world.app.db.session() as s:
+        s.get(Subject, ann).email = "ann@x.test"
+        url = person.invite(s, world.app.settings, s.get(Subject, ann), accounts.scope_of(
+            s.scalar(select(Operator).where(Operator.email == "c@a.org"))))  # fmt: skip
+        person.accept_invite(s, url.split("code=")[1], "ann's passphrase", "ann's passphrase")
+    p = world.app.new_client()
+    form = {"csrf": csrf_of(p.get("/me/login").text), "email": "ann@x.test"}
+    assert p.post("/me/login", data={**form, "passphrase": "ann's passphrase"}).status_code == 303
+    cid, sighting = shots["Ann Smith"]
+    base = f"/me/cases/{cid}/places/{sighting}/screenshot/0"
+    assert f'href="{base}"' in p.get("/me").text
+    warning = p.get(base)
+    assert warning.status_code == 200 and "<img" not in warning.text and "blurred" in warning.text
+    shown = p.post(base, data={"csrf": csrf_of(warning.text)})
+    assert f'src="{base}.png"' in shown.text
+    r = p.get(f"{base}.png")
+    assert r.status_code == 200 and r.content == png + b"Ann Smith"
+    # nothing of Bob's, by any number; nothing when logged out
+    bob_cid, bob_sighting = shots["Bob Jones"]
+    for path in (
+        f"/me/cases/{bob_cid}/places/{bob_sighting}/screenshot/0",
+        f"/me/cases/{bob_cid}/places/{bob_sighting}/screenshot/0.png",
+        f"/me/cases/{cid}/places/{bob_sighting}/screenshot/0.png",
+    ):
+        r = p.get(path)
+        assert r.status_code in (400, 404) and b"Bob" not in r.content, path
+    log = world.audit()
+    assert ("the person", "person screenshot", ann) in log
+    assert ("the person", "person screenshot view", ann) in log
+    assert world.app.new_client().get(f"{base}.png").headers["location"] == "/me/login"

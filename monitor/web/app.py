@@ -47,6 +47,8 @@ from monitor.web.views_me import (
     me_login,
     me_logout,
     me_page,
+    me_screenshot,
+    me_screenshot_file,
     me_withdraw,
     person_invite,
 )
@@ -152,6 +154,14 @@ def create_app(
         Route("/me/login", me_login, methods=both),
         Route("/me/logout", me_logout, methods=post),
         Route("/me/withdraw", me_withdraw, methods=post),
+        Route(
+            f"/me/cases/{cid}/places/{sid}/screenshot/{{index:int}}", me_screenshot, methods=both
+        ),
+        Route(
+            f"/me/cases/{cid}/places/{sid}/screenshot/{{index:int}}.png",
+            me_screenshot_file,
+            methods=get,
+        ),
         Route("/operators", operators_page, methods=get),
         *(
             Route(f"/operators/{{operator_id:int}}/{action}", operator_change, methods=post)

@@ -6,6 +6,7 @@ and these pages show nothing of anyone else (the cases are the person's own, by 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -109,7 +110,18 @@ async def me_page(request: Request) -> Response:
                         "first_seen": summary.first_seen,
                         "removed_at": summary.removed_at,
                         "places": [
-                            {"page_url": x.page_url, "state": x.state, "checked_at": x.checked_at}
+                            {
+                                "id": x.id,
+                                "page_url": x.page_url,
+                                "state": x.state,
+                                "checked_at": x.checked_at,
+                                "screenshots": [
+                                    i
+                                    for i, f in enumerate(
+                                        f for f in x.evidence_files if f.get("kind") == "screenshot"
+                                    )
+                                ],
+                            }
                             for x in detail.sightings
                         ],
                         "requests": casework.requests_of(s, summary.id),
@@ -190,3 +202,71 @@ async def person_invite(request: Request) -> Response:
         f"/people/{subject_id}",
         "The person was invited: a link to choose a passphrase was mailed to them.",
     )
+
+
+def _own_screenshot(request: Request) -> tuple[Scope, int, Path] | Response:
+    """The signed-in person's scope, their id and the screenshot file the path names, after
+    checking the case is theirs (else "not found"); or where to log in."""
+    from monitor.cases.core import CaseNotFound, get_case
+    from monitor.web.views_cases import _screenshot_path
+
+    web = web_of(request)
+    ws: auth.WebSession = request.state.ws
+    scope = _person_now(web, ws)
+    if scope is None or ws.person is None:
+        return RedirectResponse("/me/login", 303)
+    case_id = int(request.path_params["case_id"])
+    sighting_id = int(request.path_params["sighting_id"])
+    with using_scope(scope):
+        with web.db.session() as s:
+            case = get_case(s, case_id)
+            if case.subject_id != ws.person or case.status == "dismissed":
+                raise CaseNotFound(f"there is no case {case_id}")
+        path = _screenshot_path(web, case_id, sighting_id, int(request.path_params["index"]))
+    return scope, ws.person, path
+
+
+def _log(web: WebApp, scope: Scope, action: str, subject_id: int, request: Request) -> None:
+    p = request.path_params
+    with using_scope(scope), web.db.session() as s:
+        audit.log(
+            s,
+            scope,
+            action,
+            subject_id=subject_id,
+            detail=f"web: case {p['case_id']}, sighting {p['sighting_id']}, index {p['index']}",
+        )
+
+
+@page(auth_required=False, changes=False)
+async def me_screenshot(request: Request) -> Response:
+    """The same warning operators get; the screenshot (every image blurred) only after a
+    deliberate click."""
+    web = web_of(request)
+    own = _own_screenshot(request)
+    if isinstance(own, Response):
+        return own
+    scope, subject_id, _path = own
+    _log(web, scope, "person screenshot", subject_id, request)
+    case_id = int(request.path_params["case_id"])
+    return web.render(
+        request,
+        "screenshot.html",
+        case_id=case_id,
+        sighting_id=int(request.path_params["sighting_id"]),
+        index=int(request.path_params["index"]),
+        shown=request.method == "POST",
+        prefix="/me",
+        back_url=f"/me#case-{case_id}",
+    )
+
+
+@page(auth_required=False, changes=False)
+async def me_screenshot_file(request: Request) -> Response:
+    web = web_of(request)
+    own = _own_screenshot(request)
+    if isinstance(own, Response):
+        return own
+    scope, subject_id, path = own
+    _log(web, scope, "person screenshot view", subject_id, request)
+    return Response(path.read_bytes(), media_type="image/png")
