@@ -1,6 +1,7 @@
 """The monitored person's own pages (``/me``; monitor/orgs/person.py): set a passphrase from
 the invitation, log in, see their own cases read only (places, state, what was done, what the
-sites answered; no image, no evidence), withdraw consent, log out. Each look is audited as
+sites answered; no image; an evidence screenshot only behind the operators' warning), withdraw
+consent, log out. Each look is audited as
 "the person". A person's session is not an operator's: every other page stays closed to it,
 and these pages show nothing of anyone else (the cases are the person's own, by their id)."""
 
