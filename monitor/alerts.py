@@ -48,7 +48,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, make_msgid
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import jinja2
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -60,6 +60,9 @@ from monitor.db.models import OutboxMessage, Scan, Sighting, Subject, SubjectHea
 from monitor.errors import MonitorError
 from monitor.paths import ensure_private_dir
 from monitor.support import support_lines
+
+if TYPE_CHECKING:
+    from monitor.orgs.scope import Scope
 
 __all__ = [
     "VIEW_COMMAND",
@@ -238,16 +241,34 @@ def release_alerts(
     return released
 
 
+def _outbox_in_scope(scope: Scope | None) -> ColumnElement[bool] | None:
+    """The condition keeping outbox rows to the people of ``scope`` (the one in force when
+    None); None: every row (no scope in force: the scheduler, the machine's owner's `run`)."""
+    from monitor.orgs.scope import subject_filter
+
+    cond = subject_filter(scope)
+    if cond is None:
+        return None
+    return OutboxMessage.subject_id.in_(select(Subject.id).where(cond))
+
+
 def requeue_failed(
-    session: Session, *, ids: list[int] | None = None, now: datetime | None = None
+    session: Session,
+    *,
+    ids: list[int] | None = None,
+    now: datetime | None = None,
+    scope: Scope | None = None,
 ) -> int:
-    """Make ``failed`` alerts (all, or those ``ids``) pending again with fresh attempts.
+    """Make ``failed`` alerts (all, or those ``ids``) pending again with fresh attempts: only
+    those of ``scope``'s people (the scope in force when None; with none, every one).
 
     For after the cause is fixed (a wrong address or password). Returns how many.
     """
     stmt = update(OutboxMessage).where(OutboxMessage.status == "failed")
     if ids is not None:
         stmt = stmt.where(OutboxMessage.id.in_(ids))
+    if (in_scope := _outbox_in_scope(scope)) is not None:
+        stmt = stmt.where(in_scope)
     result = session.execute(
         stmt.values(status="pending", attempts=0, next_attempt_at=now or utcnow()),
         execution_options={"synchronize_session": False},
@@ -844,8 +865,12 @@ def deliver_pending(
     now: datetime | None = None,
     lease: timedelta = timedelta(minutes=5),
     owner: str | None = None,
+    scope: Scope | None = None,
 ) -> DeliveryReport:
     """Deliver every due alert once; reschedule or fail the ones that could not be delivered.
+    Only alerts of ``scope``'s people (the scope in force when None: an operator's command or
+    page delivers their organisation's alerts, and reports nothing of another's); with no
+    scope in force (the scheduler) every due alert.
 
     Safe to run from several threads or processes at once: each row is claimed atomically
     before it is sent and marked sent in its own transaction right after. ``now`` fixes the
@@ -857,12 +882,11 @@ def deliver_pending(
     owner = owner or f"pid {os.getpid()} thread {threading.get_ident()}"
     cfg = settings.mail
     report = DeliveryReport()
+    stmt = select(OutboxMessage.id, OutboxMessage.recipient).where(_due(clock()))
+    if (in_scope := _outbox_in_scope(scope)) is not None:
+        stmt = stmt.where(in_scope)
     with db.session() as s:
-        due = s.execute(
-            select(OutboxMessage.id, OutboxMessage.recipient)
-            .where(_due(clock()))
-            .order_by(OutboxMessage.id)
-        ).all()
+        due = s.execute(stmt.order_by(OutboxMessage.id)).all()
     folder: Notifier | None = notifier if isinstance(notifier, OutboxFolderNotifier) else None
     unreachable: set[int] = set()  # id() of notifiers that could not be reached this pass
     for row_id, recipient in due:

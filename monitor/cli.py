@@ -143,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sl = ssub.add_parser("list", help="list monitored people")
     sl.add_argument("--json", action="store_true")
+    cli_orgs.add_invite_parser(ssub)  # subject invite NAME (the person's own log-in)
     sr = ssub.add_parser("remove", help="erase everything stored about a person")
     sr.add_argument("name")
     sr.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -275,6 +276,8 @@ def cmd_subject(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.subject_command == "set":
         return _subject_set(args, settings, db)
+    if args.subject_command == "invite":
+        return cli_orgs.cmd_subject_invite(args, settings)
     if args.subject_command == "list":
         with db.session() as s:
             infos = store.subject_infos(s)

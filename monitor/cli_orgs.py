@@ -24,11 +24,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from monitor import store
 from monitor.config import Settings
 from monitor.db import Database
-from monitor.db.models import utcnow
 from monitor.errors import MonitorError
 from monitor.inputs import check_email, clean_name, parse_interval
 from monitor.orgs import accounts, audit, casework, consent
@@ -45,7 +45,9 @@ TOTP_ENV = "MONITOR_TOTP"
 CASE_ACTIONS = ("assign", "request")
 
 # Commands (and sub-actions) that only look; every other one changes something and needs an
-# admin or caseworker. `run` and `backends` act for no one (the scheduler; a backend check).
+# admin or caseworker. `run`, `worker`, `serve` and `backends` act for no one in particular
+# (the scheduler, queued scans, the web app; a backend check). `outbox --send` and
+# `--retry-failed` act on the scope's alerts only (alerts.deliver_pending, requeue_failed).
 _READS = {
     ("subject", "list"),
     ("matches", None),
@@ -57,7 +59,11 @@ _READS = {
     ("operator", "list"),
     ("outbox", None),
 }
-_SYSTEM = {"run", "backends"}
+_SYSTEM = {"run", "backends", "worker", "serve"}
+# Install-wide: they act for every organisation (the scheduler's scans, re-checks, maintenance
+# and alert delivery; queued scans; the web app, whose pages log operators in themselves), so
+# they are the machine's owner's, never an operator's.
+_INSTALL_WIDE = {"run", "worker", "serve"}
 # Commands that write their own audit entry (with the new person's number, or the erasure).
 _SELF_AUDITED = {
     ("subject", "add"),
@@ -65,6 +71,10 @@ _SELF_AUDITED = {
     ("consent", "confirm"),
     ("operator", "add"),
     ("operator", "disable"),
+    ("operator", "enable"),
+    ("operator", "role"),
+    ("operator", "reset"),
+    ("subject", "invite"),
 }
 
 
@@ -123,6 +133,12 @@ def command_scope(args: argparse.Namespace, settings: Settings) -> Iterator[Scop
     """Run a command as its operator (or for the household): people outside the scope are
     "not found", a viewer may only look, and what was done to whom goes into the audit log."""
     if args.command in _SYSTEM:
+        if args.command in _INSTALL_WIDE and getattr(args, "operator", None):
+            raise MonitorError(
+                f"`{args.command}` works for the whole install (every organisation): the "
+                "machine's owner runs it, without --operator"
+                + ("; operators log in on the pages" if args.command == "serve" else "")
+            )
         yield None
         return
     email = getattr(args, "operator", None) or os.environ.get(OPERATOR_ENV) or ""
@@ -237,17 +253,50 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "comes from a prompt or --passphrase-file; the TOTP provisioning URI is printed once.",
     )
     opa.add_argument("email")
-    opa.add_argument("--org", required=True, metavar="ORG")
+    opa.add_argument("--org", metavar="ORG", help="the organisation (default: the admin's own)")
     opa.add_argument("--role", required=True, choices=ROLES)
     opa.add_argument("--passphrase-file", type=Path, metavar="FILE")
     opa.add_argument("--json", action="store_true")
+    org_help = "the organisation (default: the admin's own; the machine's owner must give it)"
+    who = (
+        "By an admin of the organisation (--operator); the machine's owner only while it has "
+        "no active admin. The organisation always keeps one active admin."
+    )
     opd = opsub.add_parser(
-        "disable", help="an operator leaves: they cannot log in any more (their log stays)"
+        "disable",
+        help="an operator leaves: they cannot log in any more, their sessions end (their log "
+        "stays)",
+        description=who,
     )
     opd.add_argument("email")
-    opd.add_argument("--org", required=True, metavar="ORG")
+    opd.add_argument("--org", metavar="ORG", help=org_help)
+    ope = opsub.add_parser("enable", help="a disabled operator may log in again", description=who)
+    ope.add_argument("email")
+    ope.add_argument("--org", metavar="ORG", help=org_help)
+    opr = opsub.add_parser(
+        "role",
+        help="change an operator's role (admin, caseworker, viewer)",
+        description=who + " The new role applies from their next command or page.",
+    )
+    opr.add_argument("email")
+    opr.add_argument("role", choices=ROLES)
+    opr.add_argument("--org", metavar="ORG", help=org_help)
+    opx = opsub.add_parser(
+        "reset",
+        help="a new passphrase (asked, or --passphrase-file), or with --totp a new second "
+        "factor (prints the authenticator setup URI once); their sessions end",
+        description="Without --totp: a new passphrase for the operator, from a prompt or "
+        "--passphrase-file (tell it to them in person). With --totp: a new authenticator "
+        "secret instead (a lost or new phone); the passphrase stays. By an admin of the "
+        "organisation, or the machine's owner (recovery, e.g. an admin who lost their phone).",
+    )
+    opx.add_argument("email")
+    opx.add_argument("--org", metavar="ORG", help=org_help)
+    opx.add_argument("--totp", action="store_true", help="reset the second factor instead")
+    opx.add_argument("--passphrase-file", type=Path, metavar="FILE")
+    opx.add_argument("--json", action="store_true")
     opl = opsub.add_parser("list", help="list an organisation's operators")
-    opl.add_argument("--org", required=True, metavar="ORG")
+    opl.add_argument("--org", metavar="ORG", help=org_help)
     opl.add_argument("--json", action="store_true")
 
     c = sub.add_parser("consent", help="show, renew or withdraw a person's consent")
@@ -285,6 +334,45 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     st.add_argument("--org", metavar="ORG", help="default: the operator's (or the household)")
     st.add_argument("--json", action="store_true")
+
+
+def add_invite_parser(ssub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    si = ssub.add_parser(
+        "invite",
+        help="mail an organisation's person a link to see their own cases (read only)",
+        description="The person gets a discreet mail (no name, no organisation) with a "
+        "one-time link to the web app's /me/invite page ([web] public_url), valid 7 days, "
+        "where they choose a passphrase. Signed in at /me/login they see their own cases "
+        "(places, state, what was done; no image) and may withdraw their consent.",
+    )
+    si.add_argument("name")
+    si.add_argument("--json", action="store_true")
+
+
+def cmd_subject_invite(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor import alerts
+    from monitor.orgs import person
+
+    scope = _org_scope("subject invite")
+    db = _db(settings)
+    with db.session() as s:
+        subject = store.get_subject(s, args.name)
+        person.invite(s, settings, subject, scope)
+        address = subject.email
+    alerts.deliver_pending(db, alerts.notifier_from_settings(settings), settings)
+    if args.json:
+        _print_json({"invited": args.name, "mailed_to": address})
+    else:
+        out.print(
+            f"Mailed {esc(repr(args.name))} a link to see their own cases (valid "
+            f"{person.INVITE_VALID.days} days)."
+        )
+    if not settings.web.public_url:
+        err.print(
+            "[yellow]note[/yellow]: [web] public_url is not set: the link points to this "
+            "computer's loopback address, which the person can open only here"
+        )
+    return 0
 
 
 def register_case_actions(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -454,41 +542,72 @@ def cmd_org(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _organisation(s: Session, scope: Scope, name: str | None) -> accounts.Organisation:
+    """The organisation named (never another than the operator's own), or the operator's."""
+    if name:
+        org = accounts.get_organisation(s, name)
+        if scope.org_id is not None and scope.org_id != org.id:
+            raise accounts.OrganisationNotFound(f"no organisation named {name!r}")
+        return org
+    org = s.get(accounts.Organisation, scope.org_id) if scope.org_id is not None else None
+    if org is None:
+        raise MonitorError("which organisation? give --org ORG")
+    return org
+
+
 def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.orgs import management
+
     db = _db(settings)
     scope = _scope()
+    action = args.operator_command
     with db.session() as s:
-        org = accounts.get_organisation(s, args.org)
-        if scope.org_id is not None and scope.org_id != org.id:
-            raise accounts.OrganisationNotFound(f"no organisation named {args.org!r}")
-        if args.operator_command == "list":
-            rows = [
-                {"email": o.email, "role": o.role, "disabled": o.disabled_at is not None}
-                for o in accounts.operators_of(s, org.id)
-            ]
+        org = _organisation(s, scope, args.org)
+        if action == "list":
+            rows = [o.as_json() for o in management.list_operators(s, org.id)]
             if args.json:
                 _print_json(rows)
             else:
                 for r in rows:
-                    out.print(cell(f"{r['email']}  {r['role']}"))
+                    state = "  (disabled)" if r["disabled"] else ""
+                    out.print(cell(f"{r['email']}  {r['role']}{state}"))
             return 0
-        if args.operator_command == "disable":
-            scope.require("admin")
-            if scope.org_id != org.id:
-                raise MonitorError("operators are disabled by their organisation's admin")
-            op = accounts.get_operator(s, args.email, org.id)
-            op.disabled_at = utcnow()
-            audit.log(s, scope, "operator disable", detail=f"operator {op.id}", org_id=org.id)
-            out.print(f"{esc(op.email)} can no longer log in.")
+        if action in ("disable", "enable", "role"):
+            op = management.find_operator(s, org.id, email=args.email)
+            if action == "role":
+                old = management.change_role(s, scope, op, args.role)
+                said = f"{op.email} is now {args.role} (was {old})."
+            else:
+                changed = management.set_disabled(s, scope, op, action == "disable")
+                said = (
+                    f"{op.email} can no longer log in; their sessions end."
+                    if action == "disable"
+                    else f"{op.email} may log in again."
+                )
+                if not changed:
+                    said = f"{op.email} was already {action}d."
+            out.print(said, markup=False)
             return 0
-        has_admin = any(o.role == "admin" for o in accounts.operators_of(s, org.id))
+        if action == "reset":
+            op = management.find_operator(s, org.id, email=args.email)
+            management.may_manage(s, scope, org.id, recovery=True)  # before any prompt
+            email = op.email
+        else:
+            email = ""
+    if action == "reset":
+        return _reset(db, scope, org.id, email, args)
+    with db.session() as s:
+        has_admin = any(
+            o.role == "admin" and o.disabled_at is None for o in accounts.operators_of(s, org.id)
+        )
         if has_admin and scope.role != "admin":
             raise MonitorError(
                 "this organisation has an admin: add operators as that admin (--operator)"
             )
     passphrase = _new_passphrase(args.passphrase_file)
     with db.session() as s:
-        org = accounts.get_organisation(s, args.org)
+        org = s.get(accounts.Organisation, org.id)
+        assert org is not None
         new = accounts.add_operator(s, check_email(args.email, "EMAIL"), org, args.role, passphrase)
         audit.log(s, scope, "operator add", detail=f"operator {new.id} ({new.role})", org_id=org.id)
     if args.json:
@@ -505,6 +624,40 @@ def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _reset(db: Database, scope: Scope, org_id: int, email: str, args: argparse.Namespace) -> int:
+    """``operator reset EMAIL [--totp]``."""
+    from monitor.orgs import management
+
+    if args.totp and args.passphrase_file:
+        raise MonitorError("--passphrase-file is for a passphrase reset: leave out --totp")
+    passphrase = None if args.totp else _new_passphrase(args.passphrase_file)
+    with db.session() as s:
+        op = management.find_operator(s, org_id, email=email)
+        if passphrase is None:
+            uri = management.reset_totp(s, scope, op)
+        else:
+            management.reset_passphrase(s, scope, op, passphrase)
+            uri = None
+    if args.json:
+        _print_json(
+            {"email": email, "reset": "totp" if uri else "passphrase", "provisioning_uri": uri}
+        )
+    elif uri:
+        out.print(f"{email} has a new second factor; their sessions end.", markup=False)
+        out.print(
+            "Add this to the operator's authenticator app now (remove the old entry); it is "
+            "not shown again:",
+            markup=False,
+        )
+        out.print(uri, markup=False, soft_wrap=True)
+    else:
+        out.print(
+            f"{email} has a new passphrase; their sessions end. Tell it to them in person.",
+            markup=False,
+        )
+    return 0
+
+
 def _new_passphrase(path: Path | None) -> str:
     if path is not None:
         try:
@@ -513,7 +666,7 @@ def _new_passphrase(path: Path | None) -> str:
             raise MonitorError(f"cannot read {path}: {exc.strerror}") from None
     if not sys.stdin.isatty():
         raise MonitorError("give --passphrase-file FILE, or run on a terminal to be asked")
-    first = getpass.getpass("Passphrase for the new operator: ")
+    first = getpass.getpass("New passphrase for the operator: ")
     if getpass.getpass("Again: ") != first:
         raise MonitorError("the passphrases differ")
     return first
@@ -530,7 +683,7 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
             c = consent.latest(s, subject.id)
             data = {
                 "name": subject.name,
-                "paused": subject.paused_reason,
+                "paused": consent.paused_because(s, subject),
                 "consent": consent.describe(c) if c else None,
             }
         if args.json:
@@ -540,7 +693,12 @@ def cmd_consent(args: argparse.Namespace, settings: Settings) -> int:
         for key, value in (data["consent"] or {"consent": "none recorded"}).items():
             out.print(cell(f"  {key}: {value}"))
         if data["paused"]:
-            out.print(cell(f"  monitoring paused: {data['paused']}"))
+            out.print(
+                cell(
+                    f"  monitoring paused: {data['paused']} (no searches, and the places "
+                    "already found are not checked again, until consent is renewed)"
+                )
+            )
         return 0
     if args.consent_command == "confirm":
         with db.session() as s:

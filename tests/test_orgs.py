@@ -18,7 +18,16 @@ from monitor import passphrases, store
 from monitor.cases.capture import evidence_key
 from monitor.config import OrgsConfig, load_settings
 from monitor.db import Database
-from monitor.db.models import AuditEntry, Match, Notice, OutboxMessage, Sighting, Subject, utcnow
+from monitor.db.models import (
+    AuditEntry,
+    Match,
+    Notice,
+    OutboxMessage,
+    PersonLogin,
+    Sighting,
+    Subject,
+    utcnow,
+)
 from monitor.demo.photos import photo_bytes
 from monitor.demo.web import build_web
 from monitor.evidence import evidence_dir
@@ -264,6 +273,41 @@ def test_expired_consent_pauses_monitoring_and_tells_the_caseworker(world: World
     assert ann_id in due_subjects(world.db, later)
 
 
+def test_a_paused_persons_places_are_not_checked_again(world: World) -> None:
+    """Re-checks fetch the places a person was found: the same consent gate as scans."""
+    import asyncio
+
+    from monitor.cases.recheck import recheck_due
+
+    case = _ann_case(world)
+    now = utcnow()
+    with world.db.session() as s:
+        ann = s.scalar(select(Subject).where(Subject.name == "Ann Smith"))
+        consent.latest(s, ann.id).valid_until = now - timedelta(minutes=1)
+        ann_id = ann.id
+    later = now + timedelta(days=3)  # the case is due (recheck_every: a day)
+
+    def rechecked() -> set[int]:
+        return {r.case_id for r in asyncio.run(recheck_due(world.settings, world.db, now=later))}
+
+    # expired, before the scheduler's maintenance marks the pause: left out already
+    assert case not in rechecked()
+    code, _, err = world.run("--operator", "a@a.org", "case", "recheck", str(case))
+    assert code == 2 and "not re-checked" in err and "consent expired" in err
+    out = world.ok("--operator", "a@a.org", "consent", "show", "Ann Smith")
+    assert "monitoring paused" in out and "not checked again" in out
+    with world.db.session() as s:
+        assert s.get(Match, case).last_checked_at is None
+    # renewed: checked again; paused by the maintenance (or by hand): not
+    world.ok("--operator", "a@a.org", "consent", "renew", "Ann Smith", "--consent-by", "person",
+             "--consent-file", str(world.form))  # fmt: skip
+    assert case in rechecked()
+    with world.db.session() as s:
+        s.get(Subject, ann_id).paused_reason = "paused"
+        s.get(Match, case).last_checked_at = None
+    assert case not in rechecked()
+
+
 def test_consent_that_allows_no_configured_backend_sends_nothing(world: World) -> None:
     world.ok("--operator", "b@b.org", "enroll", "Bob Jones", "--hashes", str(world.hashes))
     # Bob's consent allows the kinds configured (searxng): both backends get his name
@@ -370,6 +414,7 @@ def test_row_level_security_hides_other_organisations_rows(tmp_path: Path) -> No
                     s, name, interval=timedelta(days=1), organisation_id=org, aliases=[name + "2"]
                 )
                 ids[name] = subj.id
+                s.add(PersonLogin(subject_id=subj.id, login=f"{name.lower()}@x.test"))
             s.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {role}"))
             s.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"))
             s.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"))
@@ -380,6 +425,8 @@ def test_row_level_security_hides_other_organisations_rows(tmp_path: Path) -> No
                 names = set(conn.scalars(text("SELECT name FROM subjects")))
                 aliases = set(conn.scalars(text("SELECT alias FROM aliases")))
                 assert names == visible and aliases == {n + "2" for n in visible}
+                logins = set(conn.scalars(text("SELECT login FROM person_logins")))
+                assert logins == {f"{n.lower()}@x.test" for n in visible}
             conn.execute(text("SELECT set_config('app.org_id', :v, false)"), {"v": str(a.id)})
             # changing another organisation's person touches nothing; writing into it fails
             done = conn.execute(text("UPDATE subjects SET email = 'x@y.z' WHERE name = 'Bob'"))
@@ -430,3 +477,158 @@ def test_consent_by_mailed_link_counts_only_once_confirmed(world: World) -> None
     with world.db.session() as s:
         liz = s.scalar(select(Subject).where(Subject.name == "Liz Link"))
         assert consent.permit(s, liz).allows_name("Liz Link")
+
+
+def test_an_admin_manages_operators_role_reset_disable_enable(world: World) -> None:
+    def secret_of(out: str) -> str:
+        uri = json.loads(out)["provisioning_uri"]
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)["secret"][0]
+
+    pw = str(world.photos.parent / "pass")
+    out = world.ok("--operator", "a@a.org", "operator", "add", "c@a.org", "--role", "caseworker",
+                   "--passphrase-file", pw, "--json")  # fmt: skip
+    world.secrets["c@a.org"] = secret_of(out)
+
+    def refused(*argv: str) -> str:
+        code, _, err = world.run(*argv)
+        assert code == 2, (argv, err)
+        return err
+
+    # only A's admins: not a viewer, a caseworker, another organisation's admin, or the owner
+    assert "viewer may not" in refused("--operator", "v@a.org", "operator", "role", "v@a.org",
+                                       "admin")  # fmt: skip
+    assert "admin" in refused("--operator", "c@a.org", "operator", "role", "c@a.org", "admin")
+    err = refused("--operator", "b@b.org", "operator", "role", "v@a.org", "admin", "--org", "A")
+    assert "no organisation named" in err
+    assert "no such operator" in refused("--operator", "b@b.org", "operator", "disable", "v@a.org")
+    assert "has an admin" in refused("operator", "role", "v@a.org", "admin", "--org", "A")
+    # roles
+    world.ok("--operator", "a@a.org", "operator", "role", "v@a.org", "caseworker")
+    listed = json.loads(world.ok("--operator", "a@a.org", "operator", "list", "--json"))
+    assert {o["email"]: o["role"] for o in listed}["v@a.org"] == "caseworker"
+    world.ok("--operator", "v@a.org", "subject", "set", "Ann Smith", "--minor")  # may change now
+    # the organisation keeps an active admin
+    assert "last admin" in refused("--operator", "a@a.org", "operator", "role", "a@a.org", "viewer")
+    assert "last admin" in refused("--operator", "a@a.org", "operator", "disable", "a@a.org")
+    # a new passphrase: the old one no longer logs in, the new one does
+    (world.photos.parent / "new").write_text("a brand new passphrase")
+    world.ok("--operator", "a@a.org", "operator", "reset", "c@a.org",
+             "--passphrase-file", str(world.photos.parent / "new"))  # fmt: skip
+    assert "login failed" in refused("--operator", "c@a.org", "subject", "list")
+    world.monkeypatch.setenv("MONITOR_OPERATOR_PASSPHRASE", "a brand new passphrase")
+    world.monkeypatch.setenv("MONITOR_TOTP", pyotp.TOTP(world.secrets["c@a.org"]).now())
+    code, _, err = run_cli(world.capsys, "--config", str(world.cfg), "--operator", "c@a.org",
+                           "subject", "list")  # fmt: skip
+    assert code == 0, err
+    # a new second factor: the old authenticator's codes fail, the new one's work
+    old = world.secrets["v@a.org"]
+    out = world.ok("--operator", "a@a.org", "operator", "reset", "v@a.org", "--totp", "--json")
+    assert json.loads(out)["reset"] == "totp"
+    world.secrets["v@a.org"] = secret_of(out)
+    assert world.secrets["v@a.org"] != old
+    world.ok("--operator", "v@a.org", "subject", "list")
+    world.secrets["v@a.org"] = old
+    assert "login failed" in refused("--operator", "v@a.org", "subject", "list")
+    world.secrets["v@a.org"] = secret_of(out)
+    # disable, enable
+    world.ok("--operator", "a@a.org", "operator", "disable", "v@a.org")
+    assert "login failed" in refused("--operator", "v@a.org", "subject", "list")
+    assert "disabled" in world.ok("--operator", "a@a.org", "operator", "list")
+    world.ok("--operator", "a@a.org", "operator", "enable", "v@a.org")
+    world.ok("--operator", "v@a.org", "subject", "list")
+    # the machine's owner may reset an admin's second factor (recovery: a lost phone)
+    out = world.ok("operator", "reset", "a@a.org", "--org", "A", "--totp", "--json")
+    world.secrets["a@a.org"] = secret_of(out)
+    entries = json.loads(world.ok("--operator", "a@a.org", "audit", "--json"))
+    seen = [(e["operator"], e["action"], e["detail"]) for e in entries]
+    with world.db.session() as s:
+        ids = {o.email: o.id for o in s.scalars(select(accounts.Operator))}
+    v, c, a = ids["v@a.org"], ids["c@a.org"], ids["a@a.org"]
+    for entry in (
+        ("a@a.org", "operator role", f"operator {v}: viewer -> caseworker"),
+        ("a@a.org", "operator reset", f"operator {c}: passphrase"),
+        ("a@a.org", "operator reset", f"operator {v}: second factor"),
+        ("a@a.org", "operator disable", f"operator {v}"),
+        ("a@a.org", "operator enable", f"operator {v}"),
+        ("local", "operator reset", f"operator {a}: second factor"),
+    ):
+        assert entry in seen, entry
+    assert all("@" not in e["detail"] for e in entries)
+    for action in ("role", "reset", "enable", "disable", "list"):
+        with pytest.raises(SystemExit) as exited:
+            world.run("operator", action, "--help")
+        assert exited.value.code == 0 and "usage" in world.capsys.readouterr().out
+
+
+def test_outbox_send_and_retry_act_on_the_operators_organisation_only(world: World) -> None:
+    from monitor import alerts
+
+    with world.db.session() as s:
+        people = {n: s.scalar(select(Subject.id).where(Subject.name == n))
+                  for n in ("Ann Smith", "Bob Jones", "Hal Home")}  # fmt: skip
+        for subject_id in people.values():
+            for status in ("pending", "failed"):
+                s.add(
+                    OutboxMessage(
+                        subject_id=subject_id,
+                        message_id=f"<{subject_id}-{status}@test>",
+                        recipient=None,  # the local outbox folder
+                        status=status,
+                        kind="consent",
+                        new_items=0,
+                        subject_line="Notes",
+                        body=f"about person #{subject_id}",
+                        attempts=0,
+                        next_attempt_at=utcnow(),
+                    )
+                )
+
+    def states() -> dict[tuple[int, str], str]:
+        with world.db.session() as s:
+            rows = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "consent"))
+            return {(r.subject_id, r.message_id.split("-")[1]): r.status for r in rows}
+
+    out = json.loads(world.ok("--operator", "b@b.org", "outbox", "--retry-failed", "--send",
+                              "--json"))  # fmt: skip
+    assert out["requeued"] == 1 and out["sent"] == 2  # Bob's two, nobody else's
+    bob, ann, hal = people["Bob Jones"], people["Ann Smith"], people["Hal Home"]
+    now = states()
+    assert now[(bob, "pending@test>")] == now[(bob, "failed@test>")] == "sent"
+    assert now[(ann, "pending@test>")] == "pending" and now[(ann, "failed@test>")] == "failed"
+    assert now[(hal, "pending@test>")] == "pending"
+    # the household (no operator) sends the household's; the scheduler everyone's
+    assert json.loads(world.ok("outbox", "--send", "--json"))["sent"] == 1
+    assert states()[(ann, "pending@test>")] == "pending"
+    report = alerts.deliver_pending(world.db, alerts.notifier_from_settings(world.settings),
+                                    world.settings)  # fmt: skip
+    assert report.sent >= 1 and states()[(ann, "pending@test>")] == "sent"
+    # install-wide commands are the machine's owner's
+    for command in ("run", "serve", "worker"):
+        code, _, err = world.run("--operator", "a@a.org", command)
+        assert code == 2 and "whole install" in err, command
+
+
+def test_subject_invite_mails_the_person_a_one_time_link(world: World) -> None:
+    world.ok("--operator", "a@a.org", "subject", "add", "Ivy Invite", "--email", "ivy@x.test",
+             "--consent-by", "person")  # fmt: skip
+    code, _, err = world.run("--operator", "v@a.org", "subject", "invite", "Ivy Invite")
+    assert code == 2 and "viewer may not" in err
+    code, _, err = world.run("--operator", "b@b.org", "subject", "invite", "Ivy Invite")
+    assert code == 2 and "no subject named" in err
+    code, _, err = world.run("--operator", "a@a.org", "subject", "invite", "Ann Smith")
+    assert code == 2 and "email address" in err  # Ann has none
+    out = json.loads(world.ok("--operator", "a@a.org", "subject", "invite", "Ivy Invite", "--json"))
+    assert out["mailed_to"] == "ivy@x.test"
+    with world.db.session() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.kind == "person_invite"))
+        ivy = s.scalar(select(Subject.id).where(Subject.name == "Ivy Invite"))
+    assert mail.status == "sent" and "/me/invite?code=" in mail.body and "Ivy" not in mail.body
+    entries = json.loads(world.ok("--operator", "a@a.org", "audit", "Ivy Invite", "--json"))
+    assert [e["action"] for e in entries].count("person invited") == 1
+    assert all(e["subject_id"] == ivy for e in entries)
+
+
+def test_a_consent_code_never_looks_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = iter(["-starts-with-a-dash", "fine-code"])
+    monkeypatch.setattr(consent.secrets, "token_urlsafe", lambda n: next(tokens))
+    assert consent.new_link_token() == "fine-code"

@@ -443,3 +443,288 @@ def test_a_one_time_code_opens_one_session_only(world: World) -> None:
     assert replay.get("/people").status_code == 303  # logged out
     later = totp.at(datetime.now(UTC) + timedelta(seconds=30))
     assert world.log_in(world.app.new_client(), "a@a.org", later).status_code == 303
+
+
+def test_a_paused_persons_case_is_not_checked_again_from_the_page(world: World) -> None:
+    ann, case = world.people["Ann Smith"], world.cases["Ann Smith"]
+    with world.app.db.session() as s:
+        consent.latest(s, ann).valid_until = utcnow() - timedelta(minutes=1)
+    c = world.client("c@a.org")
+    assert "no re-checks" in c.get(f"/people/{ann}").text
+    r = _send(c, "POST", f"/cases/{case}/recheck", {})
+    assert r.status_code == 400 and "not re-checked" in r.text
+    with world.app.db.session() as s:
+        assert s.get(Match, case).last_checked_at is None
+
+
+def _forget_codes(w: World) -> None:
+    """Let the one-time codes of this 30 s window serve again (more log-ins than a test can
+    wait windows for)."""
+    with w.app.db.session() as s:
+        for op in s.scalars(select(Operator)):
+            op.totp_last_step = None
+
+
+def test_an_admin_manages_operators_on_the_web(world: World) -> None:
+    with world.app.db.session() as s:
+        ids = {o.email: o.id for o in s.scalars(select(Operator))}
+    v_id, c_id = ids["v@a.org"], ids["c@a.org"]
+    a, c, v, b = (world.client(e) for e in ("a@a.org", "c@a.org", "v@a.org", "b@b.org"))
+    # only A's admins see and use the page
+    assert c.get("/operators").status_code == 403 and v.get("/operators").status_code == 403
+    assert 'href="/operators"' in a.get("/people").text
+    assert 'href="/operators"' not in c.get("/people").text
+    page = a.get("/operators").text
+    assert "c@a.org" in page and "b@b.org" not in page
+    changes = [
+        ("role", {"role": "admin"}),
+        ("disable", {}),
+        ("enable", {}),
+        ("passphrase", {"passphrase": "x" * 20, "repeat": "x" * 20}),
+        ("totp", {}),
+    ]
+    for who in (b, c, v):
+        for action, data in changes:
+            r = _send(who, "POST", f"/operators/{v_id}/{action}", data)
+            assert r.status_code in (400, 403), (action, r.status_code)
+            assert who is v or "v@a.org" not in r.text
+    with world.app.db.session() as s:
+        op = s.get(Operator, v_id)
+        assert op.role == "viewer" and op.disabled_at is None
+    # a role change applies from the operator's next page
+    assert (
+        _send(
+            v, "POST", f"/people/{world.people['Ann Smith']}/settings", {"every": "3h"}
+        ).status_code
+        == 403
+    )
+    assert _send(a, "POST", f"/operators/{v_id}/role", {"role": "caseworker"}).status_code == 303
+    assert (
+        _send(
+            v, "POST", f"/people/{world.people['Ann Smith']}/settings", {"every": "3h"}
+        ).status_code
+        == 303
+    )
+    # disabled: their session ends, they cannot log in; enabled: they can
+    assert _send(a, "POST", f"/operators/{v_id}/disable", {}).status_code == 303
+    assert v.get("/people").headers["location"] == "/login"
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "v@a.org").status_code == 400
+    assert _send(a, "POST", f"/operators/{v_id}/enable", {}).status_code == 303
+    v = world.client("v@a.org")
+    # a new passphrase: their session ends, the old passphrase fails, the new one works
+    new = "a brand new passphrase"
+    r = _send(a, "POST", f"/operators/{c_id}/passphrase", {"passphrase": new, "repeat": new})
+    assert r.status_code == 303
+    assert c.get("/people").headers["location"] == "/login"
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "c@a.org").status_code == 400
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "c@a.org", passphrase=new).status_code == 303
+    # a new second factor, shown once: the session ends, the old codes fail, the new ones work
+    r = _send(a, "POST", f"/operators/{v_id}/totp", {})
+    assert r.status_code == 200 and "otpauth://" in r.text
+    assert "otpauth://" not in a.get("/operators").text
+    assert v.get("/people").headers["location"] == "/login"
+    old = world.secrets["v@a.org"]
+    secret = re.search(r"secret=([A-Z2-7]+)", r.text).group(1)
+    assert secret != old
+    assert world.log_in(world.app.new_client(), "v@a.org", pyotp.TOTP(old).now()).status_code == 400
+    world.secrets["v@a.org"] = secret
+    world.client("v@a.org")
+    # the organisation keeps an active admin
+    a_id = ids["a@a.org"]
+    assert _send(a, "POST", f"/operators/{a_id}/disable", {}).status_code == 400
+    assert _send(a, "POST", f"/operators/{a_id}/role", {"role": "viewer"}).status_code == 400
+    log = [(who, what) for who, what, _ in world.audit()]
+    for action in ("operator role", "operator disable", "operator enable", "operator reset"):
+        assert ("a@a.org", action) in log, action
+    with world.app.db.session() as s:
+        details = " ".join(s.scalars(select(AuditEntry.detail)))
+    assert "@" not in details
+
+
+def test_an_operator_changes_their_own_passphrase(world: World) -> None:
+    """A viewer too; their other sessions end, this one goes on."""
+    v = world.client("v@a.org")
+    other = world.client(
+        "v@a.org",
+        pyotp.TOTP(world.secrets["v@a.org"]).at(datetime.now(UTC) + timedelta(seconds=30)),
+    )
+    assert 'minlength="12"' in v.get("/settings").text
+    new = "my own new passphrase"
+    r = _send(
+        v,
+        "POST",
+        "/settings/passphrase",
+        {"current": "wrong one!", "passphrase": new, "repeat": new},
+    )
+    assert r.status_code == 303 and "not right" in v.get("/settings").text
+    r = _send(
+        v, "POST", "/settings/passphrase", {"current": PASS, "passphrase": new, "repeat": new}
+    )
+    assert r.status_code == 303
+    assert "The passphrase was changed." in v.get("/settings").text  # this session goes on
+    assert other.get("/people").headers["location"] == "/login"  # the other one ended
+    _forget_codes(world)
+    assert world.log_in(world.app.new_client(), "v@a.org", passphrase=new).status_code == 303
+    assert ("v@a.org", "operator passphrase") in [(w, a) for w, a, _ in world.audit()]
+
+
+def test_an_invited_person_sees_only_their_own_cases_and_can_withdraw(world: World) -> None:
+    from monitor.db.models import PersonLogin
+
+    ann, case = world.people["Ann Smith"], world.cases["Ann Smith"]
+    with world.app.db.session() as s:
+        s.get(Subject, ann).email = "ann@x.test"
+    c, v, b = world.client("c@a.org"), world.client("v@a.org"), world.client("b@b.org")
+    assert _send(v, "POST", f"/people/{ann}/invite", {}).status_code == 403
+    assert _send(b, "POST", f"/people/{ann}/invite", {}).status_code in (400, 404)
+    assert "Invite the person" in c.get(f"/people/{ann}").text
+    assert _send(c, "POST", f"/people/{ann}/invite", {}).status_code == 303
+    with world.app.db.session() as s:
+        mail = s.scalar(select(OutboxMessage).where(OutboxMessage.kind == "person_invite"))
+        assert mail.recipient == "ann@x.test" and "Ann" not in mail.body
+        assert s.scalar(select(PersonLogin.invite_sha256)) is not None
+    code = re.search(r"/me/invite\?code=(\S+)", mail.body).group(1)
+    p = world.app.new_client()  # the person's browser
+    page = p.get(f"/me/invite?code={code}")
+    assert page.status_code == 200 and "Ann" not in page.text
+    token = csrf_of(page.text)
+    r = p.post(
+        "/me/invite", data={"csrf": token, "code": code, "passphrase": "short", "repeat": "short"}
+    )
+    assert r.status_code == 400
+    mine = "my own passphrase here"
+    r = p.post("/me/invite", data={"csrf": token, "code": code, "passphrase": mine, "repeat": mine})
+    assert r.status_code == 303 and r.headers["location"] == "/me"
+    again = world.app.new_client()  # the link works once
+    r = again.post(
+        "/me/invite",
+        data={
+            "csrf": csrf_of(again.get("/me/invite").text),
+            "code": code,
+            "passphrase": "x" * 12,
+            "repeat": "x" * 12,
+        },
+    )
+    assert r.status_code == 400
+    me = p.get("/me")
+    assert me.status_code == 200 and 'id="quick-exit"' in me.text
+    assert "https://a.test/page" in me.text and f'id="case-{case}"' in me.text
+    assert "img" + str(ann) + ".jpg" not in me.text  # no found image, not even its address
+    assert "b.test" not in me.text and "Bob" not in me.text
+    assert ("the person", "person view", ann) in world.audit()
+    # a person's session opens no operator page, and changes nothing there
+    for path in (
+        "/",
+        "/people",
+        f"/people/{ann}",
+        f"/cases/{case}",
+        "/audit",
+        "/operators",
+        "/stats",
+    ):
+        assert p.get(path).headers["location"] == "/login", path
+    r = p.post(f"/cases/{case}/dismiss", data={"csrf": csrf_of(me.text)})
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    # log out; log in again (a wrong passphrase is refused)
+    assert p.post("/me/logout", data={"csrf": csrf_of(me.text)}).headers["location"] == "/me/login"
+    assert p.get("/me").headers["location"] == "/me/login"
+    login = p.get("/me/login")
+    form = {"csrf": csrf_of(login.text), "email": "ann@x.test", "passphrase": "wrong passphrase"}
+    assert p.post("/me/login", data=form).status_code == 400
+    form["csrf"] = csrf_of(p.get("/me/login").text)
+    assert p.post("/me/login", data={**form, "passphrase": mine}).headers["location"] == "/me"
+    # withdrawal by the person erases everything, their log-in too
+    me = p.get("/me")
+    assert p.post("/me/withdraw", data={"csrf": csrf_of(me.text)}).status_code == 400
+    r = p.post("/me/withdraw", data={"csrf": csrf_of(me.text), "confirm": "yes"})
+    assert r.status_code == 200 and "erased" in r.text
+    with world.app.db.session() as s:
+        assert s.get(Subject, ann) is None and s.scalar(select(PersonLogin)) is None
+    assert p.get("/me").headers["location"] == "/me/login"
+    assert ("the person", "consent withdrawn", ann) in world.audit()
+
+
+def test_one_address_two_organisations_two_separate_person_logins(world: World) -> None:
+    """The same address may be a person of A and of B: inviting one tells nothing of the
+    other, and each passphrase opens its own cases only."""
+    from monitor.orgs import person
+
+    ann, bob = world.people["Ann Smith"], world.people["Bob Jones"]
+    phrases = {ann: "ann's own passphrase", bob: "bob's own passphrase"}
+    for subject_id, operator in ((ann, "c@a.org"), (bob, "b@b.org")):
+        with world.app.db.session() as s:
+            s.get(Subject, subject_id).email = "same@x.test"
+        assert (
+            _send(world.client(operator), "POST", f"/people/{subject_id}/invite", {}).status_code
+            == 303
+        )
+    with world.app.db.session() as s:
+        bodies = s.scalars(select(OutboxMessage.body).where(OutboxMessage.kind == "person_invite"))
+        codes = [re.search(r"code=(\S+)", b).group(1) for b in bodies]
+    for code, subject_id in zip(codes, (ann, bob), strict=True):
+        with world.app.db.session() as s:
+            phrase = phrases[subject_id]
+            assert person.accept_invite(s, code, phrase, phrase).subject_id == subject_id
+    for subject_id, other in ((ann, "b.test"), (bob, "a.test")):
+        p = world.app.new_client()
+        form = {"csrf": csrf_of(p.get("/me/login").text), "email": "same@x.test"}
+        assert (
+            p.post("/me/login", data={**form, "passphrase": phrases[subject_id]}).status_code == 303
+        )
+        page = p.get("/me").text
+        assert f'id="case-{world.cases["Ann Smith" if subject_id == ann else "Bob Jones"]}"' in page
+        assert other not in page
+
+
+def test_the_person_sees_their_evidence_screenshot_only_behind_the_warning(world: World) -> None:
+    import json
+
+    from monitor.db.models import SightingState
+    from monitor.orgs import person
+
+    png = b"\x89PNG\r\n\x1a\n not really a picture"
+    shots = {}
+    for name in ("Ann Smith", "Bob Jones"):
+        sid, cid = world.people[name], world.cases[name]
+        folder = world.app.settings.data_dir / "evidence" / f"case-{cid}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "shot.png").write_bytes(png + name.encode())
+        with world.app.db.session() as s:
+            sighting = s.scalar(select(Sighting.id).where(Sighting.subject_id == sid))
+            files = [{"kind": "screenshot", "path": str(folder / "shot.png"), "sha256": "x"}]
+            s.add(SightingState(sighting_id=sighting, evidence_files=json.dumps(files)))
+        shots[name] = (cid, sighting)
+    ann = world.people["Ann Smith"]
+    with world.app.db.session() as s:
+        s.get(Subject, ann).email = "ann@x.test"
+        url = person.invite(s, world.app.settings, s.get(Subject, ann), accounts.scope_of(
+            s.scalar(select(Operator).where(Operator.email == "c@a.org"))))  # fmt: skip
+        person.accept_invite(s, url.split("code=")[1], "ann's passphrase", "ann's passphrase")
+    p = world.app.new_client()
+    form = {"csrf": csrf_of(p.get("/me/login").text), "email": "ann@x.test"}
+    assert p.post("/me/login", data={**form, "passphrase": "ann's passphrase"}).status_code == 303
+    cid, sighting = shots["Ann Smith"]
+    base = f"/me/cases/{cid}/places/{sighting}/screenshot/0"
+    assert f'href="{base}"' in p.get("/me").text
+    warning = p.get(base)
+    assert warning.status_code == 200 and "<img" not in warning.text and "blurred" in warning.text
+    shown = p.post(base, data={"csrf": csrf_of(warning.text)})
+    assert f'src="{base}.png"' in shown.text
+    r = p.get(f"{base}.png")
+    assert r.status_code == 200 and r.content == png + b"Ann Smith"
+    # nothing of Bob's, by any number; nothing when logged out
+    bob_cid, bob_sighting = shots["Bob Jones"]
+    for path in (
+        f"/me/cases/{bob_cid}/places/{bob_sighting}/screenshot/0",
+        f"/me/cases/{bob_cid}/places/{bob_sighting}/screenshot/0.png",
+        f"/me/cases/{cid}/places/{bob_sighting}/screenshot/0.png",
+    ):
+        r = p.get(path)
+        assert r.status_code in (400, 404) and b"Bob" not in r.content, path
+    log = world.audit()
+    assert ("the person", "person screenshot", ann) in log
+    assert ("the person", "person screenshot view", ann) in log
+    assert world.app.new_client().get(f"{base}.png").headers["location"] == "/me/login"

@@ -17,6 +17,11 @@ every place is gone or changed is ``removed``. A place that was gone and is onli
 removed case seen again (also by a scan), is a reappearance: the case becomes
 ``still_online`` and the person gets a discreet alert (no name, no URL) through the outbox.
 Re-checks also retry evidence captures that failed.
+
+Nothing is re-checked for a person whose monitoring is paused (an organisation's person whose
+consent expired, was withdrawn or is not confirmed yet; the same gate as scans,
+:func:`monitor.orgs.consent.paused_because`): the scheduler leaves their cases out, and a
+re-check asked for by hand is refused with :class:`~monitor.orgs.consent.ConsentRequired`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from monitor.fetch import BadStatusError, Fetcher
 from monitor.hashing import hamming
 from monitor.leases import ScanInProgress, scan_lease
 from monitor.matching import thresholds_from_config
+from monitor.orgs import consent
 from monitor.store import image_hashes
 from monitor.types import ImageHashes
 from monitor.video import hash_media
@@ -289,13 +295,15 @@ async def recheck_case(
     capture: bool = True,
 ) -> RecheckReport:
     """Fetch every place of one case again, record what was found, alert on a reappearance,
-    and retry evidence captures that failed. Dismissed cases are not checked."""
+    and retry evidence captures that failed. Dismissed cases are not checked; a paused
+    person's cases are refused (:class:`~monitor.orgs.consent.ConsentRequired`)."""
     if fetcher is None:
         async with Fetcher(settings.fetch) as own:
             return await recheck_case(settings, db, case_id, fetcher=own, now=now, capture=capture)
     report = RecheckReport(case_id)
     with db.session() as s:
         case = get_case(s, case_id)
+        _check_not_paused(s, case.subject_id, now)
         report.status = case.status
         if case.status == "dismissed":
             report.details.append("dismissed: not checked")
@@ -352,11 +360,24 @@ async def recheck_case(
     return report
 
 
+def _check_not_paused(session, subject_id: int, now: datetime | None) -> None:  # type: ignore[no-untyped-def]
+    """:class:`ConsentRequired` when monitoring of the person is paused (consent expired,
+    withdrawn, not confirmed, or paused): their places are not fetched again either."""
+    subject = session.get(Subject, subject_id)
+    reason = consent.paused_because(session, subject, now) if subject is not None else None
+    if reason is not None:
+        raise consent.ConsentRequired(
+            f"not re-checked: {reason}; monitoring is paused until consent is renewed"
+        )
+
+
 def _due_cases(
     db: Database, now: datetime, every_seconds: float, confirm_seconds: float = 0.0
 ) -> dict[int, list[int]]:
     """Open cases not checked for ``recheck_every``, and those with a place found missing at
-    least ``recheck_confirm`` ago (to confirm it), by subject id."""
+    least ``recheck_confirm`` ago (to confirm it), by subject id. People whose monitoring is
+    paused (the scans' consent gate, :func:`monitor.orgs.consent.paused_because`) are left
+    out: nothing is fetched for them until consent is renewed."""
     cutoff = now - timedelta(seconds=every_seconds)
     confirm_cutoff = now - timedelta(seconds=confirm_seconds)
     to_confirm = (
@@ -386,9 +407,18 @@ def _due_cases(
             )
             .order_by(Match.subject_id, Match.id)
         ).all()
+        paused = {
+            subject_id
+            for subject_id in {r.subject_id for r in rows}
+            if (subject := s.get(Subject, subject_id)) is None
+            or consent.paused_because(s, subject, now) is not None
+        }
     out: dict[int, list[int]] = {}
     for subject_id, case_id in rows:
-        out.setdefault(subject_id, []).append(case_id)
+        if subject_id not in paused:
+            out.setdefault(subject_id, []).append(case_id)
+    if paused:
+        log.info("%d person(s) paused (consent): their cases are not re-checked", len(paused))
     return out
 
 

@@ -641,6 +641,28 @@ class Consent(Base):
     recorded_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
 
 
+class PersonLogin(Base):
+    """A monitored person's own log-in to see their cases, read only (0015): invited by a
+    caseworker with a mailed one-time link (only its SHA-256 is kept, until it is used or
+    expires), then a passphrase (scrypt hash). ``login`` is the address the invitation went
+    to. Erased with the person."""
+
+    __tablename__ = "person_logins"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), unique=True
+    )
+    # not unique: the same address may be a person of two organisations (and must not tell
+    # one organisation that the other knows it)
+    login: Mapped[str] = mapped_column(String(320), index=True)
+    passphrase_hash: Mapped[str | None] = mapped_column(String(300))  # None until set
+    invite_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    invite_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class AuditEntry(Base):
     """One view, change or export of a person's data (0012). Append-only: the database
     refuses UPDATE and DELETE (triggers). ``detail`` never holds personal data (ids, counts,

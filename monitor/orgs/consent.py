@@ -98,7 +98,11 @@ def record_consent(
 
 
 def new_link_token() -> str:
-    return secrets.token_urlsafe(18)
+    """A code the person may also pass on to be typed (`consent confirm CODE`): never starting
+    with "-", which the command line would take for an option."""
+    while (token := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return token
 
 
 def queue_link_mail(session: Session, settings: Any, subject: Subject, token: str) -> None:
@@ -195,15 +199,25 @@ def why_invalid(consent: Consent | None, now: datetime) -> str | None:
     return None
 
 
+def paused_because(session: Session, subject: Subject, now: datetime | None = None) -> str | None:
+    """Why monitoring of ``subject`` is paused now, or None when it goes on. Paused means no
+    scan and no re-check of the places already found (nothing is fetched for the person):
+    an organisation's person without valid consent (even before the scheduler's maintenance
+    has marked it), or a person marked paused (``subjects.paused_reason``)."""
+    if subject.organisation_id is not None:
+        reason = why_invalid(latest(session, subject.id), now or utcnow())
+        if reason is not None:
+            return reason
+    return subject.paused_reason or None
+
+
 def permit(session: Session, subject: Subject, now: datetime | None = None) -> Permit:
     """What a scan of ``subject`` may do now; :class:`ConsentRequired` when it may not run
     (an organisation's person without valid consent, or paused)."""
     if subject.organisation_id is None:
         return UNLIMITED
+    reason = paused_because(session, subject, now)
     consent = latest(session, subject.id)
-    reason = why_invalid(consent, now or utcnow())
-    if reason is None and subject.paused_reason:
-        reason = subject.paused_reason
     if reason is not None or consent is None:
         raise ConsentRequired(f"not scanned: {reason}; monitoring is paused until it is renewed")
     names = frozenset(n.casefold() for n in json.loads(consent.names))

@@ -42,6 +42,17 @@ from monitor.web.views_cases import (
     screenshot_page,
     stats_page,
 )
+from monitor.web.views_me import (
+    me_invite,
+    me_login,
+    me_logout,
+    me_page,
+    me_screenshot,
+    me_screenshot_file,
+    me_withdraw,
+    person_invite,
+)
+from monitor.web.views_operators import operator_change, operators_page
 from monitor.web.views_people import (
     audit_page,
     consent_code_confirm,
@@ -136,6 +147,25 @@ def create_app(
             f"/cases/{cid}/places/{sid}/screenshot/{{index:int}}.png",
             screenshot_file,
             methods=get,
+        ),
+        Route("/people/{subject_id:int}/invite", person_invite, methods=post),
+        Route("/me", me_page, methods=get),
+        Route("/me/invite", me_invite, methods=both),
+        Route("/me/login", me_login, methods=both),
+        Route("/me/logout", me_logout, methods=post),
+        Route("/me/withdraw", me_withdraw, methods=post),
+        Route(
+            f"/me/cases/{cid}/places/{sid}/screenshot/{{index:int}}", me_screenshot, methods=both
+        ),
+        Route(
+            f"/me/cases/{cid}/places/{sid}/screenshot/{{index:int}}.png",
+            me_screenshot_file,
+            methods=get,
+        ),
+        Route("/operators", operators_page, methods=get),
+        *(
+            Route(f"/operators/{{operator_id:int}}/{action}", operator_change, methods=post)
+            for action in ("role", "disable", "enable", "passphrase", "totp")
         ),
         Route("/help", help_page, methods=get),
         Route("/settings", settings_page, methods=get),

@@ -91,6 +91,8 @@ class WebSession:
     flash: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # shown once
     reveal_keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # one-time image keys
     scope: Scope | None = None  # an organisation's operator (None: the household)
+    credentials: str = ""  # the operator's credentials stamp at log-in (monitor/orgs/management)
+    person: int | None = None  # a monitored person signed in to see their own cases (subject id)
 
 
 class Sessions:
@@ -159,7 +161,9 @@ class Sessions:
         new session carrying their :class:`~monitor.orgs.scope.Scope`. A wrong email,
         passphrase or code gives the same :class:`PassphraseError`, and counts towards the
         same slow-down as wrong household passphrases."""
+        from monitor.db.models import Operator
         from monitor.orgs import accounts
+        from monitor.orgs.management import credentials_stamp
 
         now = self.clock()
         if self._wait_until is not None and now < self._wait_until:
@@ -167,6 +171,7 @@ class Sessions:
         try:
             with self.db.session() as s:
                 scope = accounts.authenticate(s, email, passphrase, code, single_use=True)
+                stamp = credentials_stamp(s.get(Operator, scope.operator_id))
         except accounts.LoginFailed:
             self._failures += 1
             if self._failures >= _FAILURES_BEFORE_WAIT:
@@ -175,7 +180,44 @@ class Sessions:
                 "that did not work: the email, the passphrase or the code is not right"
             ) from None
         fresh = self._fresh(ws)
-        fresh.scope = scope
+        fresh.scope, fresh.credentials = scope, stamp
+        return fresh
+
+    def log_in_person(self, ws: WebSession, address: str, passphrase: str) -> WebSession:
+        """A monitored person logs in (monitor/orgs/person.py): a new session that opens only
+        their own pages (``/me``), never an operator's. Wrong tries count towards the same
+        slow-down as the others'."""
+        from monitor.orgs import accounts, person
+        from monitor.orgs.scope import using_scope
+
+        now = self.clock()
+        if self._wait_until is not None and now < self._wait_until:
+            raise PassphraseError("too many wrong tries: wait half a minute and try again")
+        try:
+            with using_scope(None), self.db.session() as s:  # among every organisation's
+                login = person.authenticate(s, address, passphrase)
+                subject_id, stamp = login.subject_id, person.stamp(login)
+        except accounts.LoginFailed as exc:
+            self._failures += 1
+            if self._failures >= _FAILURES_BEFORE_WAIT:
+                self._wait_until = now + _WAIT
+            raise PassphraseError(str(exc)) from None
+        return self.person_session(ws, subject_id, stamp)
+
+    def person_session(self, ws: WebSession, subject_id: int, stamp: str) -> WebSession:
+        """A new session for the person ``subject_id`` (not ``authenticated``: operators'
+        pages stay closed to it), replacing ``ws``."""
+        self._failures, self._wait_until = 0, None
+        self.drop(ws)
+        fresh = self.new(ws.lang)
+        fresh.person, fresh.credentials = subject_id, stamp
+        return fresh
+
+    def operator_changed_passphrase(self, ws: WebSession, stamp: str) -> WebSession:
+        """The operator of ``ws`` changed their own passphrase: their other sessions end at
+        their next page (the stamp changed); this one goes on, under a new token."""
+        fresh = self._fresh(ws)
+        fresh.scope, fresh.credentials = ws.scope, stamp
         return fresh
 
     def _fresh(self, ws: WebSession) -> WebSession:

@@ -8,6 +8,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -156,9 +157,13 @@ def page(
             web: WebApp = request.app.state.web
             token = request.cookies.get(COOKIE)
             ws, expired = web.sessions.get(token)
-            if ws is not None and ws.scope is not None and not _operator_active(web, ws.scope):
-                web.sessions.drop(ws)  # disabled by their admin since logging in
-                ws = None
+            if ws is not None and ws.scope is not None:
+                role = _operator_role_now(web, ws)
+                if role is None:  # disabled, or passphrase / second factor reset since log-in
+                    web.sessions.drop(ws)
+                    ws = None
+                elif role != ws.scope.role:  # an admin changed it: applies from this page on
+                    ws.scope = replace(ws.scope, role=role)
             if ws is None:
                 ws = web.sessions.new(web.settings.web.language)
             request.state.ws = ws
@@ -225,12 +230,21 @@ def operators_log_in(web: WebApp) -> bool:
         return any_organisation(s)
 
 
-def _operator_active(web: WebApp, scope: OrgScope) -> bool:
+def _operator_role_now(web: WebApp, ws: auth.WebSession) -> str | None:
+    """The session's operator's role now; None when their session must end: disabled, or
+    their passphrase or second factor was reset since they logged in
+    (:func:`monitor.orgs.management.credentials_stamp`)."""
     from monitor.db.models import Operator
+    from monitor.orgs.management import credentials_stamp
 
+    assert ws.scope is not None
     with web.db.session() as s:
-        op = s.get(Operator, scope.operator_id)
-        return op is not None and op.disabled_at is None
+        op = s.get(Operator, ws.scope.operator_id)
+        if op is None or op.disabled_at is not None:
+            return None
+        if not hmac.compare_digest(credentials_stamp(op), ws.credentials):
+            return None
+        return op.role
 
 
 def _subject_of(web: WebApp, request: Request) -> int | None:

@@ -354,6 +354,8 @@ async def screenshot_page(request: Request) -> Response:
         sighting_id=sighting_id,
         index=index,
         shown=shown,
+        prefix="",
+        back_url=f"/cases/{case_id}",
     )
 
 

@@ -188,7 +188,7 @@ async def person_page(request: Request) -> Response:
             "last_scan_at": subject.last_scan_at,
             "next_scan_at": subject.next_scan_at,
             "organisation": subject.organisation_id,
-            "paused": subject.paused_reason,
+            "paused": consent.paused_because(s, subject),
         }
         person_cases = cases.list_cases(s, subject.name)
         record = consent.latest(s, subject_id) if subject.organisation_id else None

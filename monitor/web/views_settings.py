@@ -11,7 +11,6 @@ from starlette.responses import Response
 from monitor import alerts
 from monitor.cases import core as case_core
 from monitor.config import format_duration
-from monitor.errors import MonitorError
 from monitor.inputs import check_email
 from monitor.support import COUNTRIES, lines_for, support_lines
 from monitor.web import auth
@@ -83,11 +82,13 @@ async def settings_mail_test(request: Request) -> Response:
     return back(request, "/settings", "Test message delivered ({where}).", where=where)
 
 
-@page()
+@page(changes=False)  # a viewer changes their own passphrase too
 async def settings_passphrase(request: Request) -> Response:
     web = web_of(request)
-    if request.state.ws.scope is not None:
-        raise MonitorError("an operator's passphrase is not changed on this page")
+    if request.state.ws.scope is not None:  # an organisation's operator: their own
+        from monitor.web.views_operators import change_own_passphrase
+
+        return await change_own_passphrase(request)
     form = form_of(request)
     stored = auth.stored_hash(web.db)
     if stored is None or not auth.verify_passphrase(stored, form.get("current")):
