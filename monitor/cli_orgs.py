@@ -247,10 +247,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     opsub = op.add_subparsers(dest="operator_command", metavar="ACTION", required=True)
     opa = opsub.add_parser(
         "add",
-        help="add an operator (prints the authenticator setup URI once)",
+        help="add an operator (prints the authenticator setup URI once), or make another "
+        "organisation's operator an admin of this one too",
         description="The first operator of an organisation can be added by the machine's "
         "owner; later ones by an admin of the organisation (--operator). The passphrase "
-        "comes from a prompt or --passphrase-file; the TOTP provisioning URI is printed once.",
+        "comes from a prompt or --passphrase-file; the TOTP provisioning URI is printed once. "
+        "An EMAIL that is already another organisation's operator (--role admin only) becomes "
+        "an admin of this one too, instead of failing: no new passphrase or second factor, "
+        "they log in as before and switch between the organisations on the web pages.",
     )
     opa.add_argument("email")
     opa.add_argument("--org", metavar="ORG", help="the organisation (default: the admin's own)")
@@ -564,21 +568,22 @@ def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     with db.session() as s:
         org = _organisation(s, scope, args.org)
         if action == "list":
-            rows = [o.as_json() for o in management.list_operators(s, org.id)]
+            rows = [o.as_json() for o in management.list_operators(s, org.id, scope)]
             if args.json:
                 _print_json(rows)
             else:
                 for r in rows:
                     state = "  (disabled)" if r["disabled"] else ""
-                    out.print(cell(f"{r['email']}  {r['role']}{state}"))
+                    home = "  (member: logs in through another organisation)" * bool(r["member"])
+                    out.print(cell(f"{r['email']}  {r['role']}{state}{home}"))
             return 0
         if action in ("disable", "enable", "role"):
             op = management.find_operator(s, org.id, email=args.email)
             if action == "role":
-                old = management.change_role(s, scope, op, args.role)
+                old = management.change_role(s, scope, op, args.role, org.id)
                 said = f"{op.email} is now {args.role} (was {old})."
             else:
-                changed = management.set_disabled(s, scope, op, action == "disable")
+                changed = management.set_disabled(s, scope, op, action == "disable", org.id)
                 said = (
                     f"{op.email} can no longer log in; their sessions end."
                     if action == "disable"
@@ -594,25 +599,29 @@ def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
             email = op.email
         else:
             email = ""
+            management.may_manage(s, scope, org.id)  # before any prompt
+            existing = accounts.find_by_email(s, check_email(args.email, "EMAIL"))
     if action == "reset":
         return _reset(db, scope, org.id, email, args)
-    with db.session() as s:
-        has_admin = any(
-            o.role == "admin" and o.disabled_at is None for o in accounts.operators_of(s, org.id)
-        )
-        if has_admin and scope.role != "admin":
-            raise MonitorError(
-                "this organisation has an admin: add operators as that admin (--operator)"
-            )
-    passphrase = _new_passphrase(args.passphrase_file)
+    # an existing operator (of another organisation) becomes an admin here: no new passphrase
+    passphrase = None if existing else _new_passphrase(args.passphrase_file)
     with db.session() as s:
         org = s.get(accounts.Organisation, org.id)
         assert org is not None
-        new = accounts.add_operator(s, check_email(args.email, "EMAIL"), org, args.role, passphrase)
-        audit.log(s, scope, "operator add", detail=f"operator {new.id} ({new.role})", org_id=org.id)
+        new = management.add_operator(s, scope, org, args.email, args.role, passphrase)
     if args.json:
         _print_json(
-            {"email": new.email, "role": new.role, "provisioning_uri": new.provisioning_uri}
+            {
+                "email": new.email,
+                "role": new.role,
+                "provisioning_uri": new.provisioning_uri,
+                "member": new.member,
+            }
+        )
+    elif new.member:
+        out.print(
+            f"{esc(new.email)} is now an admin of {esc(new.organisation)} too; they log in as "
+            "before (their own passphrase and second factor) and switch to it on the web pages."
         )
     else:
         out.print(f"Added {esc(new.email)} ({new.role}) to {esc(new.organisation)}.")
@@ -634,9 +643,9 @@ def _reset(db: Database, scope: Scope, org_id: int, email: str, args: argparse.N
     with db.session() as s:
         op = management.find_operator(s, org_id, email=email)
         if passphrase is None:
-            uri = management.reset_totp(s, scope, op)
+            uri = management.reset_totp(s, scope, op, org_id)
         else:
-            management.reset_passphrase(s, scope, op, passphrase)
+            management.reset_passphrase(s, scope, op, passphrase, org_id)
             uri = None
     if args.json:
         _print_json(

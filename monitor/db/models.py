@@ -613,6 +613,29 @@ class Operator(Base):
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class Membership(Base):
+    """An operator's role in an organisation other than their home one
+    (``Operator.organisation_id``), e.g. a helpline network's coordinator who is admin of its
+    regional member organisations (0016). Only admin memberships are made; the web app's
+    organisation switcher lets the operator's session act for any organisation they are an
+    active admin of. Disabled by that organisation's admins (``disabled_at``); the operator's
+    log-in (passphrase, second factor) stays their home organisation's to manage."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("operator_id", "organisation_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operator_id: Mapped[int] = mapped_column(
+        ForeignKey("operators.id", ondelete="CASCADE"), index=True
+    )
+    organisation_id: Mapped[int] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(20))  # admin
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Consent(Base):
     """A person's consent to be monitored by an organisation (0012): who gave it (the person,
     or a representative with stated authority), when, how (the SHA-256 of the signed form, or

@@ -93,6 +93,10 @@ def add_operator(
     return NewOperator(op.id, email, role, org.name, uri)
 
 
+def find_by_email(session: Session, email: str) -> Operator | None:
+    return session.scalar(select(Operator).where(Operator.email == email.strip().lower()))
+
+
 def operators_of(session: Session, org_id: int) -> list[Operator]:
     return list(
         session.scalars(

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from monitor.cases.core import get_case
 from monitor.db.models import Match, Notice, Operator, Sighting, Subject, utcnow
 from monitor.errors import MonitorError
-from monitor.orgs.accounts import get_operator
+from monitor.orgs.accounts import find_by_email
+from monitor.orgs.memberships import role_in
 from monitor.orgs.scope import Scope, resolve
 
 ALERT_TO = ("person", "caseworker", "both")
@@ -28,9 +29,12 @@ def assign_case(session: Session, case_id: int, email: str, scope: Scope | None 
         raise MonitorError("case assignment is for organisations: give --operator EMAIL")
     scope.require("admin", "caseworker")
     case = get_case(session, case_id)  # "not found" outside the scope
-    op = get_operator(session, email, scope.org_id)
-    if op.role not in ("admin", "caseworker"):
-        raise MonitorError(f"{op.email} is a {op.role}: cases go to caseworkers or admins")
+    op = find_by_email(session, email)
+    role = role_in(session, op, scope.org_id) if op is not None else None  # members too
+    if op is None or role is None:
+        raise MonitorError(f"no operator {email!r} in this organisation")
+    if role not in ("admin", "caseworker"):
+        raise MonitorError(f"{op.email} is a {role}: cases go to caseworkers or admins")
     case.assigned_to = op.id
     return case
 

@@ -52,7 +52,12 @@ from monitor.web.views_me import (
     me_withdraw,
     person_invite,
 )
-from monitor.web.views_operators import operator_change, operators_page
+from monitor.web.views_operators import (
+    operator_add,
+    operator_change,
+    operators_page,
+    organisation_switch,
+)
 from monitor.web.views_people import (
     audit_page,
     consent_code_confirm,
@@ -163,6 +168,8 @@ def create_app(
             methods=get,
         ),
         Route("/operators", operators_page, methods=get),
+        Route("/operators/add", operator_add, methods=post),
+        Route("/organisation", organisation_switch, methods=post),
         *(
             Route(f"/operators/{{operator_id:int}}/{action}", operator_change, methods=post)
             for action in ("role", "disable", "enable", "passphrase", "totp")

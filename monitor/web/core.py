@@ -108,6 +108,7 @@ class WebApp:
     def render(self, request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
         ws: auth.WebSession = request.state.ws
         lang = ws.lang or self.settings.web.language
+        organisation, choices = self.organisations(ws)
         page = self.templates.get_template(name).render(
             _=translator(lang),
             lang=lang,
@@ -116,6 +117,8 @@ class WebApp:
             csrf=ws.csrf,
             signed_in=ws.authenticated,
             operator=ws.scope,
+            organisation=organisation,
+            organisations=choices,
             path=request.url.path,
             flash=[flash_text(lang, text, values) for text, values in ws.flash],
             exit_url=self.settings.web.exit_url,
@@ -123,6 +126,24 @@ class WebApp:
         )
         ws.flash.clear()
         return HTMLResponse(page, status_code=status)
+
+    def organisations(self, ws: auth.WebSession) -> tuple[str | None, list[Any]]:
+        """The name of the organisation the session acts for (named on every page), and the
+        ones its operator may switch between (the switcher shows only with more than one)."""
+        from monitor.orgs.memberships import organisations_of
+
+        if ws.scope is None or ws.scope.operator_id is None or not ws.authenticated:
+            return None, []
+        with self.db.session() as s:
+            choices = organisations_of(s, ws.scope.operator_id)
+        name = next((c.name for c in choices if c.org_id == ws.scope.org_id), None)
+        if name is None:  # acting for it, though no longer an admin of it (ends at next page)
+            from monitor.db.models import Organisation
+
+            with self.db.session() as s:
+                org = s.get(Organisation, ws.scope.org_id)
+                name = org.name if org else "?"
+        return name, choices if len(choices) > 1 else []
 
 
 def _when(value: datetime | None, empty: str = "-") -> str:
@@ -231,11 +252,13 @@ def operators_log_in(web: WebApp) -> bool:
 
 
 def _operator_role_now(web: WebApp, ws: auth.WebSession) -> str | None:
-    """The session's operator's role now; None when their session must end: disabled, or
-    their passphrase or second factor was reset since they logged in
+    """The session's operator's role now, in the organisation the session acts for; None
+    when their session must end: disabled, no longer an admin of the organisation switched
+    to, or their passphrase or second factor was reset since they logged in
     (:func:`monitor.orgs.management.credentials_stamp`)."""
     from monitor.db.models import Operator
     from monitor.orgs.management import credentials_stamp
+    from monitor.orgs.memberships import role_in
 
     assert ws.scope is not None
     with web.db.session() as s:
@@ -244,7 +267,10 @@ def _operator_role_now(web: WebApp, ws: auth.WebSession) -> str | None:
             return None
         if not hmac.compare_digest(credentials_stamp(op), ws.credentials):
             return None
-        return op.role
+        role = role_in(s, op, ws.scope.org_id)
+        if ws.scope.org_id != op.organisation_id and role != "admin":
+            return None
+        return role
 
 
 def _subject_of(web: WebApp, request: Request) -> int | None:

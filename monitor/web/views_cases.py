@@ -16,7 +16,7 @@ from monitor import alerts, cases, store
 from monitor.cases import core as case_core
 from monitor.db.models import Notice, Operator, Subject
 from monitor.errors import MonitorError
-from monitor.orgs import accounts, casework
+from monitor.orgs import casework, management
 from monitor.orgs.scope import HOUSEHOLD, current_scope
 from monitor.pool import PoolTaskError
 from monitor.web.core import (
@@ -58,8 +58,8 @@ async def case_page(request: Request) -> Response:
             assigned = op.email if op else None
             workers = [
                 o.email
-                for o in accounts.operators_of(s, scope.org_id)
-                if o.role in ("admin", "caseworker") and o.disabled_at is None
+                for o in management.list_operators(s, scope.org_id)
+                if o.role in ("admin", "caseworker") and not o.disabled
             ]
     return web.render(
         request,

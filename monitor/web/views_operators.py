@@ -1,6 +1,7 @@
-"""Operators page (an organisation's admins only): change a role, reset a passphrase or the
-second factor, disable and enable; an operator's own passphrase (Settings). The rules and the
-audit entries are those of the command line (:mod:`monitor.orgs.management`)."""
+"""Operators page (an organisation's admins only): add an operator, change a role, reset a
+passphrase or the second factor, disable and enable; an operator's own passphrase (Settings);
+the organisation switcher of admins of several organisations. The rules and the audit entries
+are those of the command line (:mod:`monitor.orgs.management`, :mod:`monitor.orgs.memberships`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from monitor.db.models import Organisation
 from monitor.errors import MonitorError
-from monitor.orgs import management
+from monitor.inputs import check_email
+from monitor.orgs import management, memberships
 from monitor.orgs.scope import ROLES, NotAllowed, Scope
 from monitor.web import auth
 from monitor.web.core import back, form_of, page, web_of
@@ -29,6 +32,7 @@ def _render(request: Request, **values: object) -> Response:
         rows = management.list_operators(s, scope.org_id)  # type: ignore[arg-type]
     values.setdefault("new_uri", None)
     values.setdefault("reset_email", None)
+    values.setdefault("added", None)
     return web.render(request, "operators.html", operators=rows, roles=ROLES, **values)
 
 
@@ -48,17 +52,20 @@ async def operator_change(request: Request) -> Response:
     if action == "passphrase" and form.get("passphrase") != form.get("repeat"):
         raise MonitorError("the two passphrases differ")
 
+    org_id = scope.org_id
+    assert org_id is not None
+
     def change() -> tuple[str, str | None]:
         with web.db.session() as s:
-            op = management.find_operator(s, scope.org_id, operator_id=operator_id)  # type: ignore[arg-type]
+            op = management.find_operator(s, org_id, operator_id=operator_id)
             if action == "role":
-                management.change_role(s, scope, op, form.get("role"))
+                management.change_role(s, scope, op, form.get("role"), org_id)
             elif action in ("disable", "enable"):
-                management.set_disabled(s, scope, op, action == "disable")
+                management.set_disabled(s, scope, op, action == "disable", org_id)
             elif action == "passphrase":
-                management.reset_passphrase(s, scope, op, form.get("passphrase"))
+                management.reset_passphrase(s, scope, op, form.get("passphrase"), org_id)
             elif action == "totp":
-                return op.email, management.reset_totp(s, scope, op)
+                return op.email, management.reset_totp(s, scope, op, org_id)
             else:
                 raise MonitorError("unknown change")
             return op.email, None
@@ -73,6 +80,65 @@ async def operator_change(request: Request) -> Response:
         "passphrase": "{email} has a new passphrase; their sessions have ended.",
     }
     return back(request, "/operators", messages[action], email=email)
+
+
+@page()
+async def operator_add(request: Request) -> Response:
+    """``/operators/add``: a new operator of the admin's organisation (the active one), as
+    ``operator add`` does: the admin types an initial passphrase twice (told to the operator
+    in person); the authenticator's URI is shown once, on this answer only. An email that is
+    another organisation's operator already becomes an admin here (a membership; the
+    passphrase fields are left empty then, their log-in stays as it is)."""
+    web = web_of(request)
+    scope = _admin(request)
+    form = form_of(request)
+    email = check_email(form.get("email").strip(), "the email")
+    role, passphrase = form.get("role"), form.get("passphrase")
+    if passphrase != form.get("repeat"):
+        raise MonitorError("the two passphrases differ")
+
+    def add() -> management.Added:
+        with web.db.session() as s:
+            org = s.get(Organisation, scope.org_id)
+            assert org is not None
+            return management.add_operator(s, scope, org, email, role, passphrase or None)
+
+    added = await run_in_threadpool(add)
+    if added.member:
+        return back(
+            request,
+            "/operators",
+            "{email} is now an admin here too; they log in as before and switch to this "
+            "organisation.",
+            email=added.email,
+        )
+    return _render(request, added=added)  # the URI is shown once, on this answer only
+
+
+@page(changes=False)
+async def organisation_switch(request: Request) -> Response:
+    """``/organisation``: an admin of several organisations acts for another one from now on
+    (:func:`monitor.orgs.memberships.switch`, audited in both). Every page then shows only
+    that organisation's people, cases, audit log, statistics and operators."""
+    web = web_of(request)
+    ws: auth.WebSession = request.state.ws
+    scope = ws.scope
+    if scope is None:
+        raise NotAllowed("only an organisation's operators switch organisations")
+    raw = form_of(request).get("org")
+    if not raw.isdigit():
+        raise MonitorError("which organisation?")
+
+    def switch() -> tuple[Scope, str]:
+        with web.db.session() as s:
+            new = memberships.switch(s, scope, int(raw))
+            org = s.get(Organisation, new.org_id)
+            return new, org.name if org else "?"
+
+    new, name = await run_in_threadpool(switch)
+    ws.scope = new
+    ws.reveal_keys.clear()  # one-time image keys of the other organisation's cases
+    return back(request, "/", "You now act for {organisation}.", organisation=name)
 
 
 async def change_own_passphrase(request: Request) -> Response:
