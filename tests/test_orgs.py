@@ -21,7 +21,9 @@ from monitor.db import Database
 from monitor.db.models import (
     AuditEntry,
     Match,
+    Membership,
     Notice,
+    Operator,
     OutboxMessage,
     PersonLogin,
     Sighting,
@@ -415,6 +417,20 @@ def test_row_level_security_hides_other_organisations_rows(tmp_path: Path) -> No
                 )
                 ids[name] = subj.id
                 s.add(PersonLogin(subject_id=subj.id, login=f"{name.lower()}@x.test"))
+            # each organisation's admin is an admin of the other too (0016's memberships)
+            for home, other in ((a, b), (b, a)):
+                op = Operator(
+                    organisation_id=home.id,
+                    email=f"admin@{home.name}.test",
+                    role="admin",
+                    passphrase_hash="-",
+                    totp_secret="-",
+                )
+                s.add(op)
+                s.flush()
+                s.add(Membership(operator_id=op.id, organisation_id=other.id, role="admin"))
+            s.flush()
+            ops = {o.email: o.id for o in s.scalars(select(Operator))}
             s.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {role}"))
             s.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"))
             s.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"))
@@ -427,6 +443,8 @@ def test_row_level_security_hides_other_organisations_rows(tmp_path: Path) -> No
                 assert names == visible and aliases == {n + "2" for n in visible}
                 logins = set(conn.scalars(text("SELECT login FROM person_logins")))
                 assert logins == {f"{n.lower()}@x.test" for n in visible}
+                members = set(conn.scalars(text("SELECT organisation_id FROM memberships")))
+                assert members == ({a.id} if setting == str(a.id) else set())
             conn.execute(text("SELECT set_config('app.org_id', :v, false)"), {"v": str(a.id)})
             # changing another organisation's person touches nothing; writing into it fails
             done = conn.execute(text("UPDATE subjects SET email = 'x@y.z' WHERE name = 'Bob'"))
@@ -435,6 +453,19 @@ def test_row_level_security_hides_other_organisations_rows(tmp_path: Path) -> No
                 conn.execute(
                     text("INSERT INTO aliases (subject_id, alias) VALUES (:s, 'sneaky')"),
                     {"s": ids["Bob"]},
+                )
+            conn.rollback()  # the SET ROLE too
+            conn.execute(text(f"SET ROLE {role}"))
+            conn.execute(text("SELECT set_config('app.org_id', :v, false)"), {"v": str(a.id)})
+            done = conn.execute(text("UPDATE memberships SET disabled_at = now()"))
+            assert done.rowcount == 1  # A's own only
+            with pytest.raises(Exception, match="row-level security"):
+                conn.execute(
+                    text(
+                        "INSERT INTO memberships (operator_id, organisation_id, role, created_at) "
+                        "VALUES (:o, :b, 'admin', now())"
+                    ),
+                    {"o": ops["admin@B.test"], "b": b.id},
                 )
             conn.rollback()
         db.dispose()
@@ -558,6 +589,58 @@ def test_an_admin_manages_operators_role_reset_disable_enable(world: World) -> N
         with pytest.raises(SystemExit) as exited:
             world.run("operator", action, "--help")
         assert exited.value.code == 0 and "usage" in world.capsys.readouterr().out
+
+
+def test_operator_add_of_another_organisations_operator_makes_them_an_admin_here(
+    world: World,
+) -> None:
+    def refused(*argv: str) -> str:
+        code, _, err = world.run(*argv)
+        assert code == 2, (argv, err)
+        return err
+
+    with pytest.raises(SystemExit):
+        world.run("operator", "add", "--help")
+    assert "another organisation's operator" in " ".join(world.capsys.readouterr().out.split())
+    # only as admin, only by B's admin (or the owner while B has none)
+    err = refused("--operator", "b@b.org", "operator", "add", "v@a.org", "--role", "viewer")
+    assert "as admin only" in err
+    assert "has an admin" in refused("operator", "add", "a@a.org", "--org", "B", "--role", "admin")
+    err = refused("--operator", "a@a.org", "operator", "add", "a@a.org", "--org", "B",
+                  "--role", "admin")  # fmt: skip
+    assert "no organisation named" in err
+    # no passphrase asked, no new second factor: a membership
+    out = world.ok("--operator", "b@b.org", "operator", "add", "A@A.org", "--org", "B",
+                   "--role", "admin", "--json")  # fmt: skip
+    added = json.loads(out)
+    assert added["member"] is True and added["provisioning_uri"] is None
+    assert "already an admin" in refused(
+        "--operator", "b@b.org", "operator", "add", "a@a.org", "--role", "admin"
+    )
+    listed = json.loads(world.ok("--operator", "b@b.org", "operator", "list", "--json"))
+    assert {(o["email"], o["role"], o["member"]) for o in listed} == {
+        ("b@b.org", "admin", False),
+        ("a@a.org", "admin", True),
+    }
+    assert "member" in world.ok("operator", "list", "--org", "B")
+    # B's admin may disable the membership, not change the member's log-in or role
+    assert "disable them here" in refused(
+        "--operator", "b@b.org", "operator", "role", "a@a.org", "viewer"
+    )
+    assert "reset by its admins" in refused(
+        "--operator", "b@b.org", "operator", "reset", "a@a.org", "--totp"
+    )
+    world.ok("--operator", "b@b.org", "operator", "disable", "a@a.org")
+    assert "disabled" in world.ok("--operator", "b@b.org", "operator", "list")
+    world.ok("--operator", "a@a.org", "subject", "list")  # their home log-in is untouched
+    world.ok("--operator", "b@b.org", "operator", "enable", "a@a.org")
+    entries = json.loads(world.ok("--operator", "b@b.org", "audit", "--json"))
+    actions = [(e["operator"], e["action"], e["detail"]) for e in entries]
+    with world.db.session() as s:
+        a_id = s.scalar(select(Operator.id).where(Operator.email == "a@a.org"))
+    assert ("b@b.org", "operator add", f"operator {a_id} (admin, member)") in actions
+    assert ("b@b.org", "operator disable", f"operator {a_id}: member") in actions
+    assert all("@" not in e["detail"] for e in entries)
 
 
 def test_outbox_send_and_retry_act_on_the_operators_organisation_only(world: World) -> None:

@@ -122,6 +122,14 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         search={"backends": [{"kind": "searxng", "name": "main", "url": "http://127.0.0.1:9/"}]},
     )
     w = World(make_app(settings))
+    populate(w)
+    yield w
+    w.app.db.dispose()
+
+
+def populate(w: World) -> None:
+    """Organisations A and B; A's admin, caseworker and viewer, B's admin; Ann (A) and Bob
+    (B), each with consent and a confirmed case with a sent removal request."""
     with w.app.db.session() as s:
         orgs = {n: accounts.add_organisation(s, n) for n in ("A", "B")}
         for email, org, role in (
@@ -142,8 +150,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             )
             w.people[name] = subject.id
             w.cases[name], w.notices[name] = _case(s, subject, subject.id, f"{org.lower()}.test")
-    yield w
-    w.app.db.dispose()
 
 
 def _routes(w: World, name: str) -> list[tuple[str, str, dict[str, str]]]:
