@@ -1,7 +1,9 @@
 """The organisations' pages in Debian's Chromium, checked with axe-core against the WCAG 2.1 A
 and AA rules: an operator's (log-in with a one-time code, overview, people, a person, cases, a
 case, audit, statistics, operators, settings) and an invited person's own (set-up from the
-mailed link, their cases, log-in)."""
+mailed link, their cases, log-in); an operator added on the Operators page (the answer
+showing the authenticator's setup code once) and the organisation switcher of an admin of two
+organisations."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from monitor.db.models import OutboxMessage, Subject
+from monitor.db.models import Membership, Operator, Organisation, OutboxMessage, Subject
 from monitor.evidence import chromium_path
 from tests.test_web_browser import Served, accessibility_problems
 from tests.test_web_orgs import PASS, World, world  # noqa: F401 - the fixture
@@ -32,6 +34,9 @@ def test_operator_and_person_pages_pass_axe(world: World) -> None:  # noqa: F811
     ann, case = world.people["Ann Smith"], world.cases["Ann Smith"]
     with world.app.db.session() as s:
         s.get(Subject, ann).email = "ann@x.test"
+        a_id = s.scalar(select(Operator.id).where(Operator.email == "a@a.org"))
+        b_org = s.scalar(select(Organisation.id).where(Organisation.name == "B"))
+        s.add(Membership(operator_id=a_id, organisation_id=b_org, role="admin"))
     found: list[str] = []
     # Only our own loopback pages are opened: no sandbox needed when the tests run as root.
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
@@ -59,6 +64,22 @@ def test_operator_and_person_pages_pass_axe(world: World) -> None:  # noqa: F811
             page.goto(served.url + path)
             assert page.url == served.url + path, f"{path}: went to {page.url}"
             found += accessibility_problems(page, path)
+        # add an operator: the answer shows the authenticator's setup code once
+        page.goto(served.url + "/operators")
+        page.fill("#new-email", "new@a.org")
+        page.fill("#new-pp", "an initial passphrase")
+        page.fill("#new-rp", "an initial passphrase")
+        page.click("text=Add operator")
+        expect(page.locator("#new-operator")).to_contain_text("otpauth://")
+        found += accessibility_problems(page, "operator added")
+        # switch to the other organisation the operator is an admin of
+        page.select_option("#org-select", str(b_org))
+        page.click("#organisation-switch button")
+        expect(page.locator("#organisation")).to_contain_text("B")
+        found += accessibility_problems(page, "switched")
+        page.select_option("#org-select", label="A")
+        page.click("#organisation-switch button")
+        expect(page.locator("#organisation")).to_contain_text("A")
         # invite the person, who sets a passphrase from the mailed link
         page.goto(f"{served.url}/people/{ann}")
         page.click("text=Invite the person to see their own cases")
