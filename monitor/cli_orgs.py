@@ -596,6 +596,7 @@ def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
         if action == "reset":
             op = management.find_operator(s, org.id, email=args.email)
             management.may_manage(s, scope, org.id, recovery=True)  # before any prompt
+            management.home_only(s, op, org.id)
             email = op.email
         else:
             email = ""

@@ -44,6 +44,7 @@ __all__ = [
     "change_role",
     "credentials_stamp",
     "find_operator",
+    "home_only",
     "list_operators",
     "may_manage",
     "reset_passphrase",
@@ -205,7 +206,9 @@ def _member(session: Session, op: Operator, org_id: int | None) -> Membership | 
     return m
 
 
-def _home_only(session: Session, op: Operator, org_id: int | None) -> None:
+def home_only(session: Session, op: Operator, org_id: int | None) -> None:
+    """:class:`NotAllowed` when ``op`` is a member of ``org_id`` (their log-in belongs to their
+    home organisation's admins)."""
     if _member(session, op, org_id) is not None:
         raise NotAllowed(
             f"{op.email} logs in through another organisation: their passphrase and second "
@@ -299,7 +302,7 @@ def reset_passphrase(
     """A new passphrase for ``op`` (told to them out of band); their sessions end. By their
     home organisation's admins (``org_id``: the organisation acted for)."""
     may_manage(session, scope, op.organisation_id if org_id is None else org_id, recovery=True)
-    _home_only(session, op, org_id)
+    home_only(session, op, org_id)
     op.passphrase_hash = hash_passphrase(_check_new(passphrase))
     _log(session, scope, "operator reset", op, "passphrase")
 
@@ -308,7 +311,7 @@ def reset_totp(session: Session, scope: Scope, op: Operator, org_id: int | None 
     """A new second-factor secret for ``op`` (a lost or changed phone); their sessions end.
     Returns the provisioning URI, to be shown once. By their home organisation's admins."""
     may_manage(session, scope, op.organisation_id if org_id is None else org_id, recovery=True)
-    _home_only(session, op, org_id)
+    home_only(session, op, org_id)
     secret = pyotp.random_base32()
     op.totp_secret = secret
     op.totp_last_step = None

@@ -282,7 +282,7 @@ NL: dict[str, str] = {
     "Added": "Toegevoegd:",
     "Add this to the new operator's authenticator app now; it is not shown again. Tell them their passphrase in person:": "Voeg dit nu toe aan de authenticator-app van de nieuwe medewerker; het wordt niet nog eens getoond. Vertel de wachtwoordzin persoonlijk:",
     "admin here, logs in through another organisation": "beheerder hier, logt in via een andere organisatie",
-    "{email} is now an admin here too; they log in as before and switch to this organisation.": "{email} is nu ook hier beheerder; de medewerker logt in zoals voorheen en wisselt naar deze organisatie.",
+    "{email} is now an admin here too; they switch to it after their own log-in.": "{email} is nu ook hier beheerder; na de eigen inlog wisselt de medewerker hierheen.",
     # the organisation switcher (admins of several organisations)
     "Organisation": "Organisatie",
     "Act for": "Werken voor",

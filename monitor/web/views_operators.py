@@ -108,8 +108,7 @@ async def operator_add(request: Request) -> Response:
         return back(
             request,
             "/operators",
-            "{email} is now an admin here too; they log in as before and switch to this "
-            "organisation.",
+            "{email} is now an admin here too; they switch to it after their own log-in.",
             email=added.email,
         )
     return _render(request, added=added)  # the URI is shown once, on this answer only
