@@ -589,6 +589,12 @@ def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
                     if action == "disable"
                     else f"{op.email} may log in again."
                 )
+                if op.organisation_id != org.id:  # a member: their home log-in stays
+                    said = f"{op.email} " + (
+                        "can no longer act for this organisation."
+                        if action == "disable"
+                        else "may act for this organisation again."
+                    )
                 if not changed:
                     said = f"{op.email} was already {action}d."
             out.print(said, markup=False)

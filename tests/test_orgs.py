@@ -630,7 +630,8 @@ def test_operator_add_of_another_organisations_operator_makes_them_an_admin_here
     assert "reset by its admins" in refused(
         "--operator", "b@b.org", "operator", "reset", "a@a.org", "--totp"
     )
-    world.ok("--operator", "b@b.org", "operator", "disable", "a@a.org")
+    out = world.ok("--operator", "b@b.org", "operator", "disable", "a@a.org")
+    assert "can no longer act for this organisation" in out
     assert "disabled" in world.ok("--operator", "b@b.org", "operator", "list")
     world.ok("--operator", "a@a.org", "subject", "list")  # their home log-in is untouched
     world.ok("--operator", "b@b.org", "operator", "enable", "a@a.org")

@@ -190,6 +190,7 @@ def test_an_admin_of_two_organisations_switches_between_them(world: World) -> No
     # B's admin disables the membership: a session acting for B ends, the switcher goes
     assert _switch(a, orgs["B"]).status_code == 303
     assert _send(b, "POST", f"/operators/{a_id}/disable", {}).status_code == 303
+    assert "a@a.org can no longer act for this organisation." in b.get("/operators").text
     assert a.get("/people").headers["location"] == "/login"
     _forget_codes(world)
     a = world.client("a@a.org")

@@ -283,6 +283,8 @@ NL: dict[str, str] = {
     "Add this to the new operator's authenticator app now; it is not shown again. Tell them their passphrase in person:": "Voeg dit nu toe aan de authenticator-app van de nieuwe medewerker; het wordt niet nog eens getoond. Vertel de wachtwoordzin persoonlijk:",
     "admin here, logs in through another organisation": "beheerder hier, logt in via een andere organisatie",
     "{email} is now an admin here too; they switch to it after their own log-in.": "{email} is nu ook hier beheerder; na de eigen inlog wisselt de medewerker hierheen.",
+    "{email} can no longer act for this organisation.": "{email} kan niet meer voor deze organisatie werken.",
+    "{email} may act for this organisation again.": "{email} kan weer voor deze organisatie werken.",
     # the organisation switcher (admins of several organisations)
     "Organisation": "Organisatie",
     "Act for": "Werken voor",

@@ -55,9 +55,13 @@ async def operator_change(request: Request) -> Response:
     org_id = scope.org_id
     assert org_id is not None
 
+    member = False
+
     def change() -> tuple[str, str | None]:
+        nonlocal member
         with web.db.session() as s:
             op = management.find_operator(s, org_id, operator_id=operator_id)
+            member = op.organisation_id != org_id
             if action == "role":
                 management.change_role(s, scope, op, form.get("role"), org_id)
             elif action in ("disable", "enable"):
@@ -79,6 +83,9 @@ async def operator_change(request: Request) -> Response:
         "enable": "{email} may log in again.",
         "passphrase": "{email} has a new passphrase; their sessions have ended.",
     }
+    if member:  # their log-in is their home organisation's: only acting for this one changes
+        messages["disable"] = "{email} can no longer act for this organisation."
+        messages["enable"] = "{email} may act for this organisation again."
     return back(request, "/operators", messages[action], email=email)
 
 
