@@ -506,6 +506,7 @@ for a second candidate (see :func:`content_boxes`)."""
 
 _BOX_SIDE = 160  # content boxes are looked for on a thumbnail this long
 _BG_TOLERANCE = 24  # a pixel this close (per channel) to the background colour is background
+_FLAT_TOLERANCE = 6  # ...or this close, when the surround is flat (see _surround_tolerance)
 _MIN_BOX_AREA = 0.08  # a content box smaller than this share of the image is not a photo
 _MAX_BOX_AREA = 0.93  # one larger than this is the whole image: nothing to cut away
 _BAR_TOLERANCE = 12  # a plain bar: its pixels this close (per channel) to its colour...
@@ -599,22 +600,48 @@ def _lines(image: Image.Image, box: Box, edge: str, reach: int) -> tuple[np.ndar
 
 
 def _refine(
-    image: Image.Image, box: Box, colours: dict[str, np.ndarray], reach: int, share: float
+    image: Image.Image,
+    box: Box,
+    colours: dict[str, np.ndarray],
+    reach: int,
+    share: float,
+    tolerances: tuple[int, ...] = (_BG_TOLERANCE,),
 ) -> Box:
     """``box`` with each edge named in ``colours`` moved to the outermost line (within reach)
-    on which more than ``share`` of the pixels differ from that edge's background colour; an
-    edge with no such line in reach stays."""
+    on which more than ``share`` of the pixels differ from that edge's background colour by
+    more than the first of ``tolerances`` that finds such a line (the next ones are tried only
+    when the one before finds none: a smaller tolerance places the edge of a photo as dark as
+    the page, but the JPEG ringing beside a sharp edge can exceed it); an edge with no such
+    line in reach stays."""
     out = dict(zip(("left", "top", "right", "bottom"), box, strict=True))
     for edge, colour in colours.items():
         lines, first, step = _lines(image, box, edge, reach)
         if lines.size == 0:
             continue
-        differs = _differ(lines, colour, _BG_TOLERANCE)
-        hits = np.flatnonzero(differs.mean(axis=1) > share)
-        if hits.size:
-            line = first + step * int(hits[0])
-            out[edge] = line if step > 0 else line + 1  # right and bottom are exclusive
+        for tolerance in tolerances:
+            differs = _differ(lines, colour, tolerance)
+            hits = np.flatnonzero(differs.mean(axis=1) > share)
+            if hits.size:
+                line = first + step * int(hits[0])
+                out[edge] = line if step > 0 else line + 1  # right and bottom are exclusive
+                break
     return out["left"], out["top"], out["right"], out["bottom"]
+
+
+_STORY_PLAIN = 0.9  # a photo as wide as the page: its first and last rows this plain
+_FLAT_LEVELS = 2  # a flat surround: at least half its frame within this of its colour
+
+
+def _surround_tolerance(frame: np.ndarray, bg: np.ndarray) -> int:
+    """How far (per channel) a pixel may be from the background colour ``bg`` and still be
+    background, given the image's outer ``frame`` of pixels: :data:`_FLAT_TOLERANCE` when the
+    surround is flat (at least half the frame within :data:`_FLAT_LEVELS` of ``bg``, as the
+    page of a screenshot is), else :data:`_BG_TOLERANCE`. A dark photo on a dark page (or a
+    light one on a light page) has large parts within 24 levels of the page, which then count
+    as page and cut the box short; they are rarely within 6 (issue 10: screenshots of dark
+    photos in dark chats and posts)."""
+    flat = np.abs(frame - bg).max(axis=-1) <= _FLAT_LEVELS
+    return _FLAT_TOLERANCE if flat.mean() >= 0.5 else _BG_TOLERANCE
 
 
 def _surround_box(image: Image.Image, a: np.ndarray) -> Box | None:
@@ -622,13 +649,21 @@ def _surround_box(image: Image.Image, a: np.ndarray) -> Box | None:
     sh, sw = a.shape[:2]
     frame = np.concatenate((a[0], a[-1], a[1:-1, 0], a[1:-1, -1]))
     bg = _colour(frame)
-    if 1 - _differ(frame, bg, _BG_TOLERANCE).mean() < 0.6:
-        return None  # no uniform surround: the picture fills the image
-    busy = _differ(a, bg, _BG_TOLERANCE)
+    full_width = (1 - _differ(frame, bg, _BG_TOLERANCE).mean()) < 0.6
+    if full_width:  # no uniform surround; or a photo as wide as the page (a story)?
+        frame = np.concatenate((a[0], a[-1]))
+        bg = _colour(frame)
+        if (1 - _differ(frame, bg, _BG_TOLERANCE).mean()) < _STORY_PLAIN:
+            return None  # the picture fills the image
+    tolerance = _surround_tolerance(frame, bg)
+    busy = _differ(a, bg, tolerance)
     gap_r, gap_c = max(1, sh // 50), max(1, sw // 50)
     c0, c1 = 0, sw
-    r0, r1 = _longest_run(busy.mean(axis=1) > 0.25, gap_r)
-    for _ in range(2):
+    if full_width:
+        r0, r1 = _longest_run(busy.mean(axis=1) > 0.5, gap_r)
+    else:
+        r0, r1 = _longest_run(busy.mean(axis=1) > 0.25, gap_r)
+    for _ in range(0 if full_width else 2):
         if r1 - r0 < 8:
             return None
         c0, c1 = _longest_run(busy[r0:r1].mean(axis=0) > 0.5, gap_c)
@@ -641,8 +676,10 @@ def _surround_box(image: Image.Image, a: np.ndarray) -> Box | None:
     w, h = image.size
     fx, fy = w / sw, h / sh
     coarse = (round(c0 * fx), round(r0 * fy), round(c1 * fx), round(r1 * fy))
-    edges = {edge: bg for edge in ("left", "top", "right", "bottom")}
-    box = _refine(image, coarse, edges, math.ceil(1.5 * max(fx, fy)), 0.5)
+    sides = ("top", "bottom") if full_width else ("left", "top", "right", "bottom")
+    edges = {edge: bg for edge in sides}
+    tolerances = tuple(sorted({_BG_TOLERANCE, tolerance}, reverse=True))
+    box = _refine(image, coarse, edges, math.ceil(1.5 * max(fx, fy)), 0.5, tolerances)
     return box if box[2] - box[0] >= 16 and box[3] - box[1] >= 16 else None
 
 
@@ -654,9 +691,13 @@ def content_box(image: Image.Image) -> Box | None:
     The background is the colour of most of the image's outer frame; the box is the largest
     block of rows, then of columns, that are mostly not background, refined twice (lines of
     text are thin and separated by background, so the photo wins), found on a thumbnail of at
-    most 160 pixels and then placed exactly on the image itself. ``None`` when the image has
-    no uniform surround, or when what is left is too small to be a photo or is the whole image.
-    Costs well under a millisecond. See also :func:`letterbox_box`.
+    most 160 pixels and then placed exactly on the image itself. A pixel is background within
+    24 levels of its colour, or within 6 when the surround is flat (a screenshot's page: a dark
+    photo on a dark page is not cut short; :func:`_surround_tolerance`). When the frame is not
+    uniform but its first and last rows are (a story: a photo as wide as the page), the box is
+    the largest block of rows that are mostly not background, as wide as the image. ``None``
+    when the image has no uniform surround, or when what is left is too small to be a photo or
+    is the whole image. Costs well under a millisecond. See also :func:`letterbox_box`.
     """
     a = _thumbnail(image)
     return None if min(a.shape[:2]) < 16 else _surround_box(image, a)

@@ -648,6 +648,10 @@ def _reference_words(tag: str) -> str:
     """Words for a reference variant tag (the part after ``pdq.``)."""
     if tag in _DIHEDRAL_WORDS:
         return _DIHEDRAL_WORDS[tag]
+    if tag.startswith(("mcrop", "mrot")):  # a variant of the mirrored photo
+        return f"mirrored and {_reference_words(tag[1:])}"
+    if tag.startswith("sq"):
+        return "square crop"
     if tag.startswith("crop30"):
         return "cropped copy (about 30% cut away)"
     if tag.startswith("crop"):

@@ -270,6 +270,15 @@ def test_a_match_is_explained_in_words() -> None:
     assert explain_match({**how, "reference": "pdq.rot+4c", "bits": 256}).startswith(
         "straightened copy (about 4 degrees)"
     )
+    # variants of the mirrored photo and square crops are said in words, not by their tags
+    assert explain_match({**how, "found": "pdq.region", "reference": "pdq.mcrop20-03"}) == (
+        "the photo inside a border, letterbox or screenshot, mirrored and cropped copy "
+        "(about 20% cut away), distance 18"
+    )
+    assert "mirrored and straightened copy (about 2 degrees)" in explain_match(
+        {**how, "reference": "pdq.mrot+2c"}
+    )
+    assert "square crop" in explain_match({**how, "reference": "pdq.sq90-2-1"})
     assert explain_match(json.dumps({**how, "found": "phash", "reference": "phash", "bits": 64}))
     assert explain_match(None) == "" and explain_match("not json") == ""
 
