@@ -105,12 +105,13 @@ from types import TracebackType
 from typing import IO, Any, Self
 from urllib.parse import urlsplit
 
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
 import monitor
 from monitor.config import FetchConfig
 from monitor.evidence.browser import DEFAULT_CHROMIUM, Launcher, chromium_path
 from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
+from monitor.evidence.png import encode_png
 from monitor.evidence.proxy import GuardProxy
 from monitor.evidence.store import write_new_file
 from monitor.fetch import AddressPredicate, Resolver, is_blocked_address, system_resolver
@@ -143,8 +144,9 @@ CHROMIUM_ARGS = (  # never --no-sandbox (see monitor.evidence.browser)
 # (SwiftShader; Chromium calls enabling it for web content unsafe)
 PLAYWRIGHT_ARGS_REFUSED = ["--disable-popup-blocking", "--enable-unsafe-swiftshader"]
 DEFAULT_USER_AGENT: str = FetchConfig.model_fields["user_agent"].default
-# zlib level of the written PNG: 1 is several times faster than Pillow's 6 on a page-sized
-# image and the file only a little larger (screenshots of pages compress well either way)
+# zlib level of the written PNG: 1 is several times faster than 6 on a page-sized image and
+# the file only a little larger (screenshots of pages compress well either way); the rows are
+# filtered "Up" (monitor.evidence.png), not chosen row by row as Pillow's encoder does
 PNG_COMPRESS_LEVEL = 1
 BANNER_BACKGROUND = (255, 214, 0)  # a signal yellow no page is likely to fill a strip with
 BANNER_FOREGROUND = (0, 0, 0)
@@ -736,22 +738,21 @@ class Screenshotter:
             images_line=IMAGES_LINE if self.draw_images else "",
         )
         del shot
-        meta = PngImagePlugin.PngInfo()
-        meta.add_text("Source", url)
+        text = [("Source", url)]
         if final_url != url:
-            meta.add_text("Source (after redirects)", final_url)
-        meta.add_text("Creation Time", _utc_text(captured_at))
-        meta.add_text(
-            "Page parts shown",
-            ", ".join(f"{top}-{bottom}" for top, bottom in spans) + f" of {page_height} px",
+            text.append(("Source (after redirects)", final_url))
+        text.append(("Creation Time", _utc_text(captured_at)))
+        text.append(
+            (
+                "Page parts shown",
+                ", ".join(f"{top}-{bottom}" for top, bottom in spans) + f" of {page_height} px",
+            )
         )
-        meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
-        meta.add_text("Comment", "Every image on the page is blurred.")
+        text.append(("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}"))
+        text.append(("Comment", "Every image on the page is blurred."))
         if self.draw_images:
-            meta.add_text("Images", IMAGES_LINE)
-        buffer = io.BytesIO()
-        stamped.save(buffer, format="PNG", pnginfo=meta, compress_level=PNG_COMPRESS_LEVEL)
-        data = buffer.getvalue()
+            text.append(("Images", IMAGES_LINE))
+        data = encode_png(stamped, text, level=PNG_COMPRESS_LEVEL)
 
         def write(fh: IO[bytes]) -> None:
             fh.write(data)
