@@ -468,6 +468,7 @@ class Screenshotter:
         self._playwright: Any = None
         self._browser: Any = None
         self._spare: asyncio.Task[tuple[Any, Any, Thumbs]] | None = None
+        self._waiting = 0  # captures waiting for a slot
         self.draw_images = draw_images
         self._http: Any = None  # httpx.AsyncClient through the guard proxy (draw_images)
         self._decoder: Executor | None = None  # the thumbnails' process pool (draw_images)
@@ -622,16 +623,29 @@ class Screenshotter:
         await self._check_host(url, parts.hostname, parts.port or _default_port(parts.scheme))
         if self._browser is None:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
-        async with self._slots:
-            try:
-                shot, final_url, blurred, captured_at = await self._load_and_shoot(
-                    url, timeout, tuple(focus)
-                )
-            finally:
-                self._make_spare()  # while the shot is written, not while the page loads
+        if self._slots.locked():  # this capture waits for a slot: its tab is made meanwhile
+            self._make_spare()
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            shot, final_url, blurred, captured_at = await self._load_and_shoot(
+                url, timeout, tuple(focus)
+            )
+        finally:
+            self._slots.release()
+            if self._waiting:  # the next capture's tab, while this shot is written
+                self._make_spare()
         return await asyncio.to_thread(
             self._write, shot, url, final_url, blurred, captured_at, Path(out_path)
         )
+
+    def prepare(self) -> None:
+        """Make the next capture's tab in the background now, if none is ready (a browser kept
+        open between scans: called when a scan will capture again)."""
+        self._make_spare()
 
     # --- internals --------------------------------------------------------------------------
 
@@ -664,8 +678,12 @@ class Screenshotter:
             raise
 
     def _make_spare(self) -> None:
-        """Prepare the next capture's context and page in the background (a new page costs
-        Chromium a renderer process, about 0.3 s): one spare at a time, never used twice."""
+        """Prepare the next capture's context and page in the background: one spare at a time,
+        never used twice. A new page costs Chromium a renderer process (about 0.3 s, and 0.8-0.9
+        CPU s of the browser's and the renderer's), so a spare is made only when a capture is
+        sure to want it: at the start (the first capture), and when a capture waits for a
+        slot; not after every capture (the last one's spare was work thrown away, on the same
+        two cores as the other captures' shots)."""
         if self._browser is not None and self._spare is None:
             self._spare = asyncio.create_task(self._new_tab())
 
