@@ -6,14 +6,16 @@ them edited copies of the person's photo (``naive_scanner.CameraPhotos``). Each 
 database, times the ``scan`` command in a subprocess as a person waits for it (search, scan,
 alert to a loopback SMTP server, evidence: web archives and Chromium screenshots), when the
 alert reached the mail server, the same command without evidence, and the naive sequential
-scanner (``naive_scanner.naive_scan``); it prints evidence seconds per sighting and the ratios
-whole command / command without evidence (aim <= 1.5) and naive / our scan (aim >= 3).
+scanner (``naive_scanner.naive_scan``); it prints evidence seconds per sighting, the CPU seconds
+of each command (the processes it waited for, the browser's included), and the ratios whole
+command / command without evidence (aim <= 1.5) and naive / our scan (aim >= 3).
 
     python benchmarks/scan_throughput.py [--repeat 2] [--camera-pages 20] [--camera-images 103]
 
 ``--part capture``: the evidence screenshot alone, on the same camera-size pages: one
-Screenshotter, its start, three pages one at a time then three at once, with the time of each
-pass in the browser and of the banner + PNG + write (``docs/evidence.md``, "Heavy pages").
+Screenshotter, its start, three pages one at a time then three at once (with the CPU seconds
+of this process and the browser's), with the time of each pass in the browser and of the
+banner + PNG + write (``docs/evidence.md``, "Heavy pages", "PNG and tabs").
 
     python benchmarks/scan_throughput.py --part capture
 
@@ -221,6 +223,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(exclude: int) -> float:
+    """User + system CPU time so far of this process and all its descendants (the browser's
+    processes included; those that ended counted in the parent that waited for them), except
+    the process ``exclude`` and its own descendants (the loopback web)."""
+    parents: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(name)] = int(fields[1])
+        spent[int(name)] = sum(int(f) for f in fields[11:15]) / tick
+    mine = {os.getpid()}
+    grown = True
+    while grown:
+        grown = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine and pid != exclude:
+                mine.add(pid)
+                grown = True
+    return sum(spent[pid] for pid in mine)
+
+
 def cpu_split(server_pid: int, pool) -> dict[str, float]:  # noqa: ANN001
     workers = [p.pid for p in getattr(pool, "_processes", {}).values()]
     return {
@@ -319,9 +349,12 @@ def _scan_command(
     config: Path,
     smtp,
     **env: str,  # noqa: ANN001
-) -> tuple[float, dict, float | None]:
+) -> tuple[float, dict, float | None, float]:
     """Run ``run_monitor.py scan NAME --json`` as a person would: (wall seconds, summary,
-    seconds until the alert reached the mail server, watched from here)."""
+    seconds until the alert reached the mail server, watched from here, CPU seconds of the
+    command and every process it started and waited for: the browser's, the pools')."""
+    import resource
+
     environ = {**os.environ, "MONITOR_DATA_DIR": str(data_dir), **env}
     environ.pop("MONITOR_CONFIG", None)
     # As installed: pip compiles the package's bytecode once, so a person's command does not
@@ -336,6 +369,7 @@ def _scan_command(
                 arrived.append(time.perf_counter() - t0)
                 return
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -343,11 +377,13 @@ def _scan_command(
         [*command, "scan", NAME, "--json"], env=environ, capture_output=True, text=True, cwd=REPO
     )
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     done_event.set()
     watcher.join()
     if done.returncode != 0:
         raise SystemExit(f"the scan command failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return wall, json.loads(done.stdout), arrived[0] if arrived else None
+    return wall, json.loads(done.stdout), arrived[0] if arrived else None, cpu
 
 
 def _parts(sm: dict) -> str:
@@ -377,6 +413,8 @@ def command_benchmark(args: argparse.Namespace) -> int:
         "no evidence": [],
         "scan": [],
         "naive": [],
+        "cpu": [],
+        "cpu no evidence": [],
     }
     per_sighting: list[float] = []
     ok, parts = True, ""
@@ -388,14 +426,16 @@ def command_benchmark(args: argparse.Namespace) -> int:
             for run in range(args.repeat):
                 sent = len(smtp.messages)
                 data, config = _camera_world(base_url, smtp.port, reference)
-                quick, sm, _ = _scan_command(
+                quick, sm, _, quick_cpu = _scan_command(
                     data, config, smtp, MONITOR_CASES__CAPTURE_EVIDENCE="false"
                 )
                 shutil.rmtree(config.parent)
                 rows["no evidence"].append(quick)
+                rows["cpu no evidence"].append(quick_cpu)
                 rows["scan"].append(sm["seconds"])
                 data, config = _camera_world(base_url, smtp.port, reference)
-                wall, sm, alert_after = _scan_command(data, config, smtp)
+                wall, sm, alert_after, cpu = _scan_command(data, config, smtp)
+                rows["cpu"].append(cpu)
                 shutil.rmtree(config.parent)  # its evidence too
                 rows["whole"].append(wall)
                 rows["alert"].append(alert_after or float("nan"))
@@ -413,7 +453,8 @@ def command_benchmark(args: argparse.Namespace) -> int:
                     f"sightings, evidence {evidence_s:.2f} s: {parts}); without "
                     f"evidence {quick:.2f} s (scan {rows['scan'][-1]:.2f} s); naive "
                     f"{result.seconds:.2f} s ({result.images} images, "
-                    f"{len(result.matches)} matched)",
+                    f"{len(result.matches)} matched); CPU s of the command {cpu:.2f}, without "
+                    f"evidence {quick_cpu:.2f}",
                     flush=True,
                 )
     finally:
@@ -431,6 +472,10 @@ def command_benchmark(args: argparse.Namespace) -> int:
     print(f"  scan command without evidence:    {med['no evidence']:6.2f} s")
     print(f"  its scan (summary seconds):       {med['scan']:6.2f} s")
     print(f"  naive sequential scanner:         {med['naive']:6.2f} s")
+    print(
+        f"  CPU s of the command (its processes and the browser's): {med['cpu']:.2f}, "
+        f"without evidence {med['cpu no evidence']:.2f}"
+    )
     if per_sighting:
         print(f"  evidence: {median(per_sighting):.2f} s per sighting ({parts})")
     print(
@@ -500,7 +545,7 @@ def capture_benchmark(args: argparse.Namespace) -> int:
                     f"({info.width} x {info.height} px of a {info.page_height} px page, "
                     f"{info.blurred_elements} blurred; " + ", ".join(steps) + ")"
                 )
-            t0 = time.perf_counter()
+            cpu0, t0 = tree_cpu_seconds(server.pid), time.perf_counter()
             await asyncio.gather(
                 *(
                     shooter.capture(
@@ -512,7 +557,10 @@ def capture_benchmark(args: argparse.Namespace) -> int:
                     for p in (5, 10, 15)
                 )
             )
-            print(f"three pages at once: {time.perf_counter() - t0:.2f} s")
+            print(
+                f"three pages at once: {time.perf_counter() - t0:.2f} s, "
+                f"{tree_cpu_seconds(server.pid) - cpu0:.2f} CPU s (this process and the browser's)"
+            )
 
     try:
         asyncio.run(run())

@@ -409,3 +409,31 @@ async def test_one_browser_serves_concurrent_captures_in_separate_contexts(web, 
             assert "cookie" not in r.headers, r.headers
         else:
             assert r.headers.get("cookie") == f"visited={r.path[5:-4]}", (r.path, r.headers)
+
+
+async def test_a_tab_is_made_ahead_only_for_a_capture_that_will_use_it(web, tmp_path):
+    """A fresh page costs the browser a renderer process (most of a capture's CPU): one is
+    made ahead at the start and for each capture that waits for a slot, none after the last
+    capture (it was work thrown away, on the cores the other captures' shots need)."""
+    url = web.add("/plain", "<h1>plain</h1><p>text</p>", "text/html")
+    async with shooter(max_concurrent=1) as s:
+        made = 0
+        new_tab = s._new_tab
+
+        async def counted() -> tuple[object, object, object]:
+            nonlocal made
+            made += 1
+            return await new_tab()
+
+        s._new_tab = counted  # type: ignore[method-assign]
+        if s._spare is not None:  # the one made at the start counts as the first capture's
+            await asyncio.wait({s._spare})
+            made = 1
+        await s.capture(url, tmp_path / "a.png", may_show_minor=False)
+        assert s._spare is None  # nobody waits for a slot: no tab made ahead
+        await s.capture(url, tmp_path / "b.png", may_show_minor=False)
+        await asyncio.gather(
+            *(s.capture(url, tmp_path / f"c{i}.png", may_show_minor=False) for i in range(3))
+        )
+        assert s._spare is None
+        assert made == 5  # one per capture, none wasted

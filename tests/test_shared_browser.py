@@ -18,6 +18,10 @@ class FakeShooter:
     def __init__(self) -> None:
         self.running = True
         self.closed = False
+        self.prepared = 0  # tabs asked for ahead of a scan's first capture
+
+    def prepare(self) -> None:
+        self.prepared += 1
 
     async def capture(self, url: str, out_path: Path, *, may_show_minor: bool) -> tuple[str, str]:
         return url, threading.current_thread().name
@@ -52,6 +56,7 @@ def test_scans_in_turn_share_one_browser_and_a_dead_one_is_replaced(
         first, second = asyncio.run(one_scan()), asyncio.run(one_scan())
         assert len(started) == 1  # one browser for both scans
         assert first[1] == second[1] == "screenshot-browser"  # on its own loop's thread
+        assert started[0].prepared == 1  # the second scan's first tab, made as it opens it
         seen: list[object] = []
         other = threading.Thread(target=lambda: seen.append(capture._shared_browser(settings)))
         other.start()

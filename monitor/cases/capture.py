@@ -473,6 +473,7 @@ class _SharedBrowser:
     async def _get(self) -> tuple[Any, str | None]:  # on the browser's loop
         shooter = self._shooter
         if shooter is not None and shooter.running:
+            shooter.prepare()  # the first capture's tab (a new browser makes one as it starts)
             return shooter, None
         self._shooter = None
         if shooter is not None:

@@ -105,12 +105,13 @@ from types import TracebackType
 from typing import IO, Any, Self
 from urllib.parse import urlsplit
 
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
 import monitor
 from monitor.config import FetchConfig
 from monitor.evidence.browser import DEFAULT_CHROMIUM, Launcher, chromium_path
 from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
+from monitor.evidence.png import encode_png
 from monitor.evidence.proxy import GuardProxy
 from monitor.evidence.store import write_new_file
 from monitor.fetch import AddressPredicate, Resolver, is_blocked_address, system_resolver
@@ -143,8 +144,9 @@ CHROMIUM_ARGS = (  # never --no-sandbox (see monitor.evidence.browser)
 # (SwiftShader; Chromium calls enabling it for web content unsafe)
 PLAYWRIGHT_ARGS_REFUSED = ["--disable-popup-blocking", "--enable-unsafe-swiftshader"]
 DEFAULT_USER_AGENT: str = FetchConfig.model_fields["user_agent"].default
-# zlib level of the written PNG: 1 is several times faster than Pillow's 6 on a page-sized
-# image and the file only a little larger (screenshots of pages compress well either way)
+# zlib level of the written PNG: 1 is several times faster than 6 on a page-sized image and
+# the file only a little larger (screenshots of pages compress well either way); the rows are
+# filtered "Up" (monitor.evidence.png), not chosen row by row as Pillow's encoder does
 PNG_COMPRESS_LEVEL = 1
 BANNER_BACKGROUND = (255, 214, 0)  # a signal yellow no page is likely to fill a strip with
 BANNER_FOREGROUND = (0, 0, 0)
@@ -466,6 +468,7 @@ class Screenshotter:
         self._playwright: Any = None
         self._browser: Any = None
         self._spare: asyncio.Task[tuple[Any, Any, Thumbs]] | None = None
+        self._waiting = 0  # captures waiting for a slot
         self.draw_images = draw_images
         self._http: Any = None  # httpx.AsyncClient through the guard proxy (draw_images)
         self._decoder: Executor | None = None  # the thumbnails' process pool (draw_images)
@@ -620,16 +623,29 @@ class Screenshotter:
         await self._check_host(url, parts.hostname, parts.port or _default_port(parts.scheme))
         if self._browser is None:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
-        async with self._slots:
-            try:
-                shot, final_url, blurred, captured_at = await self._load_and_shoot(
-                    url, timeout, tuple(focus)
-                )
-            finally:
-                self._make_spare()  # while the shot is written, not while the page loads
+        if self._slots.locked():  # this capture waits for a slot: its tab is made meanwhile
+            self._make_spare()
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            shot, final_url, blurred, captured_at = await self._load_and_shoot(
+                url, timeout, tuple(focus)
+            )
+        finally:
+            self._slots.release()
+            if self._waiting:  # the next capture's tab, while this shot is written
+                self._make_spare()
         return await asyncio.to_thread(
             self._write, shot, url, final_url, blurred, captured_at, Path(out_path)
         )
+
+    def prepare(self) -> None:
+        """Make the next capture's tab in the background now, if none is ready (a browser kept
+        open between scans: called when a scan will capture again)."""
+        self._make_spare()
 
     # --- internals --------------------------------------------------------------------------
 
@@ -662,8 +678,12 @@ class Screenshotter:
             raise
 
     def _make_spare(self) -> None:
-        """Prepare the next capture's context and page in the background (a new page costs
-        Chromium a renderer process, about 0.3 s): one spare at a time, never used twice."""
+        """Prepare the next capture's context and page in the background: one spare at a time,
+        never used twice. A new page costs Chromium a renderer process (about 0.3 s, and 0.8-0.9
+        CPU s of the browser's and the renderer's), so a spare is made only when a capture is
+        sure to want it: at the start (the first capture), and when a capture waits for a
+        slot; not after every capture (the last one's spare was work thrown away, on the same
+        two cores as the other captures' shots)."""
         if self._browser is not None and self._spare is None:
             self._spare = asyncio.create_task(self._new_tab())
 
@@ -736,22 +756,21 @@ class Screenshotter:
             images_line=IMAGES_LINE if self.draw_images else "",
         )
         del shot
-        meta = PngImagePlugin.PngInfo()
-        meta.add_text("Source", url)
+        text = [("Source", url)]
         if final_url != url:
-            meta.add_text("Source (after redirects)", final_url)
-        meta.add_text("Creation Time", _utc_text(captured_at))
-        meta.add_text(
-            "Page parts shown",
-            ", ".join(f"{top}-{bottom}" for top, bottom in spans) + f" of {page_height} px",
+            text.append(("Source (after redirects)", final_url))
+        text.append(("Creation Time", _utc_text(captured_at)))
+        text.append(
+            (
+                "Page parts shown",
+                ", ".join(f"{top}-{bottom}" for top, bottom in spans) + f" of {page_height} px",
+            )
         )
-        meta.add_text("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}")
-        meta.add_text("Comment", "Every image on the page is blurred.")
+        text.append(("Software", f"exposure-monitor/{monitor.__version__}; {self.browser_version}"))
+        text.append(("Comment", "Every image on the page is blurred."))
         if self.draw_images:
-            meta.add_text("Images", IMAGES_LINE)
-        buffer = io.BytesIO()
-        stamped.save(buffer, format="PNG", pnginfo=meta, compress_level=PNG_COMPRESS_LEVEL)
-        data = buffer.getvalue()
+            text.append(("Images", IMAGES_LINE))
+        data = encode_png(stamped, text, level=PNG_COMPRESS_LEVEL)
 
         def write(fh: IO[bytes]) -> None:
             fh.write(data)
