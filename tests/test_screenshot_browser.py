@@ -373,19 +373,24 @@ async def test_scripts_get_no_webgl_or_webgpu(web, tmp_path):
 # --- many captures at once, one browser, separate contexts ------------------------------------
 
 
-async def test_one_browser_serves_concurrent_captures_in_separate_contexts(web, tmp_path):
-    """Six captures at once with max_concurrent=2: at most two pages load at a time, every
-    shot is written, and no capture sees another's cookie."""
+async def test_one_browser_serves_concurrent_captures_one_page_at_a_time_per_site(web, tmp_path):
+    """Six captures at once on two sites with max_concurrent=2: the two sites load at the same
+    time, each site's pages one after another (in the tab kept for the site), every shot is
+    written, and no capture sees another's cookie."""
     lock = threading.Lock()
-    state = {"now": 0, "peak": 0}
+    state = {"now": 0, "peak": 0, "hosts": set(), "same_host_at_once": False}
 
     def slow_page(request: Request) -> Response:
+        host = request.headers.get("host", "")
         with lock:
             state["now"] += 1
             state["peak"] = max(state["peak"], state["now"])
+            state["same_host_at_once"] |= host in state["hosts"]
+            state["hosts"].add(host)
         time.sleep(0.4)
         with lock:
             state["now"] -= 1
+            state["hosts"].discard(host)
         n = request.path.rsplit("-", 1)[1]
         return Response(
             200,
@@ -395,7 +400,8 @@ async def test_one_browser_serves_concurrent_captures_in_separate_contexts(web, 
 
     urls = []
     for n in range(6):
-        urls.append(web.route(f"/page-{n}", slow_page))
+        url = web.route(f"/page-{n}", slow_page)
+        urls.append(url if n % 2 else url.replace("127.0.0.1", "localhost"))  # two sites
         web.add(f"/img-{n}.jpg", photo_bytes(n, (160, 120)), "image/jpeg")
     async with shooter(max_concurrent=2) as s:
         shots = await asyncio.gather(
@@ -403,7 +409,8 @@ async def test_one_browser_serves_concurrent_captures_in_separate_contexts(web, 
         )
     assert [shot.url for shot in shots] == urls
     assert len({shot.sha256 for shot in shots}) == 6
-    assert state["peak"] == 2
+    assert all(shot.drawn_images == 1 for shot in shots)  # each page's image, in a kept tab too
+    assert state["peak"] == 2 and not state["same_host_at_once"]
     for r in web.requests:  # a capture sees its own page's cookie, never another's
         if r.path.startswith("/page-"):
             assert "cookie" not in r.headers, r.headers
@@ -411,16 +418,18 @@ async def test_one_browser_serves_concurrent_captures_in_separate_contexts(web, 
             assert r.headers.get("cookie") == f"visited={r.path[5:-4]}", (r.path, r.headers)
 
 
-async def test_a_tab_is_made_ahead_only_for_a_capture_that_will_use_it(web, tmp_path):
-    """A fresh page costs the browser a renderer process (most of a capture's CPU): one is
-    made ahead at the start and for each capture that waits for a slot, none after the last
-    capture (it was work thrown away, on the cores the other captures' shots need)."""
+async def test_a_sites_pages_share_one_tab_and_a_tab_is_made_ahead_only_when_needed(web, tmp_path):
+    """A fresh page costs the browser a renderer process (most of a capture's CPU): a site's
+    pages are shot one after another in the tab kept for it (its cookies cleared); a tab is
+    made ahead at the start and for a capture that waits for a slot and has no tab, none after
+    the last capture; close_tabs() ends the kept tabs (a scan's captures are over)."""
     url = web.add("/plain", "<h1>plain</h1><p>text</p>", "text/html")
+    other = url.replace("127.0.0.1", "localhost")  # another site
     async with shooter(max_concurrent=1) as s:
         made = 0
         new_tab = s._new_tab
 
-        async def counted() -> tuple[object, object, object]:
+        async def counted() -> object:
             nonlocal made
             made += 1
             return await new_tab()
@@ -435,5 +444,12 @@ async def test_a_tab_is_made_ahead_only_for_a_capture_that_will_use_it(web, tmp_
         await asyncio.gather(
             *(s.capture(url, tmp_path / f"c{i}.png", may_show_minor=False) for i in range(3))
         )
-        assert s._spare is None
-        assert made == 5  # one per capture, none wasted
+        assert made == 1  # five pages of one site, one tab
+        await asyncio.gather(
+            s.capture(url, tmp_path / "d.png", may_show_minor=False),
+            s.capture(other, tmp_path / "e.png", may_show_minor=False),
+        )
+        assert made == 2 and s._spare is None  # the other site's, made while it waited
+        await s.close_tabs()
+        await s.capture(url, tmp_path / "f.png", may_show_minor=False)
+        assert made == 3 and s._spare is None

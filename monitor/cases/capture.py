@@ -398,10 +398,14 @@ async def capture_pending(
 async def _close_browser(
     browser: asyncio.Future[tuple[Any, str | None]], shared: _SharedBrowser | None
 ) -> None:
-    """Close the browser ``browser`` started (once started), unless it is the shared one."""
+    """Close the browser ``browser`` started (once started), unless it is the shared one,
+    whose tabs kept for this call's sites are closed (the next scan's pages get their own)."""
     screenshotter = None
     with contextlib.suppress(Exception, asyncio.CancelledError):
         screenshotter = (await browser)[0]
+    if screenshotter is not None and shared is not None:
+        with contextlib.suppress(Exception):
+            await screenshotter.close_tabs()
     if screenshotter is not None and shared is None:  # a shared one stays open
         try:
             await screenshotter.__aexit__(None, None, None)
@@ -512,6 +516,9 @@ class _RemoteScreenshotter:
 
     async def capture(self, *args: Any, **kwargs: Any) -> Any:
         return await self._host._run(self._shooter.capture(*args, **kwargs))
+
+    async def close_tabs(self) -> None:
+        await self._host._run(self._shooter.close_tabs())
 
 
 _shared = threading.local()  # .browser: the _SharedBrowser of this thread's scans, if any

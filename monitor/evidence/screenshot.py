@@ -332,6 +332,31 @@ _PAGE_HEIGHT = (
 
 Thumb = tuple[tuple[int, int], bytes]  # a blurred thumbnail: (width, height), RGB bytes
 Thumbs = dict[str, "asyncio.Future[Thumb]"]  # one capture's, by image address
+
+KEPT_TABS = 4
+NOT_KEPT = {"Cache-Control": "no-store"}
+"""On the images the tool answers: a tab used again for its site's next page asks for them
+again (so their thumbnails are made for that capture), never from the renderer's memory."""
+"""Most tabs kept open between captures (one per site, the least recently used closed)."""
+
+
+@dataclass(slots=True)
+class _Tab:
+    """A browser context with its one page, the request filter routing its requests and the
+    thumbnails of the capture it is doing."""
+
+    context: Any
+    page: Any
+    thumbs: Thumbs
+    requests: _RequestFilter
+
+
+def site_of(url: str) -> str:
+    """The site a tab may be reused for: scheme, host and port (``https://a.example:443``)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or _default_port(parts.scheme)}"
+
+
 THUMBNAIL_TIMEOUT = 20.0  # seconds one image's thumbnail may take in its worker
 PLACEHOLDER_FILL = "#8c8c8c"
 IMAGES_LINE = (
@@ -467,8 +492,10 @@ class Screenshotter:
         self._launcher: Launcher | None = None
         self._playwright: Any = None
         self._browser: Any = None
-        self._spare: asyncio.Task[tuple[Any, Any, Thumbs]] | None = None
-        self._waiting = 0  # captures waiting for a slot
+        self._spare: asyncio.Task[_Tab] | None = None
+        self._waiting = 0  # captures waiting for a slot that will need a new tab
+        self._kept: dict[str, _Tab] = {}  # an idle tab per site, to be used again
+        self._sites: dict[str, asyncio.Lock] = {}  # one capture at a time per site
         self.draw_images = draw_images
         self._http: Any = None  # httpx.AsyncClient through the guard proxy (draw_images)
         self._decoder: Executor | None = None  # the thumbnails' process pool (draw_images)
@@ -564,6 +591,7 @@ class Screenshotter:
     async def aclose(self) -> None:
         """Close the browser, Playwright and the guard proxy."""
         await self._drop_spare()
+        await self.close_tabs()
         browser, self._browser = self._browser, None
         pw, self._playwright = self._playwright, None
         proxy, self._proxy = self._proxy, None
@@ -623,21 +651,24 @@ class Screenshotter:
         await self._check_host(url, parts.hostname, parts.port or _default_port(parts.scheme))
         if self._browser is None:
             raise RuntimeError("use `async with Screenshotter() as s:` before capture()")
-        if self._slots.locked():  # this capture waits for a slot: its tab is made meanwhile
-            self._make_spare()
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            shot, final_url, blurred, captured_at = await self._load_and_shoot(
-                url, timeout, tuple(focus)
-            )
-        finally:
-            self._slots.release()
-            if self._waiting:  # the next capture's tab, while this shot is written
+        site = site_of(url)
+        async with self._sites.setdefault(site, asyncio.Lock()):  # a site's pages one by one
+            needs_tab = site not in self._kept
+            if needs_tab and self._slots.locked():  # it waits for a slot: its tab made meanwhile
                 self._make_spare()
+            self._waiting += needs_tab
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= needs_tab
+            try:
+                shot, final_url, blurred, captured_at = await self._load_and_shoot(
+                    url, timeout, tuple(focus)
+                )
+            finally:
+                self._slots.release()
+                if self._waiting:  # the next capture's tab, while this shot is written
+                    self._make_spare()
         return await asyncio.to_thread(
             self._write, shot, url, final_url, blurred, captured_at, Path(out_path)
         )
@@ -647,9 +678,17 @@ class Screenshotter:
         open between scans: called when a scan will capture again)."""
         self._make_spare()
 
+    async def close_tabs(self) -> None:
+        """Close the tabs kept for their sites (a scan's captures are over: the next scan's
+        start in tabs of their own)."""
+        kept, self._kept = self._kept, {}
+        for tab in kept.values():
+            with contextlib.suppress(Exception):
+                await tab.context.close()
+
     # --- internals --------------------------------------------------------------------------
 
-    async def _new_tab(self) -> tuple[Any, Any, Thumbs]:
+    async def _new_tab(self) -> _Tab:
         """A new browser context (nothing shared with any other) and an empty page in it."""
         context = await self._browser.new_context(
             viewport={"width": self.viewport[0], "height": self.viewport[1]},
@@ -665,13 +704,14 @@ class Screenshotter:
                 async def images(route: Any) -> None:
                     await self._image(route, thumbs, context)
 
-            await context.route("**/*", _RequestFilter(images))
+            requests = _RequestFilter(images)
+            await context.route("**/*", requests)
             await context.add_init_script(_INIT_SCRIPT % _js_string(BLUR_CSS))
             if self.javascript:
                 await context.add_init_script(_NO_WEBRTC_SCRIPT)
             page = await context.new_page()
             context.on("page", _close_popup)  # any other page (a popup): closed at once
-            return context, page, thumbs
+            return _Tab(context, page, thumbs, requests)
         except BaseException:
             with contextlib.suppress(Exception):
                 await context.close()
@@ -687,7 +727,7 @@ class Screenshotter:
         if self._browser is not None and self._spare is None:
             self._spare = asyncio.create_task(self._new_tab())
 
-    async def _take_tab(self) -> tuple[Any, Any, Thumbs]:
+    async def _take_tab(self) -> _Tab:
         spare, self._spare = self._spare, None
         if spare is not None:
             with contextlib.suppress(Exception):
@@ -701,19 +741,31 @@ class Screenshotter:
         if not spare.done():
             spare.cancel()
         with contextlib.suppress(BaseException):
-            context, *_ = await spare
-            await context.close()
+            await (await spare).context.close()
 
     async def _load_and_shoot(
         self, url: str, timeout: float, focus: tuple[str, ...] = ()
     ) -> tuple[Picture, str, int, datetime]:
-        """The page's PNG in a fresh context of its own (closed afterwards)."""
+        """The page's PNG, in the tab kept for its site if there is one (its cookies cleared
+        first: each capture is a first visit), else in a fresh context of its own. A tab that
+        shot its page and stayed on its site is kept for the site's next page (a new tab costs
+        Chromium a renderer process, most of a capture's CPU); any other is closed."""
         started = time.monotonic()
-        context: Any = None
+        site = site_of(url)
+        tab: _Tab | None = None
+        keep = False
         try:
             async with asyncio.timeout(timeout):
-                context, page, thumbs = await self._take_tab()
-                return await self._shoot(page, url, timeout, started, focus, thumbs)
+                tab = self._kept.pop(site, None)
+                if tab is None:
+                    tab = await self._take_tab()
+                else:
+                    await tab.context.clear_cookies()
+                    tab.thumbs.clear()
+                tab.requests.reset()
+                result = await self._shoot(tab.page, url, timeout, started, focus, tab.thumbs)
+                keep = site_of(result[1]) == site and not tab.page.is_closed()
+                return result
         except TimeoutError:
             raise ScreenshotError(
                 f"{url}: gave up after {timeout:g} s (the page did not finish loading)"
@@ -731,9 +783,22 @@ class Screenshotter:
                 f"{url}: could not take a screenshot: {_first_line(exc)}"
             ) from exc
         finally:
-            if context is not None:
-                with contextlib.suppress(Exception):
-                    await context.close()
+            if tab is not None:
+                if keep and self._browser is not None:
+                    self._keep(site, tab)
+                else:
+                    with contextlib.suppress(Exception):
+                        await tab.context.close()
+
+    def _keep(self, site: str, tab: _Tab) -> None:
+        """Keep ``tab`` for ``site``'s next capture; past :data:`KEPT_TABS`, the least recently
+        used one is closed."""
+        self._kept[site] = tab
+        while len(self._kept) > KEPT_TABS:
+            oldest = next(iter(self._kept))
+            asyncio.ensure_future(self._kept.pop(oldest).context.close()).add_done_callback(
+                lambda f: f.cancelled() or f.exception()
+            )
 
     def _write(
         self,
@@ -818,6 +883,7 @@ class Screenshotter:
         # shot anyway. Without JavaScript nothing starts after `load`: no wait at all.
         settle = min(MAX_SETTLE_SECONDS, timeout / 4)
         await in_flight.quiet(QUIET_SECONDS if self.javascript else 0.0, settle)
+        in_flight.close()
         await _images_settled(page, settle)
         blurred, rects, focus_rects, drawn = await page.evaluate(
             _BLUR_SCRIPT, [BLUR_CSS, MIN_BLUR_PX, list(focus), list(thumbs or ())]
@@ -882,7 +948,7 @@ class Screenshotter:
         body, content_type = got
         size = _intrinsic_size(body)
         if size is None:
-            await route.fulfill(status=200, body=body, content_type=content_type)
+            await route.fulfill(status=200, body=body, content_type=content_type, headers=NOT_KEPT)
             return
         address = request.url.split("#", 1)[0]
         if self._decoder is None and self._decoder_start is not None:  # started with the browser
@@ -893,7 +959,12 @@ class Screenshotter:
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
             thumbs[address] = future
         del body
-        await route.fulfill(status=200, body=_placeholder_svg(*size), content_type="image/svg+xml")
+        await route.fulfill(
+            status=200,
+            body=_placeholder_svg(*size),
+            content_type="image/svg+xml",
+            headers=NOT_KEPT,
+        )
 
     async def _fetch_image(self, request: Any, context: Any) -> tuple[bytes, str] | None:
         """The image's bytes (in memory only) and content type, or None if not served. Sent
@@ -1093,6 +1164,10 @@ class _RequestFilter:
         self._chain: list[Any] = []  # the top frame's first request and its redirect hops
         self._images = images  # answers the page's image requests (see Screenshotter._image)
 
+    def reset(self) -> None:
+        """A new capture in the same tab: its first navigation is the one to let through."""
+        self._chain.clear()
+
     async def __call__(self, route: Any) -> None:
         request = route.request
         if urlsplit(request.url).scheme not in WEB_SCHEMES or (
@@ -1129,9 +1204,16 @@ class _InFlight:
 
     def __init__(self, page: Any) -> None:
         self.count = 0
+        self._page = page
         page.on("request", self._started)
         page.on("requestfinished", self._ended)
         page.on("requestfailed", self._ended)
+
+    def close(self) -> None:
+        """Stop counting (the tab may serve another capture)."""
+        self._page.remove_listener("request", self._started)
+        self._page.remove_listener("requestfinished", self._ended)
+        self._page.remove_listener("requestfailed", self._ended)
 
     def _started(self, _request: Any) -> None:
         self.count += 1
