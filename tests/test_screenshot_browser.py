@@ -453,3 +453,13 @@ async def test_a_sites_pages_share_one_tab_and_a_tab_is_made_ahead_only_when_nee
         await s.close_tabs()
         await s.capture(url, tmp_path / "f.png", may_show_minor=False)
         assert made == 3 and s._spare is None
+
+
+async def test_with_scripts_on_no_tab_is_used_twice(web, tmp_path):
+    """A page's scripts could leave storage behind (cleared cookies are not all of it): with
+    JavaScript on, every capture gets a fresh context, its site's pages too."""
+    url = web.add("/plain", "<h1>plain</h1>", "text/html")
+    async with shooter(max_concurrent=1, javascript=True) as s:
+        for name in ("a", "b"):
+            await s.capture(url, tmp_path / f"{name}.png", may_show_minor=False)
+            assert s._kept == {}

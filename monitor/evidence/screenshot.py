@@ -10,10 +10,13 @@ How it is taken:
   ``/usr/bin/chromium``, or Playwright's own) driven by Playwright, headless, with
   :data:`CHROMIUM_ARGS`, **sandboxed**: never ``--no-sandbox``; as root it runs as an
   unprivileged user (see :mod:`monitor.evidence.browser`). Playwright gives it a new, empty,
-  temporary user-data-dir (deleted when the browser closes), and every capture runs in a fresh
-  off-the-record browser context: no cookies, no logins, nothing shared with another capture,
-  and the HTTP cache is kept in memory, so the browser writes no image to disk. One browser
-  serves many captures, at most ``max_concurrent`` at once.
+  temporary user-data-dir (deleted when the browser closes), and captures run in off-the-record
+  browser contexts: no logins, cookies cleared before each capture, and the HTTP cache kept in
+  memory, so the browser writes no image to disk. One browser serves many captures, at most
+  ``max_concurrent`` at once and one at a time per site (scheme, host and port): a site's next
+  page is shot in the tab its last one used (a new tab costs Chromium a renderer process, most
+  of a capture's CPU; without JavaScript a page leaves nothing but cookies behind), any other
+  page in a fresh context; ``close_tabs()`` ends the kept ones.
 * **No JavaScript** by default (``java_script_enabled=False``): the page is shown as served.
   ``javascript=True`` (``[cases] screenshot_javascript``) runs its scripts; WebRTC's
   constructors (``RTCPeerConnection``...) are then deleted before any of the page's scripts
@@ -764,7 +767,10 @@ class Screenshotter:
                     tab.thumbs.clear()
                 tab.requests.reset()
                 result = await self._shoot(tab.page, url, timeout, started, focus, tab.thumbs)
-                keep = site_of(result[1]) == site and not tab.page.is_closed()
+                # with scripts on, a page could leave storage behind for the next: not kept
+                keep = (
+                    not self.javascript and site_of(result[1]) == site and not tab.page.is_closed()
+                )
                 return result
         except TimeoutError:
             raise ScreenshotError(
