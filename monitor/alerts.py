@@ -366,18 +366,38 @@ def _queue_health_notice(
         )
     )
     body = re.sub(r"\n{3,}", "\n\n", body).strip("\n") + "\n"
+    recipient = _recipient(session, subject) if subject is not None else None
+    return queue_message(
+        session, settings, subject_id, recipient, state, body, now=now, scan_id=scan_id
+    )
+
+
+def queue_message(
+    session: Session,
+    settings: Settings,
+    subject_id: int | None,
+    recipient: str | None,
+    kind: str,
+    body: str,
+    *,
+    now: datetime | None = None,
+    scan_id: int | None = None,
+) -> OutboxMessage:
+    """Queue a message other than a match alert (a health notice, a consent link, an
+    invitation, a consent notice for the caseworker) in the outbox: delivered like alerts,
+    with the same neutral subject line. ``recipient`` None: the configured address."""
     row = OutboxMessage(
         subject_id=subject_id,
         scan_id=scan_id,
         message_id=_new_message_id(_sender_domain(settings.mail.sender)),
-        recipient=_recipient(session, subject) if subject is not None else None,
+        recipient=recipient,
         status="pending",
-        kind=state,
+        kind=kind,
         new_items=0,
         subject_line=_one_line(settings.mail.subject)[:200] or "You have a new notification",
         body=body,
         attempts=0,
-        next_attempt_at=now,
+        next_attempt_at=now or utcnow(),
     )
     session.add(row)
     return row

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from monitor.db.models import Consent, OutboxMessage, Subject, utcnow
+from monitor.db.models import Consent, Subject, utcnow
 from monitor.errors import MonitorError
 from monitor.orgs.scope import Scope, subject_in_scope
 from monitor.types import iso_utc
@@ -123,20 +123,7 @@ def queue_link_mail(session: Session, settings: Any, subject: Subject, token: st
         "Nothing is searched until you confirm that you agree.\n\n"
         f"{how}\nIf you did not ask for this, ignore this message: nothing will happen.\n"
     )
-    session.add(
-        OutboxMessage(
-            subject_id=subject.id,
-            message_id=alerts._new_message_id(alerts._sender_domain(settings.mail.sender)),
-            recipient=subject.email,
-            status="pending",
-            kind="consent_link",
-            new_items=0,
-            subject_line=settings.mail.subject[:200],
-            body=body,
-            attempts=0,
-            next_attempt_at=utcnow(),
-        )
-    )
+    alerts.queue_message(session, settings, subject.id, subject.email, "consent_link", body)
 
 
 def confirm_link(

@@ -20,7 +20,6 @@ from monitor.db.models import (
     Image,
     Match,
     Notice,
-    OutboxMessage,
     Sighting,
     Subject,
     utcnow,
@@ -82,20 +81,7 @@ def pause_expired(session: Session, settings: Settings, now: datetime) -> list[i
             "(`consent renew NAME --consent-by WHO --consent-file FILE`).\n"
         )
         for address in caseworker_addresses(session, subject) or [None]:
-            session.add(
-                OutboxMessage(
-                    subject_id=subject_id,
-                    message_id=alerts._new_message_id(alerts._sender_domain(settings.mail.sender)),
-                    recipient=address,
-                    status="pending",
-                    kind="consent",
-                    new_items=0,
-                    subject_line=settings.mail.subject[:200],
-                    body=body,
-                    attempts=0,
-                    next_attempt_at=now,
-                )
-            )
+            alerts.queue_message(session, settings, subject_id, address, "consent", body, now=now)
         log.info("subject %d: monitoring paused (%s)", subject_id, reason)
     session.flush()
     return paused

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from monitor.db.models import OutboxMessage, PersonLogin, Subject, utcnow
+from monitor.db.models import PersonLogin, Subject, utcnow
 from monitor.errors import MonitorError
 from monitor.orgs import audit
 from monitor.orgs.accounts import MIN_PASSPHRASE, LoginFailed
@@ -86,19 +86,8 @@ def invite(
     )
     from monitor import alerts
 
-    session.add(
-        OutboxMessage(
-            subject_id=subject.id,
-            message_id=alerts._new_message_id(alerts._sender_domain(settings.mail.sender)),
-            recipient=subject.email,
-            status="pending",
-            kind="person_invite",
-            new_items=0,
-            subject_line=settings.mail.subject[:200],
-            body=body,
-            attempts=0,
-            next_attempt_at=now,
-        )
+    alerts.queue_message(
+        session, settings, subject.id, subject.email, "person_invite", body, now=now
     )
     audit.log(session, scope, "person invited", subject_id=subject.id)
     session.flush()
