@@ -22,6 +22,7 @@ from monitor.fetch import (
     TooLargeError,
     is_blocked_address,
 )
+from monitor.testing.clock import VirtualClock
 from monitor.testing.web import LoopbackWeb, Request, Response
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
@@ -762,22 +763,6 @@ async def test_svg_is_not_fetched_as_an_image(web: LoopbackWeb) -> None:
     async with Fetcher(config(respect_robots=False)) as f:
         with pytest.raises(FetchError, match="SVG drawing"):
             await f.fetch_image(url)
-
-
-class VirtualClock:
-    """A clock that only moves when someone sleeps on it (timing-free spacing tests)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize(

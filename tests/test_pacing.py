@@ -23,27 +23,12 @@ from monitor.search.pacing import (
     forget_shared,
     limits_for,
 )
+from monitor.testing.clock import VirtualClock
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb
 from monitor.types import ResultKind, SearchQuery
 
 Q = SearchQuery('"Jane Doe"', ResultKind.IMAGES)
-
-
-class VirtualClock:
-    """A clock that only moves when someone sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @dataclass
