@@ -7,7 +7,7 @@ Only for such a candidate (see :meth:`monitor.matching.ReferenceIndex.grey`) the
 still in memory, is transformed here and hashed again; the references are untouched: nothing
 more is stored about a reference photo than its PDQ hashes (promise 1; no keypoints).
 
-Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
+Several kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
 
 - **counter-turns** (``pdq.s2.r+35f``, ``pdq.s2.r-20s``; tenths of a degree): the picture turned back by 1 to 5
   degrees either way in steps of :data:`TURN_STEP`, then cut down two ways: to the rectangle a
@@ -15,7 +15,10 @@ Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
   turned, black, white or coloured, fall outside) and to the largest upright rectangle inside
   (``s``: a crop that was then "straightened"). A crop of a turned photo is near none of the
   stored turns (whole photo) nor the stored crops (upright); turned back, it is a crop, near a
-  stored crop. Compared with every stored hash, at ``second_stage_pdq_threshold``.
+  stored crop. A third way (``u``, :func:`_unstraightened`): turned back onto a canvas as large
+  as the picture a "straighten" was cut from, the corners it does not reach filled with the
+  picture blurred (a crop that was then straightened, cut down again, is between the stored
+  crops' sizes). Compared with every stored hash, at ``second_stage_pdq_threshold``.
 - **content boxes cut inwards** (``pdq.s2.b1i4``: the first content box with 4% of each side
   cut away; :data:`INSETS`): the photo in a screenshot or a border whose box is a little off.
   Compared with every stored hash, at ``second_stage_pdq_threshold``.
@@ -30,6 +33,10 @@ Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
   reference's hash of the same window (``pdq.crop30tl``): a sticker or emoji over part of the
   photo leaves some windows clean, and a window compared with its one counterpart has one
   chance, not ~500, to meet a look-alike (``second_stage_window_threshold``).
+- **stickers filled in** (``pdq.s2.w.filled``): flat blobs of one colour (:func:`flat_blobs`:
+  stickers, emoji, censor bars, labels) painted over from the pixels around them
+  (:func:`fill_holes`), the whole picture hashed again and compared ONLY with each photo's own
+  hash (``pdq``), like a window (``second_stage_window_threshold``; it counts in the vote too).
 
 Everything here works on the decoded image in memory (promise 2).
 """
