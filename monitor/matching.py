@@ -688,7 +688,7 @@ def explain_match(how: Mapping[str, object] | str | None) -> str:
     elif is_second_stage(found) and found.split(VARIANT_SEPARATOR)[2] == ASPECT:
         words.append("the photo inside a screenshot (its box cut to a photo's shape)")
     elif is_second_stage(found):  # second stage: the found image turned back
-        degrees = found.rsplit(VARIANT_SEPARATOR, 1)[-1][1:].rstrip("fs")
+        degrees = found.rsplit(VARIANT_SEPARATOR, 1)[-1][1:].rstrip("fsu")
         try:
             turn = f"about {abs(int(degrees)) / 10:g} degrees"
         except ValueError:

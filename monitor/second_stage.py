@@ -7,7 +7,7 @@ Only for such a candidate (see :meth:`monitor.matching.ReferenceIndex.grey`) the
 still in memory, is transformed here and hashed again; the references are untouched: nothing
 more is stored about a reference photo than its PDQ hashes (promise 1; no keypoints).
 
-Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
+Several kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
 
 - **counter-turns** (``pdq.s2.r+35f``, ``pdq.s2.r-20s``; tenths of a degree): the picture turned back by 1 to 5
   degrees either way in steps of :data:`TURN_STEP`, then cut down two ways: to the rectangle a
@@ -15,7 +15,10 @@ Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
   turned, black, white or coloured, fall outside) and to the largest upright rectangle inside
   (``s``: a crop that was then "straightened"). A crop of a turned photo is near none of the
   stored turns (whole photo) nor the stored crops (upright); turned back, it is a crop, near a
-  stored crop. Compared with every stored hash, at ``second_stage_pdq_threshold``.
+  stored crop. A third way (``u``, :func:`_unstraightened`): turned back onto a canvas as large
+  as the picture a "straighten" was cut from, the corners it does not reach filled with the
+  picture blurred (a crop that was then straightened, cut down again, is between the stored
+  crops' sizes). Compared with every stored hash, at ``second_stage_pdq_threshold``.
 - **content boxes cut inwards** (``pdq.s2.b1i4``: the first content box with 4% of each side
   cut away; :data:`INSETS`): the photo in a screenshot or a border whose box is a little off.
   Compared with every stored hash, at ``second_stage_pdq_threshold``.
@@ -30,6 +33,10 @@ Two kinds of hashes, each a PDQ hash named ``pdq.s2.<what>``:
   reference's hash of the same window (``pdq.crop30tl``): a sticker or emoji over part of the
   photo leaves some windows clean, and a window compared with its one counterpart has one
   chance, not ~500, to meet a look-alike (``second_stage_window_threshold``).
+- **stickers filled in** (``pdq.s2.w.filled``): flat blobs of one colour (:func:`flat_blobs`:
+  stickers, emoji, censor bars, labels) painted over from the pixels around them
+  (:func:`fill_holes`), the whole picture hashed again and compared ONLY with each photo's own
+  hash (``pdq``), like a window (``second_stage_window_threshold``; it counts in the vote too).
 
 Everything here works on the decoded image in memory (promise 2).
 """
@@ -39,7 +46,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from monitor.errors import NotAnImageError
 from monitor.hashing import (
@@ -62,11 +71,14 @@ __all__ = [
     "INSETS",
     "TURNS",
     "TURN_STEP",
+    "FILLED",
     "WINDOW",
     "WINDOWS",
     "WINDOW_VOTES",
     "WINDOW_VOTE_SLACK",
     "aspect_boxes",
+    "fill_holes",
+    "flat_blobs",
     "is_second_stage",
     "second_stage_hashes",
     "second_stage_from_bytes",
@@ -81,6 +93,22 @@ ASPECT = "a"
 
 WINDOW = "w"
 """Second-stage window hashes are ``pdq.s2.w.<crop tag>``."""
+
+FILLED = "filled"
+"""The window tag of the picture with its flat blobs (stickers) filled in: ``pdq.s2.w.filled``,
+compared with each photo's own hash (``pdq``) only, like a window with its own window."""
+
+FLAT_SPREAD = 4.0
+"""A pixel is flat when the standard deviation of each colour channel over the 5x5 pixels
+around it (in the 256-pixel picture PDQ is given) is under this many levels."""
+
+BLOB_SPREAD = 6.0
+"""...and a flat blob is a sticker's when its colour is one colour: each channel's standard
+deviation over the whole blob under this many levels (a smooth sky or a gradient is flat
+locally but spreads further)."""
+
+BLOB_SHARES = (0.004, 0.3)
+"""The smallest and largest share of the picture a flat blob may cover to be filled in."""
 
 TURN_STEP = 0.5
 """Degrees between counter-turns: PDQ changes by up to about 45 bits for a turn 1 degree off,
@@ -152,6 +180,8 @@ def window_tag(name: str) -> str | None:
     -> ``pdq.crop30tl``), or ``None`` for any other hash."""
     parts = name.split(VARIANT_SEPARATOR, 3)
     if len(parts) == 4 and parts[1] == SECOND and parts[2] == WINDOW:
+        if parts[3] == FILLED:  # the whole picture, stickers filled in: the photo's own hash
+            return parts[0]
         return f"{parts[0]}{VARIANT_SEPARATOR}{parts[3]}"
     return None
 
@@ -178,6 +208,97 @@ def _counter_turns(image: Image.Image, turns: Iterable[float]) -> Iterable[HashV
         box = (round(w / 2 - kw), round(h / 2 - kh), round(w / 2 + kw), round(h / 2 + kh))
         value, quality = _pdq(back.crop(box))
         yield HashValue(f"pdq.{SECOND}.r{round(degrees * 10):+d}s", value, quality)
+        value, quality = _pdq(_unstraightened(image, degrees))
+        yield HashValue(f"pdq.{SECOND}.r{round(degrees * 10):+d}u", value, quality)
+
+
+def _unstraightened(image: Image.Image, degrees: float) -> Image.Image:
+    """The picture a "straighten" by ``degrees`` was cut from, as far as it can be told: the
+    straightened picture keeps the largest upright rectangle of its shape inside the turned one
+    (a share ``k`` of each side), so it is turned back onto a canvas ``1 / k`` as large, and
+    the corners it does not reach are filled from the nearest picture (:func:`fill_holes`).
+    A crop that was then straightened, cut down again to an upright rectangle (``s``), is a
+    crop of 66-92% of the photo, between the stored crops' sizes; this is the crop itself."""
+    w, h = image.size
+    c, s = math.cos(math.radians(abs(degrees))), math.sin(math.radians(abs(degrees)))
+    k = min(w / (w * c + h * s), h / (w * s + h * c))
+    big_w, big_h = round(w / k), round(h / k)
+    back = image.convert("RGBA").rotate(-degrees, resample=Image.Resampling.BILINEAR, expand=True)
+    # The corners it does not reach: the picture itself, blurred and grown to the canvas (the
+    # colours near each corner), under the turned picture.
+    canvas = (
+        image.resize((max(1, w // 16), max(1, h // 16)), Image.Resampling.BOX)
+        .resize((big_w, big_h), Image.Resampling.BILINEAR)
+        .convert("RGBA")
+    )
+    canvas.alpha_composite(back, ((big_w - back.width) // 2, (big_h - back.height) // 2))
+    return canvas.convert("RGB")
+
+
+def fill_holes(rgb: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """``rgb`` (height x width x 3, uint8) with the pixels where ``holes`` is true filled from
+    the pixels around them: each hole pixel takes the mean of the known pixels in the smallest
+    block around it (2, 4, ... 64 pixels, coarse blocks blended in bilinearly) that has some."""
+    if not holes.any():
+        return rgb
+    h, w = holes.shape
+    known = (~holes).astype(np.float32)
+    values = rgb.astype(np.float32) * known[..., None]
+    out = rgb.astype(np.float32)
+    todo = holes.copy()
+    for block in (2, 4, 8, 16, 32, 64):
+        size = (max(1, w // block), max(1, h // block))
+        sums = [
+            np.asarray(
+                Image.fromarray(plane)
+                .resize(size, Image.Resampling.BOX)
+                .resize((w, h), Image.Resampling.BILINEAR)
+            )
+            for plane in (*(values[..., i] for i in range(3)), known)
+        ]
+        weight = sums[3]
+        ready = todo & (weight > 0.2)
+        for i in range(3):
+            out[..., i][ready] = sums[i][ready] / weight[ready]
+        todo &= ~ready
+        if not todo.any():
+            break
+    if todo.any():  # nothing known near: the mean of the known pixels
+        out[todo] = values.reshape(-1, 3).sum(axis=0) / max(1.0, float(known.sum()))
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def flat_blobs(rgb: np.ndarray) -> np.ndarray:
+    """Where a picture (height x width x 3, uint8) has flat blobs of one colour covering
+    :data:`BLOB_SHARES` of it, such as stickers, emoji and censor bars drawn over a photo
+    (their holes -- eyes, letters -- and a rim of 3 pixels included): a boolean mask."""
+    a = rgb.astype(np.float32)
+    mean = ndimage.uniform_filter(a, size=(5, 5, 1))
+    square = ndimage.uniform_filter(a * a, size=(5, 5, 1))
+    flat = np.sqrt(np.maximum(square - mean * mean, 0)).max(axis=2) < FLAT_SPREAD
+    labels, n = ndimage.label(flat)
+    if n == 0:
+        return np.zeros(flat.shape, dtype=bool)
+    index = np.arange(1, n + 1)
+    area = flat.size
+    sizes = ndimage.sum(flat, labels, index)
+    keep = (sizes >= BLOB_SHARES[0] * area) & (sizes <= BLOB_SHARES[1] * area)
+    for i in range(3):
+        m = ndimage.mean(a[..., i], labels, index)
+        m2 = ndimage.mean(a[..., i] * a[..., i], labels, index)
+        keep &= np.sqrt(np.maximum(m2 - m * m, 0)) < BLOB_SPREAD
+    if not keep.any():
+        return np.zeros(flat.shape, dtype=bool)
+    mask = np.concatenate(([False], keep))[labels]
+    return ndimage.binary_dilation(ndimage.binary_fill_holes(mask), iterations=3)
+
+
+def _filled(image: Image.Image) -> Iterable[HashValue]:
+    pixels = np.asarray(image)
+    blobs = flat_blobs(pixels)
+    if blobs.any():
+        value, quality = _pdq(Image.fromarray(fill_holes(pixels, blobs)))
+        yield HashValue(f"pdq.{SECOND}.{WINDOW}.{FILLED}", value, quality)
 
 
 def _windows(image: Image.Image, tags: Iterable[str]) -> Iterable[HashValue]:
@@ -242,6 +363,7 @@ def second_stage_hashes(
     windows: Iterable[str] = WINDOWS,
     insets: Iterable[float] = INSETS,
     aspects: bool = True,
+    filled: bool = True,
 ) -> tuple[HashValue, ...]:
     """The second-stage hashes of a decoded found image (see the module's docstring)."""
     rgb = _hash_input(image)  # turned and cut at the size PDQ is given anyway (256 px)
@@ -251,6 +373,7 @@ def second_stage_hashes(
     return (
         *_counter_turns(rgb, turns),
         *_windows(rgb, windows),
+        *(_filled(rgb) if filled else ()),
         *_insets(full, insets),
         *(_aspects(full) if aspects else ()),
     )

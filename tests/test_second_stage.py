@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
 from sqlalchemy import select
 
 from monitor import store
@@ -35,6 +36,8 @@ from monitor.matching import (
 from monitor.pipeline import hashing_pool, scan_subject
 from monitor.second_stage import (
     aspect_boxes,
+    fill_holes,
+    flat_blobs,
     is_second_stage,
     second_stage_from_bytes,
     second_stage_hashes,
@@ -274,3 +277,58 @@ def test_three_windows_near_one_photo_match_by_a_vote() -> None:
         for h, w in zip(found, windows, strict=True)
     )  # beyond threshold + slack (76)
     assert index.match_detail(ImageHashes("0" * 64, 600, 400, far)) is None
+
+
+def test_a_cropped_then_straightened_copy_is_turned_back_onto_its_own_canvas() -> None:
+    """A crop that was then "straightened" (turned and cut to the largest upright rectangle)
+    keeps a central part of the crop; cut down again after turning it back it is between the
+    stored crops' sizes. Turned back onto a canvas as large as the crop was, it is the crop."""
+    index = _index(1, 2, 3)
+    copy = tf.straighten(tf.crop(_photo(2), 0.17, anchor=(0.0, 0.0)), -3.5)
+    first, both = _with_second_stage(_jpeg(copy))
+    assert index.match_detail(first) is None and index.grey(first, CFG.second_stage_grey)
+    detail = index.match_detail(both)
+    assert detail is not None and detail.result.reference_id == 2
+    assert detail.found.startswith("pdq.s2.r-") and detail.found.endswith("u")
+    assert "turned by about" in explain_match(match_how(detail))
+
+
+def test_flat_blobs_find_a_sticker_and_fill_holes_paints_it_from_around() -> None:
+    photo = _photo(4)
+    covered = tf.sticker(photo, 0.08, (0.5, 0.5), kind="bar", colour=(250, 0, 200))
+    pixels = np.asarray(covered.resize((256, 171)))
+    mask = flat_blobs(pixels)
+    bar = (
+        np.asarray(
+            tf.sticker(
+                Image.new("RGB", photo.size), 0.08, (0.5, 0.5), kind="bar", colour=(255,) * 3
+            )
+            .resize((256, 171))
+            .convert("L")
+        )
+        > 128
+    )
+    assert mask[bar].mean() > 0.95  # the bar is found...
+    filled = fill_holes(pixels, mask)
+    inside = bar & ndimage.binary_erosion(bar, iterations=3)
+    assert np.abs(filled[inside].astype(int) - [250, 0, 200]).sum(axis=1).min() > 60  # ...and gone
+    assert (filled[~mask] == pixels[~mask]).all()  # nothing else is touched
+
+
+def test_the_filled_picture_is_compared_with_the_photos_own_hash_only() -> None:
+    index = _index(1, 2)
+    own = next(h for h in _enrolled(2).hashes if h.algorithm == "pdq")
+    near = CFG.second_stage_window_threshold - 4
+
+    def off(value: str, bits: int) -> str:
+        return f"{int(value, 16) ^ ((1 << bits) - 1):064x}"
+
+    filled = HashValue("pdq.s2.w.filled", off(own.value, near), 100)
+    assert window_tag(filled.algorithm) == "pdq"
+    detail = index.match_detail(ImageHashes("0" * 64, 600, 400, (filled,)))
+    assert detail is not None and detail.result.reference_id == 2 and detail.reference == "pdq"
+    assert "part of the photo" in explain_match(match_how(detail))
+    # Not against the variants (a crop's hash under the filled name is not compared with it).
+    crop = next(h for h in _enrolled(2).hashes if h.algorithm == "pdq.crop30tl")
+    renamed = HashValue("pdq.s2.w.filled", crop.value, 100)
+    assert index.match_detail(ImageHashes("0" * 64, 600, 400, (renamed,))) is None
