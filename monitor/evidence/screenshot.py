@@ -685,6 +685,7 @@ class Screenshotter:
         """Close the tabs kept for their sites (a scan's captures are over: the next scan's
         start in tabs of their own)."""
         kept, self._kept = self._kept, {}
+        self._sites = {site: lock for site, lock in self._sites.items() if lock.locked()}
         for tab in kept.values():
             with contextlib.suppress(Exception):
                 await tab.context.close()
