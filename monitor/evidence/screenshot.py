@@ -337,10 +337,11 @@ Thumb = tuple[tuple[int, int], bytes]  # a blurred thumbnail: (width, height), R
 Thumbs = dict[str, "asyncio.Future[Thumb]"]  # one capture's, by image address
 
 KEPT_TABS = 4
+"""Most tabs kept open between captures (one per site, the least recently used closed)."""
+
 NOT_KEPT = {"Cache-Control": "no-store"}
 """On the images the tool answers: a tab used again for its site's next page asks for them
 again (so their thumbnails are made for that capture), never from the renderer's memory."""
-"""Most tabs kept open between captures (one per site, the least recently used closed)."""
 
 
 @dataclass(slots=True)
