@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from monitor.evidence import ScreenshotError, Screenshotter, browser
-from monitor.evidence.browser import BrowserUser, Launcher, browser_user, chromium_path
+from monitor.evidence.browser import (
+    BrowserUser,
+    Launcher,
+    browser_user,
+    chromium_path,
+    is_headless_shell,
+)
 
 ASK_PLAYWRIGHT = browser.playwright_chromium  # cached: cleared around each test
 
@@ -27,9 +33,13 @@ def executable(path: Path) -> str:
 
 @pytest.fixture
 def no_chromium(monkeypatch, tmp_path):
-    """Neither $MONITOR_CHROMIUM nor /usr/bin/chromium; Playwright not asked (yet)."""
+    """Neither $MONITOR_CHROMIUM nor /usr/bin/chromium nor the headless shell; Playwright not
+    asked (yet)."""
     monkeypatch.delenv("MONITOR_CHROMIUM", raising=False)
     monkeypatch.setattr(browser, "DEFAULT_CHROMIUM", str(tmp_path / "absent" / "chromium"))
+    monkeypatch.setattr(
+        browser, "DEFAULT_HEADLESS_SHELL", str(tmp_path / "absent" / "chromium-headless-shell")
+    )
     ASK_PLAYWRIGHT.cache_clear()
     yield
     ASK_PLAYWRIGHT.cache_clear()
@@ -50,6 +60,43 @@ def test_debian_chromium_before_playwrights(no_chromium, monkeypatch, tmp_path):
     monkeypatch.setattr(browser, "DEFAULT_CHROMIUM", debian)
     monkeypatch.setattr(browser, "playwright_chromium", lambda: "/never/asked")
     assert chromium_path() == debian
+
+
+def test_headless_shell_only_for_pages_without_scripts(no_chromium, monkeypatch, tmp_path):
+    """Debian's headless shell (lighter: no browser UI layer) takes captures without JavaScript;
+    with scripts on the full Chromium does (the shell has no popup blocker and ignores the
+    WebRTC policy), and without the full one, Playwright's, never the shell."""
+    debian = executable(tmp_path / "chromium")
+    shell = executable(tmp_path / "chromium-headless-shell")
+    monkeypatch.setattr(browser, "DEFAULT_CHROMIUM", debian)
+    monkeypatch.setattr(browser, "DEFAULT_HEADLESS_SHELL", shell)
+    monkeypatch.setattr(browser, "playwright_chromium", lambda: None)
+    assert chromium_path(scripts=False) == shell
+    assert chromium_path(scripts=True) == debian
+    assert chromium_path() == debian  # scripts assumed unless said otherwise
+    monkeypatch.setattr(browser, "DEFAULT_CHROMIUM", str(tmp_path / "absent" / "chromium"))
+    assert chromium_path(scripts=True) is None
+    assert chromium_path(scripts=False) == shell
+
+
+def test_is_headless_shell_by_name(tmp_path):
+    assert is_headless_shell("/usr/bin/chromium-headless-shell")
+    assert is_headless_shell("/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell")
+    assert not is_headless_shell("/usr/bin/chromium")
+    link = tmp_path / "browser"
+    link.symlink_to(executable(tmp_path / "chromium-headless-shell"))
+    assert is_headless_shell(str(link))  # the file it names counts
+
+
+async def test_scripts_on_refuse_the_headless_shell(monkeypatch, tmp_path):
+    """A headless shell named in $MONITOR_CHROMIUM is refused before it starts when pages'
+    scripts would run, with a reason."""
+    from monitor.evidence import ScreenshotError, Screenshotter
+
+    monkeypatch.setenv("MONITOR_CHROMIUM", executable(tmp_path / "chromium-headless-shell"))
+    with pytest.raises(ScreenshotError, match="headless shell.*full Chromium"):
+        async with Screenshotter(javascript=True):
+            pass
 
 
 def test_playwrights_chromium_when_debians_is_absent(no_chromium, monkeypatch, tmp_path):

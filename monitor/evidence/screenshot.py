@@ -7,7 +7,8 @@ time. A screenshot shows a person, a site or a court what the page looked like; 
 How it is taken:
 
 * Chromium (:func:`~monitor.evidence.browser.chromium_path`: ``$MONITOR_CHROMIUM``, Debian's
-  ``/usr/bin/chromium``, or Playwright's own) driven by Playwright, headless, with
+  headless shell when JavaScript is off, Debian's ``/usr/bin/chromium``, or Playwright's own)
+  driven by Playwright, headless, with
   :data:`CHROMIUM_ARGS`, **sandboxed**: never ``--no-sandbox``; as root it runs as an
   unprivileged user (see :mod:`monitor.evidence.browser`). Playwright gives it a new, empty,
   temporary user-data-dir (deleted when the browser closes), and captures run in off-the-record
@@ -112,7 +113,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 import monitor
 from monitor.config import FetchConfig
-from monitor.evidence.browser import DEFAULT_CHROMIUM, Launcher, chromium_path
+from monitor.evidence.browser import (
+    DEFAULT_CHROMIUM,
+    Launcher,
+    chromium_path,
+    is_headless_shell,
+)
 from monitor.evidence.errors import MinorSafetyRefusal, ScreenshotError
 from monitor.evidence.png import encode_png
 from monitor.evidence.proxy import GuardProxy
@@ -527,12 +533,18 @@ class Screenshotter:
         """Start the guard proxy, Playwright and Chromium (called by ``async with``)."""
         if self._browser is not None:
             return
-        executable = self.executable_path or chromium_path()
+        executable = self.executable_path or chromium_path(scripts=self.javascript)
         if executable is None or not os.path.isfile(executable):
             raise ScreenshotError(
                 f"Chromium is not installed at {executable or DEFAULT_CHROMIUM}: install "
-                "Debian's package (apt-get install chromium), or Playwright's "
-                "(playwright install chromium), or set $MONITOR_CHROMIUM"
+                "Debian's packages (apt-get install chromium chromium-headless-shell), or "
+                "Playwright's (playwright install chromium), or set $MONITOR_CHROMIUM"
+            )
+        if self.javascript and is_headless_shell(executable):
+            raise ScreenshotError(
+                f"{executable} is Chromium's headless shell, which has no popup blocker and "
+                "ignores the WebRTC policy: with JavaScript on ([cases] screenshot_javascript) "
+                "captures need the full Chromium (/usr/bin/chromium or $MONITOR_CHROMIUM)"
             )
         try:
             from playwright.async_api import async_playwright
