@@ -81,7 +81,9 @@ def test_headless_shell_only_for_pages_without_scripts(no_chromium, monkeypatch,
 
 def test_is_headless_shell_by_name(tmp_path):
     assert is_headless_shell("/usr/bin/chromium-headless-shell")
-    assert is_headless_shell("/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell")
+    assert is_headless_shell(
+        "/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell"
+    )
     assert not is_headless_shell("/usr/bin/chromium")
     link = tmp_path / "browser"
     link.symlink_to(executable(tmp_path / "chromium-headless-shell"))
