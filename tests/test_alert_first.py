@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -98,9 +99,9 @@ class FakeScreenshotter:
         self.started = threading.Event()
         self.closed = False
 
-    async def capture(
+    async def shoot(
         self, url: str, out_path: Path, *, may_show_minor: bool, focus: tuple[str, ...] = ()
-    ) -> _Shot:
+    ) -> Any:
         self.focus.append(tuple(focus))
         self.delivered_at_capture.append(len(self.smtp.messages))
         self.started.set()
@@ -108,8 +109,12 @@ class FakeScreenshotter:
             await asyncio.Event().wait()
         if self.mode == "raise":
             raise RuntimeError("the browser crashed")
-        out_path.write_bytes(b"png")
-        return _Shot(out_path)
+
+        def write() -> _Shot:
+            out_path.write_bytes(b"png")
+            return _Shot(out_path)
+
+        return SimpleNamespace(write=write)
 
     async def __aexit__(self, *exc: object) -> None:
         self.closed = True

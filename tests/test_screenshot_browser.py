@@ -455,6 +455,23 @@ async def test_a_sites_pages_share_one_tab_and_a_tab_is_made_ahead_only_when_nee
         assert made == 3 and s._spare is None
 
 
+async def test_a_shot_is_written_after_the_browser_has_closed(web, tmp_path):
+    """The last page's PNG is written while the browser exits: what shoot() took needs no
+    browser, and nothing is on disk before write()."""
+    url = web.add("/plain", "<h1>plain</h1><p>text</p>", "text/html")
+    async with shooter() as s:
+        taken = await s.shoot(url, tmp_path / "late.png", may_show_minor=False)
+    assert not s.running
+    assert list(tmp_path.iterdir()) == []
+    info = await asyncio.to_thread(taken.write)
+    assert info.path == tmp_path / "late.png" and info.final_url == url
+    with Image.open(info.path) as im:
+        assert im.format == "PNG" and im.text["Source"] == url
+    assert page_pixel(info.path, info.banner_height) == (255, 255, 255)
+    with pytest.raises(RuntimeError, match="written already"):
+        taken.write()
+
+
 async def test_with_scripts_on_no_tab_is_used_twice(web, tmp_path):
     """A page's scripts could leave storage behind (cleared cookies are not all of it): with
     JavaScript on, every capture gets a fresh context, its site's pages too."""

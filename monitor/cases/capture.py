@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -116,15 +116,18 @@ async def _capture_page(
     now: datetime,
     keystore: Any = None,
     page: ScannedPage | None = None,
+    on_shot: Callable[[], None] | None = None,
 ) -> list[tuple[list[dict[str, Any]], list[str]]]:
     """Capture the sightings of one page: ``(files written, problems)`` for each job.
 
     Each sighting gets its WARC (the page and its own image); the page is shot once (in the
     browser ``browser`` yields, once started), at the same time, and every sighting gets its
     own copy of that screenshot in its case's folder. With ``page`` (the scan's own response,
-    still fresh) the WARCs archive it instead of fetching the page again."""
+    still fresh) the WARCs archive it instead of fetching the page again. ``on_shot`` is
+    called once the browser is done with the page (shot, failed, or no browser), before the
+    screenshot is written."""
     results = await asyncio.gather(
-        _screenshot(settings, jobs[0], browser, now, tuple(job.image_url for job in jobs)),
+        _screenshot(settings, jobs[0], browser, now, tuple(job.image_url for job in jobs), on_shot),
         *(_archive(settings, job, now, keystore, page) for job in jobs),
     )
     shot, shot_problems = results[0]
@@ -202,23 +205,33 @@ async def _screenshot(
     browser: Awaitable[tuple[Any, str | None]] | None,
     now: datetime,
     focus: tuple[str, ...] = (),
+    on_shot: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """The page's screenshot, into the folder of ``job``'s case: (file, problems). A tall
-    page is shot around the ``focus`` images (the sightings' own) and its top."""
+    page is shot around the ``focus`` images (the sightings' own) and its top. ``on_shot``:
+    called when the browser's part is over (before the PNG is written)."""
     from monitor.evidence import evidence_dir
     from monitor.evidence.store import capture_file_name
 
-    screenshotter = (await browser)[0] if browser is not None else None
-    if screenshotter is None:
-        return None, []
-    folder = evidence_dir(settings, evidence_key(job.case_id))
     try:
-        shot = await screenshotter.capture(
-            job.page_url,
-            folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
-            may_show_minor=False,
-            focus=focus,
-        )
+        screenshotter = (await browser)[0] if browser is not None else None
+        if screenshotter is None:
+            return None, []
+        folder = evidence_dir(settings, evidence_key(job.case_id))
+        try:
+            taken = await screenshotter.shoot(
+                job.page_url,
+                folder / capture_file_name("screenshot", now, f"-s{job.sighting_id}.png"),
+                may_show_minor=False,
+                focus=focus,
+            )
+        except Exception as exc:
+            return None, [f"screenshot: {_reason(exc)}"]
+    finally:
+        if on_shot is not None:
+            on_shot()
+    try:
+        shot = await asyncio.to_thread(taken.write)
     except Exception as exc:
         return None, [f"screenshot: {_reason(exc)}"]
     file = {
@@ -354,11 +367,26 @@ async def capture_pending(
             return None
         return page
 
+    by_page: dict[str, list[_Job]] = {}
+    for job in jobs:  # a page is shot once, however many sightings it holds
+        by_page.setdefault(job.page_url, []).append(job)
+    # The browser is closed as soon as the last page is shot, while its PNG is written.
+    unshot = len(by_page)
+    closing: asyncio.Future[None] | None = None
+
+    def shot() -> None:
+        nonlocal unshot, closing
+        unshot -= 1
+        if unshot == 0 and closing is None:
+            closing = asyncio.ensure_future(_close_browser(browser, shared))
+
     async def one(group: list[_Job]) -> None:
         async with slots:
             at = now or utcnow()
             page = fresh(group[0].page_url)
-            results = await _capture_page(settings, group, browser, at, db.keystore, page)
+            results = await _capture_page(
+                settings, group, browser, at, db.keystore, page, on_shot=shot
+            )
         problem = (await browser)[1]
         for job, (files, problems) in zip(group, results, strict=True):
             if problem:
@@ -380,15 +408,12 @@ async def capture_pending(
             else:
                 report.captured += 1
 
-    by_page: dict[str, list[_Job]] = {}
-    for job in jobs:  # a page is shot once, however many sightings it holds
-        by_page.setdefault(job.page_url, []).append(job)
     try:
         await asyncio.gather(*(one(group) for group in by_page.values()))
     finally:
         if not browser.done():  # cancelled while the browser was starting
             browser.cancel()
-        await _close_browser(browser, shared)
+        await (closing if closing is not None else _close_browser(browser, shared))
         report.seconds = round(time.monotonic() - started, 3)
     if not report.screenshot_note and report.screenshots == 0 and shot_problems:
         report.screenshot_note = shot_problems[0]  # none taken: the first reason
@@ -516,6 +541,9 @@ class _RemoteScreenshotter:
 
     async def capture(self, *args: Any, **kwargs: Any) -> Any:
         return await self._host._run(self._shooter.capture(*args, **kwargs))
+
+    async def shoot(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._host._run(self._shooter.shoot(*args, **kwargs))
 
     async def close_tabs(self) -> None:
         await self._host._run(self._shooter.close_tabs())

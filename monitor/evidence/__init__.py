@@ -29,6 +29,7 @@ from monitor.evidence.errors import EvidenceError, MinorSafetyRefusal, Screensho
 from monitor.evidence.screenshot import (
     ScreenshotInfo,
     Screenshotter,
+    TakenShot,
     capture_screenshot,
     chromium_path,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "SightingCapture",
     "SightingInfo",
     "WarcCapture",
+    "TakenShot",
     "WarcInfo",
     "WithheldImage",
     "build_bundle",

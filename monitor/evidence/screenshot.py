@@ -104,6 +104,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -132,6 +133,7 @@ __all__ = [
     "CHROMIUM_ARGS",
     "ScreenshotInfo",
     "Screenshotter",
+    "TakenShot",
     "capture_screenshot",
     "chromium_path",
 ]
@@ -425,6 +427,22 @@ class ScreenshotInfo:
     drawn_images: int = 0  # images drawn by us, blurred, from the bytes served
 
 
+class TakenShot:
+    """A screenshot taken, in memory, not yet written (see :meth:`Screenshotter.shoot`)."""
+
+    __slots__ = ("_write",)
+
+    def __init__(self, write: Callable[[], ScreenshotInfo]) -> None:
+        self._write: Callable[[], ScreenshotInfo] | None = write
+
+    def write(self) -> ScreenshotInfo:
+        """Lay the blurred boxes in, stamp the banner, write the PNG (once)."""
+        write, self._write = self._write, None
+        if write is None:
+            raise RuntimeError("this screenshot was written already")
+        return write()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -642,7 +660,8 @@ class Screenshotter:
         timeout: float | None = None,
         focus: Sequence[str] = (),
     ) -> ScreenshotInfo:
-        """Load ``url``, blur its images, take the shot, stamp the banner, write ``out_path``.
+        """Load ``url``, blur its images, take the shot, stamp the banner, write ``out_path``:
+        :meth:`shoot`, then its :meth:`TakenShot.write` in a worker thread.
 
         ``focus``: the addresses of the images the capture is about (a case's matched image).
         A page taller than :data:`FULL_PAGE_HEIGHT` that shows one of them is shot in parts:
@@ -656,6 +675,24 @@ class Screenshotter:
         is loaded), :class:`ScreenshotError` with a readable reason if the address is refused
         or the page cannot be loaded and shot in time.
         """
+        taken = await self.shoot(
+            url, out_path, may_show_minor=may_show_minor, timeout=timeout, focus=focus
+        )
+        return await asyncio.to_thread(taken.write)
+
+    async def shoot(
+        self,
+        url: str,
+        out_path: Path | str,
+        *,
+        may_show_minor: bool,
+        timeout: float | None = None,
+        focus: Sequence[str] = (),
+    ) -> TakenShot:
+        """The browser's part of :meth:`capture` (same arguments, same errors): the shot in
+        memory, written to ``out_path`` by its :meth:`~TakenShot.write` (CPU-bound: call it in
+        a worker thread). The write needs no browser: the Screenshotter may be closed meanwhile
+        (the last capture's write and the browser's exit then overlap)."""
         timeout = timeout or self.timeout
         if may_show_minor:
             raise MinorSafetyRefusal(MINOR_REFUSAL)
@@ -685,8 +722,8 @@ class Screenshotter:
                 self._slots.release()
                 if self._waiting:  # the next capture's tab, while this shot is written
                     self._make_spare()
-        return await asyncio.to_thread(
-            self._write, shot, url, final_url, blurred, captured_at, Path(out_path)
+        return TakenShot(
+            partial(self._write, shot, url, final_url, blurred, captured_at, Path(out_path))
         )
 
     def prepare(self) -> None:
