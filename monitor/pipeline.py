@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -154,6 +154,20 @@ def hashing_pool(
         workers or os.cpu_count() or 2,
         task_timeout,
     )
+
+
+async def _all(aws: Iterable[Awaitable[Any]]) -> list[Any]:
+    """``asyncio.gather`` of ``aws``, except that the first failure cancels the others and
+    waits for them before it is raised: no task of a failed scan goes on recording (and
+    holding alerts) after the scan was closed."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 @contextmanager
@@ -368,7 +382,7 @@ class _Scan:
             answers.append((i, answer.hits))
 
         self.summary.queries = len(plan)
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(plan)))
+        await _all(one(i, p) for i, p in enumerate(plan))
         hits, found_by = _merge_hits(hit for _, found in sorted(answers) for hit in found)
         requests = {n: 0 for n in names}
         for o in outcomes:
@@ -461,7 +475,7 @@ class _Scan:
 
     async def _page_candidates(self, fetcher: Fetcher, candidates: list[ImageCandidate]) -> None:
         self._look_up_cache(candidates)
-        await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
+        await _all(self.candidate(fetcher, c) for c in candidates)
 
     async def candidate(self, fetcher: Fetcher, cand: ImageCandidate) -> None:
         if self.deferred is not None:
@@ -769,9 +783,11 @@ class _Scan:
             self._look_up_cache(direct)
             self._look_up_pages(page_urls)
             try:
-                await asyncio.gather(
-                    *(self.candidate(fetcher, c) for c in direct),
-                    *(self.page(fetcher, u) for u in page_urls),
+                await _all(
+                    [
+                        *(self.candidate(fetcher, c) for c in direct),
+                        *(self.page(fetcher, u) for u in page_urls),
+                    ]
                 )
             finally:
                 self.summary.bytes_downloaded = fetcher.bytes_downloaded
@@ -786,7 +802,7 @@ class _Scan:
         async with self.fetcher_factory(self.settings.fetch) as fetcher:
             self._look_up_cache(candidates)
             try:
-                await asyncio.gather(*(self.candidate(fetcher, c) for c in candidates))
+                await _all(self.candidate(fetcher, c) for c in candidates)
             finally:
                 self.summary.bytes_downloaded += fetcher.bytes_downloaded
         self.flush()
