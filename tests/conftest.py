@@ -37,6 +37,22 @@ def corpus_files(folder: str, limit: int | None = None) -> list[Path]:
     return files[:limit] if limit else files
 
 
+def quality_edits():  # noqa: ANN201 - the benchmark module
+    """``benchmarks/quality_edits.py`` (the edit families of the quality benchmark), loaded
+    once per test session."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "quality_edits", REPO / "benchmarks" / "quality_edits.py"
+    )
+    assert spec is not None and spec.loader is not None
+    qe = sys.modules.setdefault("quality_edits", importlib.util.module_from_spec(spec))
+    if not hasattr(qe, "FAMILIES"):
+        spec.loader.exec_module(qe)
+    return qe
+
+
 def loopback_settings(tmp_path: Path, searxng_url: str, **mail: object) -> Settings:
     """Settings for a scan of a loopback web, with everything stored under ``tmp_path``.
     Searches are not paced to the default 2 a second (scans one after another would wait for

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +28,7 @@ from monitor.matching import (
 )
 from monitor.second_stage import second_stage_from_bytes
 from monitor.types import ImageHashes
-from tests.conftest import corpus_files
+from tests.conftest import corpus_files, quality_edits
 
 CFG = MatchConfig()
 
@@ -127,17 +124,6 @@ def test_a_textured_frame_keeps_the_usual_tolerance() -> None:
     assert all(b != (0, 0, 460, 320) for b in boxes)
 
 
-def _quality_edits():
-    spec = importlib.util.spec_from_file_location(
-        "quality_edits", Path(__file__).parents[1] / "benchmarks" / "quality_edits.py"
-    )
-    assert spec is not None and spec.loader is not None
-    qe = sys.modules.setdefault("quality_edits", importlib.util.module_from_spec(spec))
-    if not hasattr(qe, "FAMILIES"):
-        spec.loader.exec_module(qe)
-    return qe
-
-
 @pytest.mark.parametrize(
     ("photo", "copy", "frame"),
     [
@@ -152,7 +138,7 @@ def test_corpus_screenshots_of_mirrored_photos_match(photo: str, copy: int, fram
     path = next((p for p in corpus_files("reference") if p.stem == photo), None)
     if path is None:
         pytest.skip(f"corpus photo {photo} not found")
-    qe = _quality_edits()
+    qe = quality_edits()
     family = next(f for f in qe.FAMILIES if f.name == "screenshot of a mirrored photo")
     key = "\0".join((path.name, family.name, str(copy))).encode()
     rng = np.random.default_rng([1, int.from_bytes(hashlib.sha256(key).digest()[:8], "big")])

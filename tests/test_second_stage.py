@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import io
 import json
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,7 +44,7 @@ from monitor.second_stage import (
 from monitor.testing.searxng import FakeSearxng
 from monitor.testing.web import LoopbackWeb
 from monitor.types import HashValue, ImageHashes
-from tests.conftest import corpus_files, loopback_settings
+from tests.conftest import corpus_files, loopback_settings, quality_edits
 
 CFG = MatchConfig()
 
@@ -215,13 +213,7 @@ def test_a_story_screenshot_without_a_content_box_is_found_by_its_aspect_boxes(
     wine = next((p for p in corpus_files("reference") if "Wine_by" in p.name), None)
     if wine is None:
         pytest.skip("corpus photo Wine_by_Jakkub_Mede not found")
-    spec = importlib.util.spec_from_file_location(
-        "quality_edits", Path(__file__).parents[1] / "benchmarks" / "quality_edits.py"
-    )
-    assert spec is not None and spec.loader is not None
-    qe = sys.modules.setdefault("quality_edits", importlib.util.module_from_spec(spec))
-    if not hasattr(qe, "FAMILIES"):
-        spec.loader.exec_module(qe)
+    qe = quality_edits()
     family = next(f for f in qe.FAMILIES if f.name == "screenshot (half mirrored)")
     key = "\0".join((wine.name, family.name, "4")).encode()
     rng = np.random.default_rng([1, int.from_bytes(hashlib.sha256(key).digest()[:8], "big")])
