@@ -132,6 +132,21 @@ async def test_general_results_are_mixed_into_image_answers_by_the_fake(
     assert "img_src" not in results[1]
 
 
+async def test_the_fakes_failure_can_wait_for_a_category(
+    fake: FakeSearxng, web: LoopbackWeb, client: httpx.AsyncClient
+) -> None:
+    """A scan's searches arrive in any order: a test failing "the image search" must not fail
+    whichever search comes first."""
+    fake.add_result("Jane Doe", "general", {"url": "https://b.example/"})
+    fake.fail_next(503, category="images")
+
+    async def ask(category: str) -> int:
+        params = {"q": "Jane Doe", "format": "json", "categories": category}
+        return (await client.get(web.base_url + "/search", params=params)).status_code
+
+    assert [await ask("general"), await ask("images"), await ask("images")] == [200, 503, 200]
+
+
 async def test_absent_or_null_optional_fields_and_unusable_urls(
     fake: FakeSearxng, backend: SearchBackend
 ) -> None:

@@ -263,7 +263,8 @@ def test_scan_logs_at_info_carry_no_name_alias_or_hash(
     slug = NAME.lower().replace(" ", "-")
     # A page that is gone (HTTP 404), with the name in its address, and a failing search.
     world.fake.add_result(NAME, "general", {"url": world.web.url(f"/{slug}/gone.html")})
-    world.fake.fail_next(500, body=f"<h1>search for {NAME} failed</h1>")
+    # (an image search: the web search for the name is the one leading to the pages)
+    world.fake.fail_next(500, body=f"<h1>search for {NAME} failed</h1>", category="images")
     settings = world.settings(tmp_path)
     db = open_db(settings)
     add_enrolled_subject(db, world.references)

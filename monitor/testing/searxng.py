@@ -53,6 +53,7 @@ class _Failure:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    category: str | None = None  # None: any search
 
 
 def _html(status: int, text: str) -> Response:
@@ -105,16 +106,19 @@ class FakeSearxng:
         body: bytes | str | None = None,
         *,
         times: int = 1,
+        category: str | None = None,
     ) -> None:
         """Answer the next ``times`` searches with ``status`` (and ``headers``, ``body``).
 
         ``fail_next(429, {"Retry-After": "30"})``, ``fail_next(500)``, or a malformed answer:
-        ``fail_next(200, body="{not json")``. Calls queue up in order.
+        ``fail_next(200, body="{not json")``. Calls queue up in order. With ``category``
+        (``"images"``...), only searches whose ``categories`` are exactly that fail: a scan
+        sends its searches concurrently, so which one arrives first is a race.
         """
         data = body.encode() if isinstance(body, str) else body
         with self._lock:
             for _ in range(times):
-                self._failures.append(_Failure(status, dict(headers or {}), data))
+                self._failures.append(_Failure(status, dict(headers or {}), data, category))
 
     def install(self, web: LoopbackWeb, path: str = "/search") -> str:
         """Serve the fake at ``path`` of ``web``; return the instance URL for the config."""
@@ -171,7 +175,11 @@ class FakeSearxng:
             pageno = 0
         with self._lock:
             self.queries.append((q, categories, pageno))
-            failure = self._failures.pop(0) if self._failures else None
+            failure = next(
+                (f for f in self._failures if f.category in (None, categories)), None
+            )
+            if failure is not None:
+                self._failures.remove(failure)
         if failure is not None:
             if failure.body is not None:
                 body = failure.body
