@@ -175,9 +175,7 @@ class FakeSearxng:
             pageno = 0
         with self._lock:
             self.queries.append((q, categories, pageno))
-            failure = next(
-                (f for f in self._failures if f.category in (None, categories)), None
-            )
+            failure = next((f for f in self._failures if f.category in (None, categories)), None)
             if failure is not None:
                 self._failures.remove(failure)
         if failure is not None:
